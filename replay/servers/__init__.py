@@ -1,0 +1,16 @@
+"""Throwaway PostgreSQL servers: find installations, create, start and stop clusters."""
+
+from __future__ import annotations
+
+from replay.servers.cluster import Cluster, StopReport
+from replay.servers.installations import Installation, find_installation, find_installations
+from replay.servers.profiles import Profile
+
+__all__ = [
+    "Cluster",
+    "Installation",
+    "Profile",
+    "StopReport",
+    "find_installation",
+    "find_installations",
+]

@@ -1,0 +1,464 @@
+"""One throwaway PostgreSQL cluster: initdb into a temp dir, start, stop, clean up.
+
+A cluster created here is stopped when the creating process exits (normal exit,
+an exception, Ctrl-C, SIGTERM routed to SystemExit) unless it was detached with
+:meth:`Cluster.detach`, as ``pgtraffic servers start`` does. Clusters whose owner
+died without cleaning up (kill -9) are found again through the registry and
+stopped by :func:`reap_orphans`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from capture.errors import ServerError
+from replay.servers import registry
+from replay.servers.installations import Installation, find_installation
+from replay.servers.privileges import (
+    Account,
+    accessible_installation,
+    give_to,
+    run_as,
+    server_account,
+)
+from replay.servers.profiles import Profile, profile_settings, render_conf
+
+SUPERUSER = "postgres"
+_LIVE: dict[str, Cluster] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """How a cluster's stop went; ``died_unexpectedly`` means someone else killed it."""
+
+    name: str
+    was_running: bool
+    died_unexpectedly: bool
+    method: str
+    leftover_processes_killed: int
+    removed: bool
+
+    def describe(self) -> str:
+        if self.died_unexpectedly:
+            state = "postmaster had died before stop was asked (killed or crashed)"
+        elif self.was_running:
+            state = f"stopped ({self.method})"
+        else:
+            state = "was not running"
+        extra = []
+        if self.leftover_processes_killed:
+            extra.append(f"killed {self.leftover_processes_killed} leftover server processes")
+        extra.append("files removed" if self.removed else "files kept")
+        return f"{self.name}: {state}; " + ", ".join(extra)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Cluster:
+    """A PostgreSQL cluster pgtraffic created, living entirely under ``root``."""
+
+    def __init__(
+        self,
+        installation: Installation,
+        root: Path,
+        *,
+        port: int,
+        profile: Profile,
+        account: Account,
+        name: str,
+    ) -> None:
+        self.installation = installation
+        self.root = root
+        self.port = port
+        self.profile = profile
+        self.account = account
+        self.name = name
+        self.owner_pid: int | None = os.getpid()
+        self.stop_report: StopReport | None = None
+
+    # --- where things are -------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "socket"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def startup_log(self) -> Path:
+        return self.root / "startup.log"
+
+    @property
+    def version(self) -> str:
+        return self.installation.version
+
+    @property
+    def major(self) -> int:
+        return self.installation.major
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+        """A libpq/asyncpg connection URI over TCP loopback."""
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def socket_dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+        """A connection URI over the cluster's private unix socket (faster)."""
+        return f"postgresql://{user}@/{dbname}?host={self.socket_dir}&port={self.port}"
+
+    def env(self, dbname: str = "postgres") -> dict[str, str]:
+        """Environment for client programs (psql, pgbench) to reach this cluster."""
+        env = dict(os.environ)
+        for var in ("PGSERVICE", "PGPASSWORD", "PGSSLMODE", "PGOPTIONS"):
+            env.pop(var, None)
+        env.update(
+            PGHOST=str(self.socket_dir),
+            PGPORT=str(self.port),
+            PGUSER=SUPERUSER,
+            PGDATABASE=dbname,
+            LC_ALL="C",
+        )
+        return env
+
+    def log_files(self, pattern: str = "*.csv") -> list[Path]:
+        """The cluster's log files matching ``pattern``, oldest first."""
+        if not self.log_dir.is_dir():
+            return []
+        return sorted(self.log_dir.glob(pattern))
+
+    # --- lifecycle --------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        installation: Installation | None = None,
+        *,
+        major: int | None = None,
+        profile: Profile = Profile.TARGET,
+        port: int | None = None,
+        base_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+        start: bool = True,
+    ) -> Cluster:
+        """initdb a new cluster in a fresh temp dir and (by default) start it."""
+        inst = installation or find_installation(major)
+        account = server_account()
+        inst = accessible_installation(inst, account)
+        root = Path(tempfile.mkdtemp(prefix=f"pgtraffic-pg{inst.major}-", dir=base_dir))
+        root.chmod(0o755)
+        for sub in ("socket", "log"):
+            (root / sub).mkdir(mode=0o755)
+        give_to(account, root, root / "socket", root / "log")
+        chosen_port = port or free_port()
+        cluster = cls(
+            inst,
+            root,
+            port=chosen_port,
+            profile=profile,
+            account=account,
+            name=f"pg{inst.major}-{chosen_port}",
+            )
+        _LIVE[cluster.name] = cluster
+        try:
+            cluster._initdb()
+            cluster._write_conf(settings)
+            if start:
+                cluster.start(retry_ports=port is None)
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _run_server_tool(
+        self, args: Sequence[str | os.PathLike[str]], timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return run_as(self.account, args, cwd=self.root, timeout=timeout)
+
+    def _initdb(self) -> None:
+        result = self._run_server_tool(
+            [
+                self.installation.tool("initdb"),
+                "-D", self.data_dir,
+                "-U", SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        if result.returncode != 0:
+            raise ServerError(
+                f"initdb for PostgreSQL {self.version} failed: {result.stderr.strip()}"
+            )
+
+    def _write_conf(self, extra: Mapping[str, str] | None) -> None:
+        settings = profile_settings(
+            self.profile,
+            port=self.port,
+            socket_dir=self.socket_dir,
+            log_dir=self.log_dir,
+            extra=extra,
+        )
+        conf = self.data_dir / "postgresql.conf"
+        text = conf.read_text() + render_conf(settings)
+        # The file belongs to the server account; we may be root: write then hand over.
+        conf.write_text(text)
+        give_to(self.account, conf)
+
+    def start(self, *, retry_ports: bool = False) -> None:
+        """Start the server and wait until it accepts connections."""
+        for attempt in range(3):
+            result = self._run_server_tool(
+                [
+                    self.installation.tool("pg_ctl"),
+                    "-D", self.data_dir,
+                    "-l", self.startup_log,
+                    "-w", "-t", "60",
+                    "-o", f"-p {self.port}",
+                    "start",
+                ],
+                timeout=90,
+            )
+            if result.returncode == 0:
+                self._register()
+                return
+            log = self.startup_log.read_text(errors="replace") if self.startup_log.exists() else ""
+            if retry_ports and attempt < 2 and "could not bind" in log:
+                old = self.name
+                self.port = free_port()
+                self.name = f"pg{self.major}-{self.port}"
+                _LIVE[self.name] = _LIVE.pop(old)
+                self._write_conf({"port": str(self.port)})
+                continue
+            raise ServerError(
+                f"PostgreSQL {self.version} did not start: "
+                f"{(result.stderr or result.stdout).strip()}\n{log[-2000:]}",
+                log_path=self.startup_log,
+            )
+
+    def _register(self) -> None:
+        registry.save(
+            registry.ServerRecord(
+                name=self.name,
+                root=str(self.root),
+                port=self.port,
+                bin_dir=str(self.installation.bin_dir),
+                version=self.version,
+                major=self.major,
+                source=self.installation.source,
+                profile=self.profile.value,
+                owner_pid=self.owner_pid,
+                dsn=self.dsn(),
+                log_dir=str(self.log_dir),
+            )
+        )
+
+    def detach(self) -> None:
+        """Keep the server running after this process exits (`servers start`)."""
+        self.owner_pid = None
+        _LIVE.pop(self.name, None)
+        self._register()
+
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster's pid, or None when it is not running."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.postmaster_pid() is not None
+
+    def stop(self, *, remove: bool = True) -> StopReport:
+        """Stop the server (fast, then immediate, then SIGKILL) and remove its files.
+
+        Survives a postmaster that is already dead, and kills backends it left.
+        """
+        had_pid_file = (self.data_dir / "postmaster.pid").exists()
+        pid = self.postmaster_pid()
+        method = "none"
+        if pid is not None:
+            method = self._shutdown(pid)
+        killed = _kill_processes_in(self.data_dir)
+        removed = False
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+            removed = not self.root.exists()
+        report = StopReport(
+            name=self.name,
+            was_running=pid is not None,
+            died_unexpectedly=pid is None and had_pid_file,
+            method=method,
+            leftover_processes_killed=killed,
+            removed=removed,
+        )
+        self.stop_report = report
+        _LIVE.pop(self.name, None)
+        registry.forget(self.name)
+        return report
+
+    def _shutdown(self, pid: int) -> str:
+        for mode in ("fast", "immediate"):
+            result = self._run_server_tool(
+                [self.installation.tool("pg_ctl"), "-D", self.data_dir, "-m", mode,
+                 "-w", "-t", "30", "stop"],
+                timeout=60,
+            )
+            if result.returncode == 0 and _wait_dead(pid, 10):
+                return mode
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid, 10)
+        return "SIGKILL"
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- clients ----------------------------------------------------------------
+
+    def run_tool(
+        self,
+        name: str,
+        *args: str | os.PathLike[str],
+        dbname: str = "postgres",
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a client program of this installation (psql, pgbench, pg_dump) against it."""
+        cmd = [str(self.installation.tool(name)), *map(str, args)]
+        result = subprocess.run(
+            cmd,
+            env=self.env(dbname),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise ServerError(
+                f"{name} failed against {self.name} (exit {result.returncode}): "
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        return result
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run SQL through psql (unaligned, tuples only) and return its output."""
+        result = self.run_tool(
+            "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, dbname=dbname
+        )
+        return result.stdout.strip()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} PostgreSQL {self.version} {self.profile.value} {self.root}>"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child not yet reaped) counts as dead.
+    try:
+        with Path(f"/proc/{pid}/stat").open() as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_dead(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _processes_in(directory: Path) -> Iterator[int]:
+    """Pids of processes whose working directory is ``directory`` (server backends)."""
+    target = str(directory.resolve()) if directory.exists() else str(directory)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == target or cwd == target + " (deleted)":
+            yield int(entry.name)
+
+
+def _kill_processes_in(directory: Path) -> int:
+    killed = 0
+    for pid in _processes_in(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+            _wait_dead(pid, 5)
+    return killed
+
+
+def stop_all_owned() -> list[StopReport]:
+    """Stop every cluster this process created and did not detach."""
+    return [cluster.stop() for cluster in list(_LIVE.values())]
+
+
+def reap_orphans() -> list[StopReport]:
+    """Stop clusters whose owning process died without stopping them."""
+    reports = []
+    for record in registry.records():
+        if record.owner_pid is not None and not record.owner_alive:
+            reports.append(stop_record(record))
+    return reports
+
+
+def stop_record(record: registry.ServerRecord) -> StopReport:
+    """Stop a cluster known only from its registry record (another process's)."""
+    inst = Installation(Path(record.bin_dir), record.version, record.major, record.source)
+    cluster = Cluster(
+        inst,
+        Path(record.root),
+        port=record.port,
+        profile=Profile(record.profile),
+        account=server_account(),
+        name=record.name,
+    )
+    return cluster.stop()
+
+
+atexit.register(stop_all_owned)
