@@ -1,0 +1,220 @@
+"""The records of a workload: what capture writes and replay reads.
+
+All offsets are microseconds from the workload's ``capture_start``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StatementKind(enum.StrEnum):
+    """How the original client sent a statement."""
+
+    SIMPLE = "simple"
+    """Simple-query protocol (``statement:`` in the log); may hold several statements."""
+    EXECUTE = "execute"
+    """Extended protocol (``execute <name>:``): parse/bind/execute with parameters."""
+    COPY_FROM_STDIN = "copy_from_stdin"
+    """``COPY ... FROM STDIN``: the data is not in the log, so it cannot be replayed."""
+
+    @property
+    def replayable(self) -> bool:
+        return self is not StatementKind.COPY_FROM_STDIN
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement as the original client sent it."""
+
+    session: str
+    """The session it ran in (PostgreSQL's session id, e.g. ``6565b3c1.1a2b``)."""
+    seq: int
+    """0-based position within its session."""
+    offset_us: int
+    """When it started, in microseconds after ``capture_start``."""
+    kind: StatementKind
+    sql: str
+    fingerprint: str
+    """Query-class key: ``pglast.fingerprint`` (or a fallback for unparsable SQL)."""
+    params: tuple[str | None, ...] | None = None
+    """Bind parameters as logged (text; None is SQL NULL); None for simple queries."""
+    name: str | None = None
+    """Prepared-statement name for EXECUTE ('' is the unnamed statement)."""
+    duration_us: int | None = None
+    """Original duration when ``log_min_duration_statement`` logged it."""
+    sqlstate: str | None = None
+    """Original SQLSTATE when the statement failed; None when it succeeded."""
+    params_truncated: bool = False
+    """Some parameter was cut by ``log_parameter_max_length``: replay cannot be exact."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "statement",
+            "session": self.session,
+            "seq": self.seq,
+            "offset_us": self.offset_us,
+            "kind": self.kind.value,
+            "sql": self.sql,
+            "fingerprint": self.fingerprint,
+        }
+        if self.params is not None:
+            out["params"] = list(self.params)
+        if self.name is not None:
+            out["name"] = self.name
+        if self.duration_us is not None:
+            out["duration_us"] = self.duration_us
+        if self.sqlstate is not None:
+            out["sqlstate"] = self.sqlstate
+        if self.params_truncated:
+            out["params_truncated"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Statement:
+        params = obj.get("params")
+        return cls(
+            session=obj["session"],
+            seq=obj["seq"],
+            offset_us=obj["offset_us"],
+            kind=StatementKind(obj["kind"]),
+            sql=obj["sql"],
+            fingerprint=obj["fingerprint"],
+            params=tuple(params) if params is not None else None,
+            name=obj.get("name"),
+            duration_us=obj.get("duration_us"),
+            sqlstate=obj.get("sqlstate"),
+            params_truncated=obj.get("params_truncated", False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One original client connection."""
+
+    id: str
+    user: str | None
+    database: str | None
+    application: str | None = None
+    client: str | None = None
+    """``host:port`` or ``[local]`` as logged in ``connection_from``."""
+    connect_us: int | None = None
+    """When it connected; None when the capture began after it connected."""
+    disconnect_us: int | None = None
+    """When it disconnected; None when it outlived the capture."""
+    statements: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "session",
+            "id": self.id,
+            "user": self.user,
+            "database": self.database,
+            "application": self.application,
+            "client": self.client,
+            "connect_us": self.connect_us,
+            "disconnect_us": self.disconnect_us,
+            "statements": self.statements,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Session:
+        return cls(
+            id=obj["id"],
+            user=obj.get("user"),
+            database=obj.get("database"),
+            application=obj.get("application"),
+            client=obj.get("client"),
+            connect_us=obj.get("connect_us"),
+            disconnect_us=obj.get("disconnect_us"),
+            statements=obj.get("statements", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueryClass:
+    """All statements sharing one fingerprint."""
+
+    fingerprint: str
+    normalized: str
+    """``pglast.normalize`` text of the first occurrence (raw SQL when unparsable)."""
+    parsed: bool
+    """False when pglast could not parse it and the fingerprint is a fallback."""
+    count: int
+    total_duration_us: int = 0
+    """Sum of logged durations (0 when durations were not logged)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "class",
+            "fingerprint": self.fingerprint,
+            "normalized": self.normalized,
+            "parsed": self.parsed,
+            "count": self.count,
+            "total_duration_us": self.total_duration_us,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> QueryClass:
+        return cls(
+            fingerprint=obj["fingerprint"],
+            normalized=obj["normalized"],
+            parsed=obj["parsed"],
+            count=obj["count"],
+            total_duration_us=obj.get("total_duration_us", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadHeader:
+    """Identity and provenance of a workload file."""
+
+    format_version: int
+    pgtraffic_version: str
+    pglast_version: str
+    created: str
+    """ISO 8601 UTC time the file was written."""
+    capture_start: str
+    """ISO 8601 time that offset 0 stands for."""
+    capture_end: str
+    source_server_version: str | None = None
+    sources: tuple[str, ...] = ()
+    filters: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    workload_id: str = ""
+    """A digest of the statements: results files name it to prove what they replayed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "header",
+            "format": "pgtraffic-workload",
+            "format_version": self.format_version,
+            "pgtraffic_version": self.pgtraffic_version,
+            "pglast_version": self.pglast_version,
+            "created": self.created,
+            "capture_start": self.capture_start,
+            "capture_end": self.capture_end,
+            "source_server_version": self.source_server_version,
+            "sources": list(self.sources),
+            "filters": self.filters,
+            "counts": self.counts,
+            "workload_id": self.workload_id,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> WorkloadHeader:
+        return cls(
+            format_version=obj["format_version"],
+            pgtraffic_version=obj["pgtraffic_version"],
+            pglast_version=obj["pglast_version"],
+            created=obj["created"],
+            capture_start=obj["capture_start"],
+            capture_end=obj["capture_end"],
+            source_server_version=obj.get("source_server_version"),
+            sources=tuple(obj.get("sources", ())),
+            filters=dict(obj.get("filters", {})),
+            counts=dict(obj.get("counts", {})),
+            workload_id=obj.get("workload_id", ""),
+        )

@@ -1,0 +1,242 @@
+"""The workload file: the contract between capture and replay.
+
+A workload file is gzip-compressed JSON Lines (``zcat w.pgtw | jq`` reads it):
+
+1. one ``header`` record (format version, tool versions, capture window, counts);
+2. one ``class`` record per query class (fingerprint, normalized text, count);
+3. one ``session`` record per original connection;
+4. ``statement`` records, in order of ``offset_us``.
+
+The file is two concatenated gzip members (preamble, then statements), so the
+statements can be streamed to disk while capture runs and the preamble, which
+needs the final counts, written at the end. Any gzip reader sees one stream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pglast
+
+from capture import __version__
+from capture.errors import WorkloadFormatError
+from capture.records import QueryClass, Session, Statement, WorkloadHeader
+
+FORMAT = "pgtraffic-workload"
+FORMAT_VERSION = 1
+SUFFIX = ".pgtw"
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class WorkloadWriter:
+    """Write a workload file: stream statements, then :meth:`close` with the rest.
+
+    Statements must come in non-decreasing ``offset_us`` order.
+    """
+
+    def __init__(self, path: Path, *, compresslevel: int = 1) -> None:
+        self.path = path
+        self._body_path = path.with_name(path.name + ".body.tmp")
+        self._body: IO[str] = gzip.open(  # noqa: SIM115 - closed in close()/abort()
+            self._body_path, "wt", compresslevel=compresslevel, encoding="utf-8"
+        )
+        self._compresslevel = compresslevel
+        self._digest = hashlib.blake2b(digest_size=16)
+        self._last_offset = -(2**63)
+        self.statements = 0
+
+    def write(self, statement: Statement) -> None:
+        self.write_encoded(statement.offset_us, _dumps(statement.to_json()))
+
+    def write_encoded(self, offset_us: int, line: str) -> None:
+        """Write one statement already encoded as a JSON object without newline."""
+        if offset_us < self._last_offset:
+            raise ValueError(
+                f"statements must be written in offset order ({offset_us} after {self._last_offset})"
+            )
+        self._last_offset = offset_us
+        self._digest.update(line.encode())
+        self._body.write(line)
+        self._body.write("\n")
+        self.statements += 1
+
+    def close(
+        self,
+        *,
+        capture_start: dt.datetime,
+        capture_end: dt.datetime,
+        sessions: Iterable[Session],
+        classes: Iterable[QueryClass],
+        source_server_version: str | None = None,
+        sources: Iterable[str] = (),
+        filters: Mapping[str, Any] | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> WorkloadHeader:
+        """Finish the file atomically and return its header."""
+        self._body.close()
+        session_list = list(sessions)
+        class_list = list(classes)
+        header = WorkloadHeader(
+            format_version=FORMAT_VERSION,
+            pgtraffic_version=__version__,
+            pglast_version=pglast.__version__.lstrip("v"),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            capture_start=capture_start.isoformat(),
+            capture_end=capture_end.isoformat(),
+            source_server_version=source_server_version,
+            sources=tuple(sources),
+            filters=dict(filters or {}),
+            counts={
+                "statements": self.statements,
+                "sessions": len(session_list),
+                "classes": len(class_list),
+                **dict(counts or {}),
+            },
+            workload_id=self._digest.hexdigest(),
+        )
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as out:
+            with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as pre:
+                lines = [_dumps(header.to_json())]
+                lines.extend(_dumps(c.to_json()) for c in class_list)
+                lines.extend(_dumps(s.to_json()) for s in session_list)
+                pre.write(("\n".join(lines) + "\n").encode())
+            with self._body_path.open("rb") as body:
+                shutil.copyfileobj(body, out, 1 << 20)
+        self._body_path.unlink()
+        os.replace(tmp, self.path)
+        return header
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self._body.close()
+        self._body_path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A workload file opened for reading: preamble in memory, statements streamed."""
+
+    path: Path
+    header: WorkloadHeader
+    classes: Mapping[str, QueryClass]
+    sessions: Mapping[str, Session]
+
+    @property
+    def capture_start(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.header.capture_start)
+
+    @property
+    def duration_us(self) -> int:
+        end = dt.datetime.fromisoformat(self.header.capture_end)
+        return int((end - self.capture_start).total_seconds() * 1_000_000)
+
+    def statements(self) -> Iterator[Statement]:
+        """Every statement, in offset order."""
+        for obj in self.statement_dicts():
+            yield Statement.from_json(obj)
+
+    def statement_dicts(self) -> Iterator[dict[str, Any]]:
+        """Every statement as its raw JSON object (faster than :meth:`statements`)."""
+        skip = 1 + len(self.classes) + len(self.sessions)
+        with _open(self.path) as fh:
+            for number, line in enumerate(fh, start=1):
+                if number <= skip:
+                    continue
+                obj = _decode(self.path, number, line)
+                if obj.get("type") != "statement":
+                    raise WorkloadFormatError(
+                        f"{self.path}:{number}: expected a statement record, got {obj.get('type')!r}"
+                    )
+                yield obj
+
+
+def _open(path: Path) -> IO[str]:
+    try:
+        fh = gzip.open(path, "rt", encoding="utf-8")
+        fh.read(0)
+    except FileNotFoundError as exc:
+        raise WorkloadFormatError(f"{path}: no such file") from exc
+    return _GuardedText(fh, path)
+
+
+class _GuardedText:
+    """Turns gzip/encoding failures while iterating into WorkloadFormatError."""
+
+    def __init__(self, fh: IO[str], path: Path) -> None:
+        self._fh = fh
+        self._path = path
+
+    def __enter__(self) -> _GuardedText:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._fh
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+            raise WorkloadFormatError(
+                f"{self._path}: not a readable pgtraffic workload ({exc})",
+                hint="the file is truncated or not gzip; capture it again with pgtraffic capture",
+            ) from exc
+
+
+def _decode(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise WorkloadFormatError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+    if not isinstance(obj, dict):
+        raise WorkloadFormatError(f"{path}:{number}: expected a JSON object")
+    return obj
+
+
+def read_workload(path: Path | str) -> Workload:
+    """Open a workload file, checking its format and version."""
+    path = Path(path)
+    header: WorkloadHeader | None = None
+    classes: dict[str, QueryClass] = {}
+    sessions: dict[str, Session] = {}
+    with _open(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            obj = _decode(path, number, line)
+            kind = obj.get("type")
+            if number == 1:
+                if kind != "header" or obj.get("format") != FORMAT:
+                    raise WorkloadFormatError(
+                        f"{path} is not a pgtraffic workload file",
+                        hint="create one with: pgtraffic capture LOG... -o workload.pgtw",
+                    )
+                if obj.get("format_version") != FORMAT_VERSION:
+                    raise WorkloadFormatError(
+                        f"{path} has workload format version {obj.get('format_version')}; "
+                        f"this pgtraffic ({__version__}) reads version {FORMAT_VERSION}",
+                        hint="use the pgtraffic version that wrote it, or capture the logs again",
+                    )
+                header = WorkloadHeader.from_json(obj)
+            elif kind == "class":
+                cls = QueryClass.from_json(obj)
+                classes[cls.fingerprint] = cls
+            elif kind == "session":
+                session = Session.from_json(obj)
+                sessions[session.id] = session
+            else:
+                break
+    if header is None:
+        raise WorkloadFormatError(f"{path} is empty")
+    return Workload(path=path, header=header, classes=classes, sessions=sessions)

@@ -1,0 +1,74 @@
+"""The ``pgtraffic`` command line: options in, typed calls to the core, output out.
+
+Each command group lives in ``replay/commands/<name>.py`` and registers itself on
+the root app through its ``register(app)`` function.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from capture.errors import PgTrafficError
+from replay.commands import capture as capture_commands
+from replay.commands import replay as replay_commands
+from replay.commands import servers as server_commands
+
+app = typer.Typer(
+    name="pgtraffic",
+    help=(
+        "Capture PostgreSQL SQL traffic from server logs, replay it against other servers "
+        "with the original timing and concurrency, and compare the runs class by class.\n\n"
+        "Typical flow: pgtraffic capture postgresql.csv -o work.pgtw; "
+        "pgtraffic replay work.pgtw --target DSN -o run.pgtr; "
+        "pgtraffic compare base.pgtr cand.pgtr"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+server_commands.register(app)
+capture_commands.register(app)
+replay_commands.register(app)
+
+err_console = Console(stderr=True)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning pgtraffic errors into a message and an exit code."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app(args=argv, standalone_mode=False)
+    except PgTrafficError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
