@@ -18,7 +18,6 @@ import datetime as dt
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,7 +64,8 @@ class WorkloadWriter:
         """Write one statement already encoded as a JSON object without newline."""
         if offset_us < self._last_offset:
             raise ValueError(
-                f"statements must be written in offset order ({offset_us} after {self._last_offset})"
+                "statements must be written in offset order "
+                f"({offset_us} after {self._last_offset})"
             )
         self._last_offset = offset_us
         self._digest.update(line.encode())
@@ -117,7 +117,7 @@ class WorkloadWriter:
             with self._body_path.open("rb") as body:
                 shutil.copyfileobj(body, out, 1 << 20)
         self._body_path.unlink()
-        os.replace(tmp, self.path)
+        tmp.replace(self.path)
         return header
 
     def abort(self) -> None:
@@ -159,18 +159,16 @@ class Workload:
                 obj = _decode(self.path, number, line)
                 if obj.get("type") != "statement":
                     raise WorkloadFormatError(
-                        f"{self.path}:{number}: expected a statement record, got {obj.get('type')!r}"
+                        f"{self.path}:{number}: expected a statement record, "
+                        f"got {obj.get('type')!r}"
                     )
                 yield obj
 
 
-def _open(path: Path) -> IO[str]:
-    try:
-        fh = gzip.open(path, "rt", encoding="utf-8")
-        fh.read(0)
-    except FileNotFoundError as exc:
-        raise WorkloadFormatError(f"{path}: no such file") from exc
-    return _GuardedText(fh, path)
+def _open(path: Path) -> _GuardedText:
+    if not path.is_file():
+        raise WorkloadFormatError(f"{path}: no such file")
+    return _GuardedText(gzip.open(path, "rt", encoding="utf-8"), path)
 
 
 class _GuardedText:

@@ -73,7 +73,9 @@ def _matches(spec: object, major: int) -> bool:
 def require_version(major: int) -> Installation:
     inst = _installations().get(major)
     if inst is None:
-        hint = "apt-get install postgresql-15" if major == 15 else "pip install 'pgtraffic[embedded]'"
+        hint = (
+            "apt-get install postgresql-15" if major == 15 else "pip install 'pgtraffic[embedded]'"
+        )
         pytest.skip(f"PostgreSQL {major} is not installed ({hint})")
     return inst
 

@@ -178,7 +178,7 @@ class Cluster:
             profile=profile,
             account=account,
             name=f"pg{inst.major}-{chosen_port}",
-            )
+        )
         _LIVE[cluster.name] = cluster
         try:
             cluster._initdb()
@@ -199,8 +199,10 @@ class Cluster:
         result = self._run_server_tool(
             [
                 self.installation.tool("initdb"),
-                "-D", self.data_dir,
-                "-U", SUPERUSER,
+                "-D",
+                self.data_dir,
+                "-U",
+                SUPERUSER,
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
@@ -232,10 +234,15 @@ class Cluster:
             result = self._run_server_tool(
                 [
                     self.installation.tool("pg_ctl"),
-                    "-D", self.data_dir,
-                    "-l", self.startup_log,
-                    "-w", "-t", "60",
-                    "-o", f"-p {self.port}",
+                    "-D",
+                    self.data_dir,
+                    "-l",
+                    self.startup_log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {self.port}",
                     "start",
                 ],
                 timeout=90,
@@ -323,8 +330,17 @@ class Cluster:
     def _shutdown(self, pid: int) -> str:
         for mode in ("fast", "immediate"):
             result = self._run_server_tool(
-                [self.installation.tool("pg_ctl"), "-D", self.data_dir, "-m", mode,
-                 "-w", "-t", "30", "stop"],
+                [
+                    self.installation.tool("pg_ctl"),
+                    "-D",
+                    self.data_dir,
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    "30",
+                    "stop",
+                ],
                 timeout=60,
             )
             if result.returncode == 0 and _wait_dead(pid, 10):
@@ -416,7 +432,7 @@ def _processes_in(directory: Path) -> Iterator[int]:
         if not entry.name.isdigit():
             continue
         try:
-            cwd = os.readlink(entry / "cwd")
+            cwd = str((entry / "cwd").readlink())
         except OSError:
             continue
         if cwd == target or cwd == target + " (deleted)":

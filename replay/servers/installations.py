@@ -41,7 +41,8 @@ class Installation:
         path = self.bin_dir / name
         if not path.exists():
             raise ServerError(
-                f"{name} is not part of the PostgreSQL {self.version} installation in {self.bin_dir}"
+                f"{name} is not part of the PostgreSQL {self.version} "
+                f"installation in {self.bin_dir}"
             )
         return path
 

