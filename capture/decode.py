@@ -1,0 +1,153 @@
+"""From one log record's fields (csvlog or jsonlog alike) to a :class:`LogEvent`.
+
+The format readers split and unquote records; :class:`RecordDecoder` decides
+what each record means for capture and collects events, session identities and
+problems into a :class:`ChunkResult`.
+"""
+
+from __future__ import annotations
+
+from capture.events import ChunkResult, EventKind, LogEvent, Problem, SessionInfo
+from capture.messages import (
+    ENGLISH_SEVERITIES,
+    FAILURE_SEVERITIES,
+    classify,
+    parse_parameters,
+    placeholder_count,
+)
+from capture.normalize import Fingerprinter
+from capture.timestamps import TimestampError, TimestampParser
+
+CLIENT_BACKEND = "client backend"
+_WITH_SQL = frozenset(
+    {
+        EventKind.STATEMENT,
+        EventKind.EXECUTE,
+        EventKind.DURATION_STATEMENT,
+        EventKind.DURATION_EXECUTE,
+    }
+)
+_WITH_PARAMS = frozenset({EventKind.EXECUTE, EventKind.DURATION_EXECUTE, EventKind.BIND})
+
+
+class RecordDecoder:
+    """Turns record fields into events; one per worker process, reused across chunks."""
+
+    def __init__(self, *, fingerprints: bool = True) -> None:
+        self.parse_time = TimestampParser()
+        self.fingerprinter = Fingerprinter() if fingerprints else None
+        self.result = ChunkResult()
+
+    def take(self) -> ChunkResult:
+        """The result collected so far; starts a new one."""
+        result, self.result = self.result, ChunkResult()
+        return result
+
+    def problem(self, source: str, line: int, reason: str, detail: str = "") -> None:
+        self.result.problems.append(Problem(source, line, reason, detail[:200]))
+
+    def add(
+        self,
+        source: str,
+        line: int,
+        log_time: str,
+        session: str,
+        severity: str,
+        sqlstate: str,
+        message: str,
+        detail: str,
+        query: str,
+        user: str,
+        database: str,
+        application: str,
+        client: str,
+        backend_type: str,
+    ) -> None:
+        """Decode one record (empty strings for absent fields)."""
+        result = self.result
+        result.records += 1
+        if severity == "LOG":
+            classified = classify(message)
+            if classified is None:
+                if message.startswith("starting PostgreSQL "):
+                    result.server_version = message.split(" ", 3)[2]
+                return
+            kind = classified.kind
+        elif severity in FAILURE_SEVERITIES:
+            classified = None
+            kind = EventKind.ERROR
+        else:
+            if severity not in ENGLISH_SEVERITIES:
+                result.non_english += 1
+            return
+        if backend_type and backend_type != CLIENT_BACKEND:
+            return
+        if not session:
+            return
+        try:
+            ts_us = self.parse_time(log_time)
+        except TimestampError as exc:
+            self.problem(source, line, "unreadable log time", str(exc))
+            return
+        if result.first_ts_us is None:
+            result.first_ts_us = ts_us
+        result.last_ts_us = ts_us
+        known = result.sessions.get(session)
+        if known is None or (not known.application and application):
+            if kind is EventKind.CONNECT and classified is not None:
+                application = classified.application or application
+            result.sessions[session] = SessionInfo(
+                user or None, database or None, application or None, client or None, backend_type
+            )
+        if classified is None:
+            if kind is EventKind.ERROR:
+                sql = query or None
+                fp, parsed = self._fingerprint(sql) if sql else (None, True)
+                result.events.append(
+                    LogEvent(
+                        kind,
+                        session,
+                        ts_us,
+                        line,
+                        sql=sql,
+                        sqlstate=sqlstate or None,
+                        fingerprint=fp,
+                        parsed=parsed,
+                    )
+                )
+            return
+        sql = classified.sql
+        params: tuple[str | None, ...] | None = None
+        truncated = False
+        if kind in _WITH_PARAMS:
+            parsed_params = parse_parameters(detail) if detail else None
+            if parsed_params is not None:
+                params, truncated = parsed_params
+            else:
+                count = placeholder_count(sql) if sql and "$" in sql else 0
+                params = (None,) * count
+                truncated = count > 0
+        fp, parsed = (
+            self._fingerprint(sql) if sql is not None and kind in _WITH_SQL else (None, True)
+        )
+        result.events.append(
+            LogEvent(
+                kind,
+                session,
+                ts_us,
+                line,
+                sql,
+                classified.name,
+                params,
+                truncated,
+                classified.duration_us,
+                None,
+                fp,
+                parsed,
+            )
+        )
+
+    def _fingerprint(self, sql: str) -> tuple[str | None, bool]:
+        if self.fingerprinter is None:
+            return None, True
+        return self.fingerprinter(sql)

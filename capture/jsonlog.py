@@ -1,0 +1,106 @@
+"""jsonlog (PostgreSQL 15+): one JSON object per line; newlines inside are escaped."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from capture.decode import RecordDecoder
+
+
+class JsonChunker:
+    """Feed bytes, get chunks of whole lines with the line number of their first line."""
+
+    def __init__(self, target: int = 4 << 20) -> None:
+        self._buf = bytearray()
+        self._target = target
+        self._line = 1
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        self._buf += data
+        if len(self._buf) < self._target:
+            return []
+        cut = self._buf.rfind(b"\n") + 1
+        if cut == 0:
+            return []
+        return [self._emit(cut)]
+
+    def finish(self) -> tuple[bytes, int, bool] | None:
+        if not self._buf:
+            return None
+        truncated = not self._buf.endswith(b"\n")
+        chunk, line = self._emit(len(self._buf))
+        return chunk, line, truncated
+
+    def _emit(self, cut: int) -> tuple[bytes, int]:
+        chunk = bytes(self._buf[:cut])
+        del self._buf[:cut]
+        line = self._line
+        self._line += chunk.count(b"\n")
+        return chunk, line
+
+
+def _client(obj: dict[str, Any]) -> str:
+    host = obj.get("remote_host")
+    if not host:
+        return ""
+    port = obj.get("remote_port")
+    return f"{host}:{port}" if port else str(host)
+
+
+def parse_chunk(
+    decoder: RecordDecoder,
+    text: str,
+    *,
+    source: str,
+    first_line: int,
+    truncated_tail: bool = False,
+    check_encoding: bool = False,
+) -> None:
+    """Decode every line of ``text`` (a chunk from :class:`JsonChunker`) into ``decoder``."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    last = len(lines) - 1
+    loads = json.loads
+    for index, raw in enumerate(lines):
+        line = first_line + index
+        if not raw.strip():
+            continue
+        if check_encoding:
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError:
+                decoder.problem(source, line, "not UTF-8", "the record holds non-UTF-8 bytes")
+                continue
+        try:
+            obj = loads(raw)
+        except ValueError as exc:
+            reason = (
+                "truncated record at end of file"
+                if truncated_tail and index == last
+                else "not a jsonlog record"
+            )
+            decoder.problem(source, line, reason, f"{exc}: {raw[:80]!r}")
+            continue
+        if not isinstance(obj, dict) or "timestamp" not in obj:
+            decoder.problem(source, line, "not a jsonlog record", raw[:80])
+            continue
+        get = obj.get
+        decoder.add(
+            source,
+            line,
+            obj["timestamp"],
+            get("session_id", ""),
+            get("error_severity", ""),
+            get("state_code", ""),
+            get("message", ""),
+            get("detail", ""),
+            get("statement", ""),
+            get("user", ""),
+            get("dbname", ""),
+            get("application_name", ""),
+            _client(obj),
+            get("backend_type", ""),
+        )
+    decoder.result.lines += len(lines)

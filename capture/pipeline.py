@@ -1,0 +1,421 @@
+"""Capture: log files in, workload file out.
+
+The orchestration layer: reads sources (I/O), cuts them into chunks at record
+boundaries, has worker processes decode and fingerprint the chunks (the CPU-heavy
+part), feeds the events in order to the session tracker and streams statements to
+the :class:`~capture.workload.WorkloadWriter`. Memory stays bounded: a few chunks
+in flight, the tracker's reorder buffer, one record per session and per class.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import datetime as dt
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capture.csvlog import CsvChunker
+from capture.csvlog import parse_chunk as parse_csv
+from capture.decode import RecordDecoder
+from capture.errors import InputError, LogParseError
+from capture.events import ChunkResult, Problem
+from capture.filters import Filters
+from capture.jsonlog import JsonChunker
+from capture.jsonlog import parse_chunk as parse_json
+from capture.normalize import normalized_text
+from capture.records import QueryClass, Statement, WorkloadHeader
+from capture.sessions import OpenStatement, StatementTracker
+from capture.settings import capture_recipe
+from capture.sources import LogFormat, SourceInfo, describe, detect_format, read_blocks
+from capture.timestamps import to_datetime
+from capture.workload import WorkloadWriter
+
+ProgressCallback = Callable[[int, int | None], None]
+
+HINTS = {
+    "not a csvlog record": "the line is not a csvlog record (garbage, or another log format "
+    "mixed in); capture skipped it",
+    "not a jsonlog record": "the line is not a jsonlog record; capture skipped it",
+    "truncated record at end of file": "the file ends in the middle of a record (copied while "
+    "PostgreSQL was writing it?); capture skipped that record",
+    "not UTF-8": "capture reads UTF-8 logs; set the database encoding to UTF8, or convert the "
+    "file with iconv -f LATIN1 -t UTF-8",
+    "unreadable log time": "set log_timezone = 'UTC' in postgresql.conf",
+    "unreadable csv": "the csv quoting of this record is damaged",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOptions:
+    """How to run a capture."""
+
+    format: LogFormat | None = None
+    """None: detect from each file's first bytes."""
+    filters: Filters = field(default_factory=Filters)
+    strict: bool = False
+    """Stop at the first record capture cannot use, instead of skipping it."""
+    jobs: int = 0
+    """Decoding processes; 0 picks one per CPU, 1 decodes in this process."""
+    chunk_bytes: int = 4 << 20
+    examples_per_reason: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSummary:
+    """What a capture read and wrote."""
+
+    output: str
+    header: WorkloadHeader
+    sources: tuple[str, ...]
+    formats: tuple[str, ...]
+    bytes_read: int
+    lines: int
+    records: int
+    statements: int
+    statements_by_kind: dict[str, int]
+    sessions: int
+    failed_statements: int
+    classes: int
+    unparsed_statements: int
+    """Statements pglast could not parse (kept, with a fallback fingerprint)."""
+    params_truncated: int
+    durations_attached: int
+    statements_from_errors: int
+    late_outcomes: int
+    reordered: int
+    skipped: dict[str, int]
+    """Records capture could not use, by reason."""
+    skipped_examples: dict[str, tuple[str, ...]]
+    """A few ``file:line`` locations per skip reason."""
+    filtered: dict[str, int]
+    first_time: str | None
+    last_time: str | None
+    server_version: str | None
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def _decode_bytes(data: bytes) -> tuple[str, bool]:
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True
+
+
+_WORKER_DECODER: RecordDecoder | None = None
+
+
+def parse_job(
+    fmt: LogFormat, data: bytes, source: str, first_line: int, truncated: bool
+) -> ChunkResult:
+    """Decode one chunk (runs in a worker process; also callable in-process)."""
+    global _WORKER_DECODER
+    if _WORKER_DECODER is None:
+        _WORKER_DECODER = RecordDecoder()
+    decoder = _WORKER_DECODER
+    text, dirty = _decode_bytes(data)
+    parse = parse_csv if fmt is LogFormat.CSVLOG else parse_json
+    parse(
+        decoder,
+        text,
+        source=source,
+        first_line=first_line,
+        truncated_tail=truncated,
+        check_encoding=dirty,
+    )
+    return decoder.take()
+
+
+_Job = tuple[LogFormat, bytes, str, int, bool]
+
+
+class _Chunks:
+    """Every source cut into decode jobs, in order; tracks bytes for progress."""
+
+    def __init__(
+        self,
+        infos: Sequence[SourceInfo],
+        fmt: LogFormat | None,
+        chunk_bytes: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.infos = infos
+        self.fmt = fmt
+        self.chunk_bytes = chunk_bytes
+        self.progress = progress
+        self.formats: list[str] = []
+        self.bytes_read = 0
+        sizes = [i.size for i in infos]
+        self.total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+
+    def __iter__(self) -> Iterator[_Job]:
+        done_before = 0
+        for info in self.infos:
+            fmt: LogFormat | None = self.fmt
+            chunker: CsvChunker | JsonChunker | None = None
+            consumed = 0
+            for data, consumed in read_blocks(info):
+                if chunker is None:
+                    if fmt is None:
+                        fmt = detect_format(data[:4096], info.name)
+                    self.formats.append(fmt.value)
+                    chunker = (
+                        CsvChunker(self.chunk_bytes)
+                        if fmt is LogFormat.CSVLOG
+                        else JsonChunker(self.chunk_bytes)
+                    )
+                assert fmt is not None
+                for chunk, line in chunker.feed(data):
+                    yield fmt, chunk, info.name, line, False
+                self.bytes_read = done_before + consumed
+                if self.progress is not None:
+                    self.progress(self.bytes_read, self.total)
+            if chunker is None:
+                raise InputError(f"{info.name} is empty", hint="point capture at a csvlog file")
+            assert fmt is not None
+            rest = chunker.finish()
+            if rest is not None:
+                yield fmt, rest[0], info.name, rest[1], rest[2]
+            done_before += consumed
+
+
+def _results(jobs: Iterator[_Job], workers: int) -> Iterator[ChunkResult]:
+    """Decode jobs, in order, with at most a few in flight (bounded memory)."""
+    if workers <= 1:
+        for job in jobs:
+            yield parse_job(*job)
+        return
+    context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: collections.deque[futures.Future[ChunkResult]] = collections.deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(parse_job, *job))
+                if len(pending) >= workers * 2:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class _Classes:
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[str, list[object]] = {}
+
+    def add(self, stmt: OpenStatement) -> None:
+        entry = self._data.get(stmt.fingerprint)
+        if entry is None:
+            self._data[stmt.fingerprint] = [1, stmt.duration_us or 0, stmt.sql, stmt.parsed]
+        else:
+            entry[0] = int(entry[0]) + 1  # type: ignore[call-overload]
+            if stmt.duration_us:
+                entry[1] = int(entry[1]) + stmt.duration_us  # type: ignore[call-overload]
+
+    def records(self) -> list[QueryClass]:
+        out = []
+        for fp, (count, total, sql, parsed) in self._data.items():
+            out.append(
+                QueryClass(
+                    fingerprint=fp,
+                    normalized=normalized_text(str(sql)) if parsed else str(sql),
+                    parsed=bool(parsed),
+                    count=int(count),  # type: ignore[call-overload]
+                    total_duration_us=int(total),  # type: ignore[call-overload]
+                )
+            )
+        out.sort(key=lambda c: -c.count)
+        return out
+
+
+def _strict_error(problem: Problem) -> LogParseError:
+    hint = HINTS.get(problem.reason, "")
+    if problem.detail:
+        hint = f"{problem.detail}\n{hint}" if hint else problem.detail
+    return LogParseError(
+        problem.source,
+        problem.line,
+        problem.reason,
+        hint=(hint + "\n" if hint else "") + "run without --strict to skip such records",
+    )
+
+
+def capture(
+    sources: Sequence[str],
+    output: Path,
+    options: CaptureOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> CaptureSummary:
+    """Read PostgreSQL logs (in the order given) and write a workload file."""
+    options = options or CaptureOptions()
+    if not sources:
+        raise InputError("no log files given", hint="pgtraffic capture postgresql.csv -o w.pgtw")
+    infos = [describe(name) for name in sources]
+    if sum(1 for i in infos if i.name == "-") > 1:
+        raise InputError("stdin (-) can be read only once")
+    workers = options.jobs or os.cpu_count() or 1
+    chunks = _Chunks(infos, options.format, options.chunk_bytes, progress)
+    tracker = StatementTracker(options.filters)
+    classes = _Classes()
+    writer = WorkloadWriter(output)
+    skipped: collections.Counter[str] = collections.Counter()
+    examples: dict[str, list[str]] = {}
+    by_kind: collections.Counter[str] = collections.Counter()
+    lines = records = non_english = failed = unparsed = truncated = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    server_version: str | None = None
+    start_us: int | None = None
+    last_offset = 0
+    reordered = 0
+
+    def write(stmt: OpenStatement) -> None:
+        nonlocal start_us, last_offset, reordered, failed, unparsed, truncated
+        if start_us is None:
+            start_us = min(stmt.start_us, first_ts if first_ts is not None else stmt.start_us)
+        offset = stmt.start_us - start_us
+        if offset < last_offset:
+            offset = last_offset
+            reordered += 1
+        last_offset = offset
+        writer.write(
+            Statement(
+                session=stmt.session,
+                seq=stmt.seq,
+                offset_us=offset,
+                kind=stmt.kind,
+                sql=stmt.sql,
+                fingerprint=stmt.fingerprint,
+                params=stmt.params,
+                name=stmt.name,
+                duration_us=stmt.duration_us,
+                sqlstate=stmt.sqlstate,
+                params_truncated=stmt.params_truncated,
+            )
+        )
+        by_kind[stmt.kind.value] += 1
+        classes.add(stmt)
+        if stmt.sqlstate is not None:
+            failed += 1
+        if not stmt.parsed:
+            unparsed += 1
+        if stmt.params_truncated:
+            truncated += 1
+
+    try:
+        for result in _results(iter(chunks), workers):
+            lines += result.lines
+            records += result.records
+            non_english += result.non_english
+            if result.server_version and server_version is None:
+                server_version = result.server_version
+            if result.first_ts_us is not None and first_ts is None:
+                first_ts = result.first_ts_us
+            if result.last_ts_us is not None:
+                last_ts = result.last_ts_us
+            for problem in result.problems:
+                if options.strict:
+                    raise _strict_error(problem)  # noqa: TRY301
+                skipped[problem.reason] += 1
+                where = examples.setdefault(problem.reason, [])
+                if len(where) < options.examples_per_reason:
+                    where.append(f"{problem.source}:{problem.line}")
+            tracker.add_sessions(result.sessions)
+            feed = tracker.feed
+            for event in result.events:
+                feed(event)
+            for stmt in tracker.pop_ready():
+                write(stmt)
+        for stmt in tracker.drain():
+            write(stmt)
+        if tracker.counts.statements == 0 and tracker.counts.filtered_statements == 0:
+            raise _no_statements(sources, records, non_english, skipped)  # noqa: TRY301
+        origin = start_us if start_us is not None else (first_ts or 0)
+        end_us = max(last_ts or origin, origin + last_offset)
+        class_records = classes.records()
+        sessions = list(tracker.session_records(origin))
+        counts = tracker.counts
+        header = writer.close(
+            capture_start=to_datetime(origin),
+            capture_end=to_datetime(end_us),
+            sessions=sessions,
+            classes=class_records,
+            source_server_version=server_version,
+            sources=[i.name for i in infos],
+            filters=options.filters.to_json(),
+            counts={
+                "failed": failed,
+                "unparsed": unparsed,
+                "params_truncated": truncated,
+                "skipped_records": sum(skipped.values()),
+                "filtered_statements": counts.filtered_statements,
+                **{f"kind_{k}": v for k, v in by_kind.items()},
+            },
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return CaptureSummary(
+        output=str(output),
+        header=header,
+        sources=tuple(i.name for i in infos),
+        formats=tuple(chunks.formats),
+        bytes_read=chunks.bytes_read,
+        lines=lines,
+        records=records,
+        statements=writer.statements,
+        statements_by_kind=dict(by_kind),
+        sessions=len(sessions),
+        failed_statements=failed,
+        classes=len(class_records),
+        unparsed_statements=unparsed,
+        params_truncated=truncated,
+        durations_attached=counts.durations_attached,
+        statements_from_errors=counts.statements_from_errors,
+        late_outcomes=counts.late_outcomes,
+        reordered=reordered,
+        skipped=dict(skipped),
+        skipped_examples={k: tuple(v) for k, v in examples.items()},
+        filtered=dict(tracker.filter_reasons),
+        first_time=to_datetime(first_ts).isoformat() if first_ts is not None else None,
+        last_time=to_datetime(last_ts).isoformat() if last_ts is not None else None,
+        server_version=server_version,
+    )
+
+
+def _no_statements(
+    sources: Sequence[str], records: int, non_english: int, skipped: collections.Counter[str]
+) -> InputError:
+    names = ", ".join(sources)
+    recipe = capture_recipe(include_optional=False)
+    if records == 0:
+        reasons = ", ".join(f"{n} {r}" for r, n in skipped.most_common(3))
+        return InputError(
+            f"{names}: no PostgreSQL log records found" + (f" ({reasons})" if reasons else ""),
+            hint="is this a csvlog/jsonlog file? postgresql.conf for a capture:\n" + recipe,
+        )
+    if non_english:
+        return InputError(
+            f"{names}: {non_english} records have server messages that are not in English, "
+            "and no statement was recognized",
+            hint="capture reads messages written with lc_messages = 'C'; set it in "
+            "postgresql.conf (it can be changed with a reload) and capture again",
+        )
+    return InputError(
+        f"{names}: {records} log records but no statements in them",
+        hint="the server did not log statements; set in postgresql.conf (then reload):\n" + recipe,
+    )
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

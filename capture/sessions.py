@@ -1,0 +1,407 @@
+"""Session reconstruction: log events in, statements in start-time order out.
+
+Events arrive in log order. Within a session the log order is the execution
+order, so each session is a small state machine:
+
+* ``statement:`` / ``execute NAME:`` (log_statement) open a statement at its
+  log time; the bare ``duration: N ms`` that follows (log_min_duration_statement)
+  attaches to it, so a statement logged by both settings is counted once;
+* ``duration: N ms  statement|execute ...`` alone (log_min_duration_statement
+  without log_statement) is a statement that started at log time minus duration;
+* an ERROR with a query column gives its SQLSTATE to the statement it belongs to
+  (the session's latest one when its text matches and it has no outcome yet), or
+  becomes a statement of its own when the statement was never logged (an error
+  in parse or bind, or log_statement below ``all``);
+* ``parse``/``bind`` records are remembered so such an error can be replayed as
+  the prepared statement it was.
+
+Statements enter a heap keyed by start time and leave it once no later record
+can bring an earlier start (see :class:`StatementTracker.pop_ready`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from capture.events import EventKind, LogEvent, SessionInfo
+from capture.filters import Filters
+from capture.messages import placeholder_count
+from capture.normalize import fingerprint as compute_fingerprint
+from capture.records import Session, StatementKind
+
+_COPY_FROM_STDIN = re.compile(r"(?is)\bcopy\b[^;]*?\bfrom\s+stdin\b")
+
+SLACK_US = 2_000_000
+"""Log lines of different backends reach the log up to this much out of order."""
+LONG_SLACK_US = 300_000_000
+"""A statement still waiting for its duration after this long is written without it."""
+MAX_BUFFERED = 200_000
+"""Never hold more statements than this in memory, whatever the above says."""
+
+
+class OpenStatement:
+    """A statement being assembled (mutable until it is written)."""
+
+    __slots__ = (
+        "closed",
+        "duration_us",
+        "emitted",
+        "fingerprint",
+        "kind",
+        "name",
+        "params",
+        "params_truncated",
+        "parsed",
+        "seq",
+        "session",
+        "sql",
+        "sqlstate",
+        "start_us",
+    )
+
+    def __init__(
+        self,
+        session: str,
+        seq: int,
+        start_us: int,
+        kind: StatementKind,
+        sql: str,
+        fingerprint: str,
+        parsed: bool,
+        params: tuple[str | None, ...] | None = None,
+        name: str | None = None,
+        params_truncated: bool = False,
+        duration_us: int | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        self.session = session
+        self.seq = seq
+        self.start_us = start_us
+        self.kind = kind
+        self.sql = sql
+        self.fingerprint = fingerprint
+        self.parsed = parsed
+        self.params = params
+        self.name = name
+        self.params_truncated = params_truncated
+        self.duration_us = duration_us
+        self.sqlstate = sqlstate
+        self.closed = duration_us is not None or sqlstate is not None
+        self.emitted = False
+
+    def __lt__(self, other: OpenStatement) -> bool:
+        return self.start_us < other.start_us
+
+
+class _SessionState:
+    __slots__ = ("connect_us", "disconnect_us", "info", "kept", "last", "proto", "statements")
+
+    def __init__(self, info: SessionInfo, kept: bool) -> None:
+        self.info = info
+        self.kept = kept
+        self.connect_us: int | None = None
+        self.disconnect_us: int | None = None
+        self.last: OpenStatement | None = None
+        self.proto: tuple[str, str, tuple[str | None, ...] | None, bool] | None = None
+        self.statements = 0
+
+
+@dataclass(slots=True)
+class TrackerCounts:
+    """What reconstruction did, for the summary."""
+
+    statements: int = 0
+    durations_attached: int = 0
+    errors_attached: int = 0
+    statements_from_errors: int = 0
+    late_outcomes: int = 0
+    """A duration or error that arrived after its statement had to be written."""
+    filtered_sessions: int = 0
+    filtered_statements: int = 0
+    reordered: int = 0
+    """Statements whose start was moved later to keep the file in time order."""
+
+
+_NO_INFO = SessionInfo(None, None, None, None, None)
+
+
+class StatementTracker:
+    """Reconstructs sessions and statements from events (pure: no I/O)."""
+
+    def __init__(self, filters: Filters | None = None) -> None:
+        self.filters = filters or Filters()
+        self._since = self.filters.since_us
+        self._until = self.filters.until_us
+        self._exclude = self.filters.sql_pattern()
+        self.sessions: dict[str, _SessionState] = {}
+        self.infos: dict[str, SessionInfo] = {}
+        self.counts = TrackerCounts()
+        self.filter_reasons: dict[str, int] = {}
+        self._heap: list[tuple[int, int, OpenStatement]] = []
+        self._order = 0
+        self.durations_seen = False
+        self.log_now = -(2**62)
+
+    # --- input -----------------------------------------------------------------
+
+    def add_sessions(self, infos: dict[str, SessionInfo]) -> None:
+        """Identities from a reader chunk; the first seen wins (application fills in)."""
+        mine = self.infos
+        for sid, info in infos.items():
+            known = mine.get(sid)
+            if known is None or (not known.application and info.application):
+                mine[sid] = info
+
+    def feed(self, event: LogEvent) -> None:
+        if event.ts_us > self.log_now:
+            self.log_now = event.ts_us
+        state = self.sessions.get(event.session)
+        if state is None:
+            info = self.infos.get(event.session, _NO_INFO)
+            reason = self.filters.keeps_session(info)
+            if reason is not None:
+                self.counts.filtered_sessions += 1
+                self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
+            state = self.sessions[event.session] = _SessionState(info, reason is None)
+        kind = event.kind
+        if kind is EventKind.STATEMENT:
+            sql = event.sql or ""
+            stmt_kind = (
+                StatementKind.COPY_FROM_STDIN
+                if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
+                else StatementKind.SIMPLE
+            )
+            self._open(state, event, event.ts_us, stmt_kind)
+        elif kind is EventKind.EXECUTE:
+            self._open(state, event, event.ts_us, StatementKind.EXECUTE)
+        elif kind is EventKind.DURATION:
+            self.durations_seen = True
+            last = state.last
+            if last is not None and last.duration_us is None and last.sqlstate is None:
+                if last.emitted:
+                    self.counts.late_outcomes += 1
+                last.duration_us = event.duration_us
+                last.closed = True
+                self.counts.durations_attached += 1
+        elif kind is EventKind.DURATION_STATEMENT or kind is EventKind.DURATION_EXECUTE:
+            self.durations_seen = True
+            last = state.last
+            stmt_kind = (
+                StatementKind.SIMPLE
+                if kind is EventKind.DURATION_STATEMENT
+                else StatementKind.EXECUTE
+            )
+            if (
+                last is not None
+                and not last.closed
+                and last.sql == event.sql
+                and (last.kind is stmt_kind or last.kind is StatementKind.COPY_FROM_STDIN)
+            ):
+                last.duration_us = event.duration_us
+                last.closed = True
+                self.counts.durations_attached += 1
+            else:
+                if stmt_kind is StatementKind.SIMPLE and event.sql and _is_copy(event.sql):
+                    stmt_kind = StatementKind.COPY_FROM_STDIN
+                start = event.ts_us - (event.duration_us or 0)
+                self._open(state, event, start, stmt_kind, duration_us=event.duration_us)
+        elif kind is EventKind.PARSE:
+            self.durations_seen = True
+            state.proto = (event.name or "", event.sql or "", None, False)
+        elif kind is EventKind.BIND:
+            self.durations_seen = True
+            state.proto = (event.name or "", event.sql or "", event.params, event.params_truncated)
+        elif kind is EventKind.ERROR:
+            self._error(state, event)
+        elif kind is EventKind.CONNECT:
+            state.connect_us = event.ts_us
+        elif kind is EventKind.DISCONNECT:
+            state.disconnect_us = event.ts_us
+            if state.last is not None:
+                state.last.closed = True
+
+    def _open(
+        self,
+        state: _SessionState,
+        event: LogEvent,
+        start_us: int,
+        kind: StatementKind,
+        *,
+        duration_us: int | None = None,
+        sqlstate: str | None = None,
+        params: tuple[str | None, ...] | None = None,
+        params_truncated: bool | None = None,
+        name: str | None = None,
+    ) -> None:
+        if state.last is not None:
+            state.last.closed = True
+        if not state.kept:
+            state.last = None
+            return
+        sql = event.sql or ""
+        if (self._since is not None and start_us < self._since) or (
+            self._until is not None and start_us >= self._until
+        ):
+            self._filtered("outside the time window")
+            state.last = None
+            return
+        if self._exclude is not None and self._exclude.search(sql):
+            self._filtered("SQL excluded")
+            state.last = None
+            return
+        fp, parsed = event.fingerprint, event.parsed
+        if fp is None:
+            fp, parsed = compute_fingerprint(sql)
+        if kind is not StatementKind.EXECUTE:
+            params, name, truncated = None, None, False
+        else:
+            params = event.params if params is None else params
+            name = event.name if name is None else name
+            truncated = event.params_truncated if params_truncated is None else params_truncated
+        stmt = OpenStatement(
+            event.session,
+            state.statements,
+            start_us,
+            kind,
+            sql,
+            fp,
+            parsed,
+            params=params if params is not None or kind is not StatementKind.EXECUTE else (),
+            name=name if name is not None or kind is not StatementKind.EXECUTE else "",
+            params_truncated=truncated,
+            duration_us=duration_us,
+            sqlstate=sqlstate,
+        )
+        state.statements += 1
+        state.last = stmt
+        self.counts.statements += 1
+        self._order += 1
+        heapq.heappush(self._heap, (start_us, self._order, stmt))
+
+    def _filtered(self, reason: str) -> None:
+        self.counts.filtered_statements += 1
+        self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
+
+    def _error(self, state: _SessionState, event: LogEvent) -> None:
+        sql = event.sql
+        if sql is None:
+            return
+        last = state.last
+        if (
+            last is not None
+            and last.sql == sql
+            and last.sqlstate is None
+            and last.duration_us is None
+            and not (last.closed and last.emitted)
+        ):
+            if last.emitted:
+                self.counts.late_outcomes += 1
+            last.sqlstate = event.sqlstate
+            last.closed = True
+            self.counts.errors_attached += 1
+            return
+        if not state.kept:
+            return
+        proto = state.proto
+        self.counts.statements_from_errors += 1
+        if proto is not None and proto[1] == sql:
+            params = proto[2]
+            truncated = proto[3]
+            if params is None:
+                params = (None,) * placeholder_count(sql)
+                truncated = bool(params)
+            self._open(
+                state,
+                event,
+                event.ts_us,
+                StatementKind.EXECUTE,
+                sqlstate=event.sqlstate,
+                params=params,
+                params_truncated=truncated,
+                name=proto[0],
+            )
+        elif "$" in sql and placeholder_count(sql) > 0:
+            count = placeholder_count(sql)
+            self._open(
+                state,
+                event,
+                event.ts_us,
+                StatementKind.EXECUTE,
+                sqlstate=event.sqlstate,
+                params=(None,) * count,
+                params_truncated=True,
+                name="",
+            )
+        else:
+            kind = StatementKind.COPY_FROM_STDIN if _is_copy(sql) else StatementKind.SIMPLE
+            self._open(state, event, event.ts_us, kind, sqlstate=event.sqlstate)
+
+    # --- output ----------------------------------------------------------------
+
+    def pop_ready(self) -> Iterator[OpenStatement]:
+        """Statements no later record can precede, in start order."""
+        heap = self._heap
+        horizon = self.log_now - SLACK_US
+        long_horizon = self.log_now - LONG_SLACK_US
+        need_closed = self.durations_seen
+        while heap:
+            start, _, stmt = heap[0]
+            if len(heap) <= MAX_BUFFERED:
+                if start > horizon:
+                    return
+                if need_closed and not stmt.closed and start > long_horizon:
+                    return
+            heapq.heappop(heap)
+            stmt.emitted = True
+            yield stmt
+
+    def drain(self) -> Iterator[OpenStatement]:
+        """Every statement still buffered (at the end of the input)."""
+        heap = self._heap
+        while heap:
+            stmt = heapq.heappop(heap)[2]
+            stmt.emitted = True
+            yield stmt
+
+    @property
+    def buffered(self) -> int:
+        return len(self._heap)
+
+    def session_records(self, capture_start_us: int) -> Iterator[Session]:
+        """Kept sessions that ran at least one kept statement or connected in the window."""
+        for sid, state in self.sessions.items():
+            if not state.kept:
+                continue
+            if state.statements == 0 and state.connect_us is None:
+                continue
+            if state.statements == 0 and not self._in_window(state.connect_us):
+                continue
+            info = state.info if state.info is not _NO_INFO else self.infos.get(sid, _NO_INFO)
+            yield Session(
+                id=sid,
+                user=info.user,
+                database=info.database,
+                application=info.application,
+                client=info.client,
+                connect_us=None
+                if state.connect_us is None
+                else state.connect_us - capture_start_us,
+                disconnect_us=None
+                if state.disconnect_us is None
+                else state.disconnect_us - capture_start_us,
+                statements=state.statements,
+            )
+
+    def _in_window(self, ts: int | None) -> bool:
+        if ts is None:
+            return False
+        if self._since is not None and ts < self._since:
+            return False
+        return not (self._until is not None and ts >= self._until)
+
+
+def _is_copy(sql: str) -> bool:
+    return ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql) is not None
