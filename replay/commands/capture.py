@@ -1,9 +1,295 @@
-"""CLI commands for capture (registered on the root app by replay.cli)."""
+"""CLI commands for capture (registered on the root app by replay.cli).
+
+``pgtraffic capture`` turns PostgreSQL logs into a workload file and
+``pgtraffic inspect`` summarizes one. The handlers parse options, call
+:mod:`capture.pipeline` / :mod:`capture.inspect`, and print.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from capture.errors import UsageError
+from capture.filters import Filters
+from capture.inspect import WorkloadStats, workload_stats
+from capture.pipeline import CaptureOptions, CaptureSummary, capture
+from capture.settings import capture_recipe
+from capture.sources import LogFormat
+from capture.workload import read_workload
+
+CAPTURE_HELP = f"""Read PostgreSQL csvlog/jsonlog files and write a workload file.
+
+Give rotated files oldest first; .gz files and - (stdin) work too. The format
+is detected from the first bytes (--format overrides it).
+
+Example:
+
+    pgtraffic capture /var/log/postgresql/postgresql-*.csv -o monday.pgtw \\
+        --database shop --exclude-application pg_dump --since '2024-05-06 09:00'
+
+Records capture cannot use (garbage lines, a truncated last record, non-UTF-8
+bytes) are skipped, counted and listed in the summary; --strict stops at the
+first one instead.
+
+Exit codes: 0 done (even with skipped records), 2 bad options, 3 unusable input
+(missing file, not a PostgreSQL log, no statements in it, --strict stop),
+1 anything else.
+
+The server must log with (postgresql.conf):
+
+{capture_recipe()}
+"""
+
+INSPECT_HELP = """Summarize a workload file: time span, sessions, peak concurrent sessions,
+statements per second over time, and the top query classes by count and by
+total logged time.
+
+Example:
+
+    pgtraffic inspect monday.pgtw
+    pgtraffic inspect monday.pgtw --json | jq '.top_by_time[0]'
+"""
+
+
+def _parse_time(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"{option} {value!r} is not a date and time",
+            hint="use ISO 8601, e.g. '2024-05-06 09:00' or '2024-05-06T09:00:00+02:00' "
+            "(no zone means UTC)",
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def summary_table(summary: CaptureSummary) -> Table:
+    """The end-of-capture summary as a rich table."""
+    table = Table(title=f"capture → {summary.output}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("sources", ", ".join(summary.sources))
+    table.add_row("format", ", ".join(sorted(set(summary.formats))) or "-")
+    if summary.server_version:
+        table.add_row("server version", summary.server_version)
+    table.add_row(
+        "read",
+        f"{_human_bytes(summary.bytes_read)}, {summary.lines:,} lines, {summary.records:,} records",
+    )
+    kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.statements_by_kind.items()))
+    table.add_row("statements", f"{summary.statements:,}" + (f" ({kinds})" if kinds else ""))
+    table.add_row("query classes", f"{summary.classes:,}")
+    table.add_row("sessions", f"{summary.sessions:,}")
+    table.add_row("failed statements", f"{summary.failed_statements:,}")
+    table.add_row("durations logged", f"{summary.durations_attached:,}")
+    if summary.unparsed_statements:
+        table.add_row("unparsable SQL (kept)", f"{summary.unparsed_statements:,}")
+    if summary.params_truncated:
+        table.add_row(
+            "parameters cut",
+            f"{summary.params_truncated:,} (log_parameter_max_length; set it to -1)",
+        )
+    if summary.reordered or summary.late_outcomes:
+        table.add_row(
+            "order fixes",
+            f"{summary.reordered:,} starts moved later, {summary.late_outcomes:,} late outcomes",
+        )
+    if summary.skipped:
+        lines = []
+        for reason, count in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
+            where = ", ".join(summary.skipped_examples.get(reason, ()))
+            lines.append(f"{count:,} {reason} (e.g. {where})")
+        table.add_row("[yellow]skipped records[/]", "\n".join(lines))
+    else:
+        table.add_row("skipped records", "0")
+    if summary.filtered:
+        table.add_row("filtered out", ", ".join(f"{v:,} {k}" for k, v in summary.filtered.items()))
+    span = f"{summary.header.capture_start} → {summary.header.capture_end}"
+    table.add_row("time span", span)
+    return table
+
+
+def stats_tables(stats: WorkloadStats, name: str) -> list[Table]:
+    """``inspect`` output as rich tables."""
+    overview = Table(title=name, show_header=False, title_justify="left")
+    overview.add_column("what", style="bold")
+    overview.add_column("value")
+    overview.add_row("time span", f"{stats.capture_start} → {stats.capture_end}")
+    overview.add_row("duration", f"{stats.duration_s:,.1f} s")
+    if stats.source_server_version:
+        overview.add_row("source server", stats.source_server_version)
+    kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(stats.kinds.items()))
+    overview.add_row("statements", f"{stats.statements:,} ({kinds})")
+    overview.add_row("failed statements", f"{stats.failed_statements:,}")
+    overview.add_row("query classes", f"{stats.classes:,}")
+    overview.add_row("sessions", f"{stats.sessions:,}")
+    overview.add_row("peak concurrent sessions", f"{stats.peak_concurrent_sessions:,}")
+
+    peak = max((b.per_second for b in stats.rate), default=0.0) or 1.0
+    rate = Table(title="statements per second", title_justify="left")
+    rate.add_column("from (s)", justify="right")
+    rate.add_column("stmt/s", justify="right")
+    rate.add_column("")
+    for bucket in stats.rate:
+        bar = "█" * round(30 * bucket.per_second / peak)
+        rate.add_row(f"{bucket.start_s:,.0f}", f"{bucket.per_second:,.1f}", bar)
+
+    tables = [overview, rate]
+    for title, classes, show_time in (
+        ("top classes by count", stats.top_by_count, False),
+        ("top classes by total logged time", stats.top_by_time, True),
+    ):
+        table = Table(title=title, title_justify="left")
+        table.add_column("count", justify="right")
+        table.add_column("total ms", justify="right")
+        table.add_column("fingerprint")
+        table.add_column("query")
+        for cls in classes:
+            text = " ".join(cls.normalized.split())
+            table.add_row(
+                f"{cls.count:,}",
+                f"{cls.total_duration_us / 1000:,.1f}" if cls.total_duration_us else "-",
+                cls.fingerprint,
+                text[:100] + ("…" if len(text) > 100 else ""),
+            )
+        if show_time and not classes:
+            table.caption = "no durations in this workload (log_min_duration_statement was off)"
+        tables.append(table)
+    return tables
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add ``capture`` and ``inspect`` to the root app."""
+
+    @app.command("capture", help=CAPTURE_HELP)
+    def capture_command(
+        logs: Annotated[
+            list[str], typer.Argument(help="csvlog/jsonlog files, oldest first; .gz or - ok")
+        ],
+        output: Annotated[Path, typer.Option("--output", "-o", help="workload file to write")],
+        log_format: Annotated[
+            LogFormat | None,
+            typer.Option("--format", help="log format (default: detect)", case_sensitive=False),
+        ] = None,
+        strict: Annotated[
+            bool, typer.Option("--strict", help="stop at the first unusable record")
+        ] = False,
+        database: Annotated[
+            list[str] | None, typer.Option("--database", "-d", help="keep only this database")
+        ] = None,
+        exclude_database: Annotated[
+            list[str] | None, typer.Option("--exclude-database", help="drop this database")
+        ] = None,
+        user: Annotated[
+            list[str] | None, typer.Option("--user", "-U", help="keep only this user")
+        ] = None,
+        exclude_user: Annotated[
+            list[str] | None, typer.Option("--exclude-user", help="drop this user")
+        ] = None,
+        application: Annotated[
+            list[str] | None,
+            typer.Option("--application", help="keep only this application_name"),
+        ] = None,
+        exclude_application: Annotated[
+            list[str] | None,
+            typer.Option("--exclude-application", help="drop this application_name"),
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option(help="keep statements starting at or after (ISO 8601)")
+        ] = None,
+        until: Annotated[
+            str | None, typer.Option(help="keep statements starting before (ISO 8601)")
+        ] = None,
+        exclude_sql: Annotated[
+            list[str] | None,
+            typer.Option("--exclude-sql", help="drop statements matching this regex"),
+        ] = None,
+        jobs: Annotated[
+            int, typer.Option("--jobs", "-j", help="decoding processes (0: one per CPU)")
+        ] = 0,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")
+        ] = False,
+    ) -> None:
+        import re
+
+        for pattern in exclude_sql or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise UsageError(f"--exclude-sql {pattern!r}: {exc}") from exc
+        if jobs < 0:
+            raise UsageError("--jobs must be 0 (one per CPU) or more")
+        filters = Filters(
+            databases=tuple(database or ()),
+            exclude_databases=tuple(exclude_database or ()),
+            users=tuple(user or ()),
+            exclude_users=tuple(exclude_user or ()),
+            applications=tuple(application or ()),
+            exclude_applications=tuple(exclude_application or ()),
+            since=_parse_time(since, "--since"),
+            until=_parse_time(until, "--until"),
+            exclude_sql=tuple(exclude_sql or ()),
+        )
+        options = CaptureOptions(format=log_format, filters=filters, strict=strict, jobs=jobs)
+        console = Console(stderr=True)
+        if quiet or not console.is_terminal:
+            summary = capture(logs, output, options)
+        else:
+            with Progress(
+                TextColumn("reading logs"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("capture", total=None)
+
+                def progress(done: int, total: int | None) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                summary = capture(logs, output, options, progress=progress)
+        if not quiet:
+            Console().print(summary_table(summary))
+
+    @app.command("inspect", help=INSPECT_HELP)
+    def inspect_command(
+        workload: Annotated[Path, typer.Argument(help="a workload file from pgtraffic capture")],
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        top: Annotated[int, typer.Option(help="how many query classes to list")] = 10,
+    ) -> None:
+        stats = workload_stats(read_workload(workload), top=top)
+        if as_json:
+            typer.echo(json.dumps(stats.to_json(), indent=2, ensure_ascii=False))
+            return
+        console = Console()
+        for table in stats_tables(stats, str(workload)):
+            console.print(table)

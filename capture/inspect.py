@@ -1,0 +1,181 @@
+"""Statistics about a workload file, for ``pgtraffic inspect`` (pure over the records)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from capture.records import QueryClass, Session
+from capture.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """Statements started in ``[start_s, start_s + width_s)`` after capture start."""
+
+    start_s: float
+    width_s: float
+    statements: int
+
+    @property
+    def per_second(self) -> float:
+        return self.statements / self.width_s if self.width_s > 0 else float(self.statements)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadStats:
+    capture_start: str
+    capture_end: str
+    duration_s: float
+    statements: int
+    sessions: int
+    peak_concurrent_sessions: int
+    failed_statements: int
+    kinds: dict[str, int]
+    rate: tuple[RateBucket, ...]
+    top_by_count: tuple[QueryClass, ...]
+    top_by_time: tuple[QueryClass, ...]
+    classes: int
+    source_server_version: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "capture_start": self.capture_start,
+            "capture_end": self.capture_end,
+            "duration_s": self.duration_s,
+            "statements": self.statements,
+            "sessions": self.sessions,
+            "peak_concurrent_sessions": self.peak_concurrent_sessions,
+            "failed_statements": self.failed_statements,
+            "kinds": self.kinds,
+            "classes": self.classes,
+            "source_server_version": self.source_server_version,
+            "statements_per_second": [
+                {
+                    "start_s": b.start_s,
+                    "width_s": b.width_s,
+                    "statements": b.statements,
+                    "per_second": round(b.per_second, 3),
+                }
+                for b in self.rate
+            ],
+            "top_by_count": [_class_json(c) for c in self.top_by_count],
+            "top_by_time": [_class_json(c) for c in self.top_by_time],
+        }
+
+
+def _class_json(cls: QueryClass) -> dict[str, Any]:
+    out = cls.to_json()
+    out.pop("type")
+    return out
+
+
+def peak_concurrency(intervals: Iterable[tuple[int, int]]) -> int:
+    """The largest number of [start, end] intervals open at one instant."""
+    points: list[tuple[int, int]] = []
+    for start, end in intervals:
+        points.append((start, 1))
+        points.append((max(start, end), -1))
+    points.sort(key=lambda p: (p[0], -p[1]))
+    peak = current = 0
+    for _, delta in points:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def session_intervals(
+    sessions: Mapping[str, Session], spans: Mapping[str, tuple[int, int]], end_us: int
+) -> list[tuple[int, int]]:
+    """Each session's life: its connect/disconnect, else its first/last statement.
+
+    A session without a logged connection is taken to start with its first
+    statement; without a logged disconnection, to end with its last statement
+    (or with the capture when it ran no statement).
+    """
+    out = []
+    for sid, session in sessions.items():
+        first, last = spans.get(sid, (None, None))
+        start = session.connect_us if session.connect_us is not None else first
+        stop = session.disconnect_us if session.disconnect_us is not None else last
+        if start is None:
+            start = 0
+        if stop is None:
+            stop = end_us
+        out.append((start, stop))
+    return out
+
+
+class RateCounter:
+    """Statements per second over a capture, in equal slices of at least one second."""
+
+    def __init__(self, duration_us: int, buckets: int = 20) -> None:
+        duration_us = max(duration_us, 1)
+        self.width_us = max(1_000_000, -(-duration_us // buckets))
+        self.counts = [0] * max(1, -(-duration_us // self.width_us))
+
+    def add(self, offset_us: int) -> None:
+        index = min(len(self.counts) - 1, max(0, offset_us // self.width_us))
+        self.counts[index] += 1
+
+    def buckets(self) -> list[RateBucket]:
+        width = self.width_us / 1e6
+        return [
+            RateBucket(start_s=i * width, width_s=width, statements=n)
+            for i, n in enumerate(self.counts)
+        ]
+
+
+def rate_buckets(
+    offsets_us: Iterable[int], duration_us: int, buckets: int = 20
+) -> list[RateBucket]:
+    """Statements per second over the capture, in ``buckets`` equal slices (>= 1 s each)."""
+    counter = RateCounter(duration_us, buckets)
+    for offset in offsets_us:
+        counter.add(offset)
+    return counter.buckets()
+
+
+def workload_stats(workload: Workload, *, top: int = 10, buckets: int = 20) -> WorkloadStats:
+    """Read the statements once and summarize the workload."""
+    spans: dict[str, tuple[int, int]] = {}
+    rate = RateCounter(workload.duration_us, buckets)
+    statements = 0
+    last_offset = 0
+    kinds: dict[str, int] = {}
+    failed = 0
+    for obj in workload.statement_dicts():
+        offset = obj["offset_us"]
+        rate.add(offset)
+        statements += 1
+        last_offset = offset
+        sid = obj["session"]
+        span = spans.get(sid)
+        spans[sid] = (offset, offset) if span is None else (span[0], offset)
+        kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+        if obj.get("sqlstate"):
+            failed += 1
+    duration_us = max(workload.duration_us, last_offset)
+    intervals = session_intervals(workload.sessions, spans, duration_us)
+    classes = list(workload.classes.values())
+    by_count = sorted(classes, key=lambda c: (-c.count, c.fingerprint))[:top]
+    by_time = sorted(
+        (c for c in classes if c.total_duration_us > 0),
+        key=lambda c: (-c.total_duration_us, c.fingerprint),
+    )[:top]
+    return WorkloadStats(
+        capture_start=workload.header.capture_start,
+        capture_end=workload.header.capture_end,
+        duration_s=duration_us / 1e6,
+        statements=statements,
+        sessions=len(workload.sessions),
+        peak_concurrent_sessions=peak_concurrency(intervals),
+        failed_statements=failed,
+        kinds=kinds,
+        rate=tuple(rate.buckets()),
+        top_by_count=tuple(by_count),
+        top_by_time=tuple(by_time),
+        classes=len(classes),
+        source_server_version=workload.header.source_server_version,
+    )
