@@ -15,6 +15,7 @@ from rich.console import Console
 
 from capture.errors import PgTrafficError
 from replay.commands import capture as capture_commands
+from replay.commands import compare as compare_commands
 from replay.commands import replay as replay_commands
 from replay.commands import servers as server_commands
 
@@ -30,11 +31,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 server_commands.register(app)
 capture_commands.register(app)
 replay_commands.register(app)
+compare_commands.register(app)
 
 err_console = Console(stderr=True)
 

@@ -23,6 +23,7 @@ servers_app = typer.Typer(
         "Example: pgtraffic servers start --version 16 --capture"
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 PgBin = Annotated[

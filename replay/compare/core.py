@@ -1,0 +1,361 @@
+"""Compare two runs of the same workload: pure computation over RunData columns."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from capture.errors import InputError
+from replay.compare.model import (
+    ClassComparison,
+    Comparison,
+    ErrorDivergence,
+    Example,
+    IntArray,
+    RowMismatch,
+    RunData,
+    RunSummary,
+    Thresholds,
+    TimelinePoint,
+    Verdict,
+)
+from replay.compare.stats import (
+    FloatArray,
+    Summary,
+    benjamini_hochberg,
+    bootstrap_ratio_intervals,
+    geometric_mean,
+    ratio,
+    significance,
+)
+
+MAX_EXAMPLES = 3
+BOOTSTRAP_CLASSES = 50
+CHART_CLASSES = 6
+CHART_SAMPLES = 2000
+
+
+class DifferentWorkloadsError(InputError):
+    """The two results files replayed different workloads."""
+
+
+def _remap(values: IntArray, vocabulary: tuple[str, ...], common: dict[str, int]) -> IntArray:
+    table = np.array([common.setdefault(v, len(common)) for v in vocabulary], dtype=np.int64)
+    if values.size == 0:
+        return values.astype(np.int64)
+    return table[values]
+
+
+def _pair(a: RunData, b: RunData) -> tuple[IntArray, IntArray]:
+    """Indices (into a, into b) of statements present in both runs."""
+    sessions: dict[str, int] = {}
+    sa = _remap(a.session, a.sessions, sessions)
+    sb = _remap(b.session, b.sessions, sessions)
+    ka = sa * (1 << 32) + a.index
+    kb = sb * (1 << 32) + b.index
+    _, ia, ib = np.intersect1d(ka, kb, assume_unique=False, return_indices=True)
+    return ia.astype(np.int64), ib.astype(np.int64)
+
+
+def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
+    ok = run.sqlstate == 0
+    lag_ms = (run.start_us - run.intended_us) / 1000.0
+    if lag_ms.size:
+        p50, p95, p99 = (float(x) for x in np.percentile(lag_ms, [50, 95, 99]))
+        lag_max = float(lag_ms.max())
+    else:
+        p50 = p95 = p99 = lag_max = 0.0
+    if run.max_speed:
+        faithful = True
+        note = "replayed at maximum speed: latencies are measured under saturation, not timing"
+    elif p95 > thresholds.max_lag_p95_ms:
+        faithful = False
+        note = (
+            f"lag p95 {p95:.1f} ms exceeds {thresholds.max_lag_p95_ms:g} ms: the replayer fell "
+            "behind schedule, so its latencies describe the replayer as much as the server; "
+            "replay again with a lower --speed or more --workers"
+        )
+    else:
+        faithful = True
+        note = f"on schedule (lag p95 {p95:.1f} ms)"
+    return RunSummary(
+        label=run.label,
+        path=run.path,
+        server_version=run.server_version,
+        statements=len(run),
+        errors=int((~ok).sum()),
+        duration_s=run.duration_s,
+        throughput=len(run) / run.duration_s if run.duration_s > 0 else math.nan,
+        total_service_ms=float(run.service_us[ok].sum()) / 1000.0,
+        lag_p50_ms=p50,
+        lag_p95_ms=p95,
+        lag_p99_ms=p99,
+        lag_max_ms=lag_max,
+        max_speed=run.max_speed,
+        speed=run.speed,
+        faithful=faithful,
+        fidelity_note=note,
+    )
+
+
+def _groups(keys: IntArray) -> dict[int, IntArray]:
+    """Positions of each distinct key (one sort, no Python loop over elements)."""
+    if keys.size == 0:
+        return {}
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    starts = np.concatenate(([0], cuts))
+    return {
+        int(sorted_keys[s]): part for s, part in zip(starts, np.split(order, cuts), strict=True)
+    }
+
+
+def _verdict(
+    base: Summary, cand: Summary, q: float, thresholds: Thresholds, tested: bool
+) -> Verdict:
+    if not tested:
+        return Verdict.TOO_FEW
+    r = ratio(cand.p50, base.p50)
+    delta = cand.p50 - base.p50
+    if math.isnan(q) or q >= thresholds.alpha or abs(delta) < thresholds.min_delta_us:
+        return Verdict.UNCHANGED
+    if r >= thresholds.min_ratio:
+        return Verdict.REGRESSED
+    if r <= 1 / thresholds.min_ratio:
+        return Verdict.IMPROVED
+    return Verdict.UNCHANGED
+
+
+def compare_runs(
+    a: RunData,
+    b: RunData,
+    *,
+    thresholds: Thresholds | None = None,
+    class_text: Mapping[str, str] | None = None,
+) -> Comparison:
+    """Compare baseline ``a`` with candidate ``b`` class by class."""
+    th = thresholds or Thresholds()
+    if a.workload_id != b.workload_id:
+        raise DifferentWorkloadsError(
+            f"{a.path} and {b.path} replayed different workloads "
+            f"({a.workload_id[:12]} vs {b.workload_id[:12]}); compare runs of one workload",
+            hint="replay the same workload file on both servers, then compare those results",
+        )
+    texts = dict(class_text or {})
+    fps: dict[str, int] = {}
+    fa = _remap(a.fingerprint, a.fingerprints, fps)
+    fb = _remap(b.fingerprint, b.fingerprints, fps)
+    names = sorted(fps, key=fps.__getitem__)
+    ok_a = a.sqlstate == 0
+    ok_b = b.sqlstate == 0
+    svc_a = a.service_us.astype(np.float64)
+    svc_b = b.service_us.astype(np.float64)
+
+    ia, ib = _pair(a, b)
+    pair_ok = ok_a[ia] & ok_b[ib]
+    pair_fp = fa[ia]
+
+    groups_a = _groups(fa)
+    groups_b = _groups(fb)
+    pair_groups = _groups(pair_fp[pair_ok])
+    pa_ok, pb_ok = ia[pair_ok], ib[pair_ok]
+
+    rows_out: list[tuple[int, Summary, Summary, int, int, FloatArray, FloatArray]] = []
+    tests = []
+    for fid in range(len(names)):
+        pos_a = groups_a.get(fid, np.empty(0, dtype=np.int64))
+        pos_b = groups_b.get(fid, np.empty(0, dtype=np.int64))
+        va = svc_a[pos_a[ok_a[pos_a]]]
+        vb = svc_b[pos_b[ok_b[pos_b]]]
+        pp = pair_groups.get(fid)
+        paired_a = svc_a[pa_ok[pp]] if pp is not None else None
+        paired_b = svc_b[pb_ok[pp]] if pp is not None else None
+        tests.append(
+            significance(va, vb, paired_a, paired_b, min_samples=th.min_samples)
+            if va.size >= th.min_samples and vb.size >= th.min_samples
+            else significance(va[:0], vb[:0], min_samples=th.min_samples)
+        )
+        rows_out.append(
+            (
+                fid,
+                Summary.of(va),
+                Summary.of(vb),
+                int(pos_a.size - va.size),
+                int(pos_b.size - vb.size),
+                va,
+                vb,
+            )
+        )
+    qs = benjamini_hochberg([t.p_value for t in tests])
+    # Bootstrap intervals for the classes that matter most (by total time), bounded cost.
+    weight = [max(r[1].total, r[2].total) for r in rows_out]
+    top = set(sorted(range(len(rows_out)), key=lambda i: -weight[i])[:BOOTSTRAP_CLASSES])
+    classes = []
+    samples: dict[str, tuple[list[float], list[float]]] = {}
+    rng = np.random.default_rng(1)
+    for i, (fid, sa, sb, ea, eb, va, vb) in enumerate(rows_out):
+        tested = tests[i].method != "none"
+        ci50 = ci95 = None
+        if tested and i in top:
+            ci50, ci95 = bootstrap_ratio_intervals(va, vb, seed=i)
+        fp = names[fid]
+        classes.append(
+            ClassComparison(
+                fingerprint=fp,
+                text=texts.get(fp, fp),
+                baseline=sa,
+                candidate=sb,
+                baseline_errors=ea,
+                candidate_errors=eb,
+                ratio_p50=ratio(sb.p50, sa.p50) if sa.count and sb.count else math.nan,
+                ratio_p95=ratio(sb.p95, sa.p95) if sa.count and sb.count else math.nan,
+                delta_p50_us=(sb.p50 - sa.p50) if sa.count and sb.count else math.nan,
+                ci_p50=ci50,
+                ci_p95=ci95,
+                test=tests[i],
+                q_value=qs[i],
+                verdict=_verdict(sa, sb, qs[i], th, tested),
+            )
+        )
+    classes.sort(key=_severity)
+    for cls in sorted(classes, key=lambda c: -max(c.baseline.total, c.candidate.total))[
+        :CHART_CLASSES
+    ]:
+        fid = fps[cls.fingerprint]
+        va, vb = rows_out[fid][5], rows_out[fid][6]
+        samples[cls.fingerprint] = (_subsample(va, rng), _subsample(vb, rng))
+
+    tested_ratios = [c.ratio_p50 for c in classes if c.verdict is not Verdict.TOO_FEW]
+    base_summary = run_summary(a, th)
+    cand_summary = run_summary(b, th)
+    return Comparison(
+        baseline=base_summary,
+        candidate=cand_summary,
+        thresholds=th,
+        classes=tuple(classes),
+        errors=_error_divergence(a, b, ia, ib, fa, names, texts),
+        rows=_row_mismatches(a, b, ia, ib, fa, names, texts),
+        paired=int(ia.size),
+        total_ratio=ratio(cand_summary.total_service_ms, base_summary.total_service_ms),
+        geomean_ratio=geometric_mean(tested_ratios),
+        timeline=_timeline(a, b),
+        samples=samples,
+    )
+
+
+def _subsample(values: FloatArray, rng: np.random.Generator) -> list[float]:
+    if values.size > CHART_SAMPLES:
+        values = rng.choice(values, CHART_SAMPLES, replace=False)
+    return [float(v) / 1000.0 for v in values]
+
+
+_ORDER = {Verdict.REGRESSED: 0, Verdict.IMPROVED: 1, Verdict.UNCHANGED: 2, Verdict.TOO_FEW: 3}
+
+
+def _severity(c: ClassComparison) -> tuple[int, float]:
+    """Worst first: regressions by added time, then improvements, then the rest by time."""
+    added = (c.candidate.total - c.baseline.total) if c.baseline.count and c.candidate.count else 0
+    return (_ORDER[c.verdict], -abs(added) - max(c.baseline.total, c.candidate.total) * 1e-9)
+
+
+def _error_divergence(
+    a: RunData,
+    b: RunData,
+    ia: IntArray,
+    ib: IntArray,
+    fa: IntArray,
+    names: list[str],
+    texts: Mapping[str, str],
+) -> tuple[ErrorDivergence, ...]:
+    sa = np.array([a.sqlstates[i] for i in range(len(a.sqlstates))], dtype=object)
+    sb = np.array([b.sqlstates[i] for i in range(len(b.sqlstates))], dtype=object)
+    code_a = sa[a.sqlstate[ia]] if ia.size else np.empty(0, dtype=object)
+    code_b = sb[b.sqlstate[ib]] if ib.size else np.empty(0, dtype=object)
+    differ = np.flatnonzero(code_a != code_b)
+    found: dict[tuple[int, str, str], list[int]] = {}
+    for k in differ:
+        key = (int(fa[ia[k]]), str(code_a[k]), str(code_b[k]))
+        found.setdefault(key, []).append(int(k))
+    out = []
+    for (fid, ca, cb), ks in found.items():
+        change = "new" if ca == "" else "resolved" if cb == "" else "changed"
+        examples = tuple(
+            Example(
+                session=a.sessions[int(a.session[ia[k]])],
+                index=int(a.index[ia[k]]),
+                sql=None,
+                detail=f"{ca or 'ok'} -> {cb or 'ok'}",
+            )
+            for k in ks[:MAX_EXAMPLES]
+        )
+        fp = names[fid]
+        out.append(ErrorDivergence(fp, texts.get(fp, fp), change, ca, cb, len(ks), examples))
+    out.sort(key=lambda d: ({"new": 0, "changed": 1, "resolved": 2}[d.change], -d.count))
+    return tuple(out)
+
+
+def _row_mismatches(
+    a: RunData,
+    b: RunData,
+    ia: IntArray,
+    ib: IntArray,
+    fa: IntArray,
+    names: list[str],
+    texts: Mapping[str, str],
+) -> tuple[RowMismatch, ...]:
+    both = (a.sqlstate[ia] == 0) & (b.sqlstate[ib] == 0) & (a.rows[ia] >= 0) & (b.rows[ib] >= 0)
+    ra, rb = a.rows[ia], b.rows[ib]
+    compared = _groups(fa[ia][both])
+    bad = both & (ra != rb)
+    out = []
+    for fid, ks in _groups(fa[ia][bad]).items():
+        positions = np.flatnonzero(bad)[ks]
+        examples = tuple(
+            Example(
+                session=a.sessions[int(a.session[ia[k]])],
+                index=int(a.index[ia[k]]),
+                sql=None,
+                detail=f"{int(ra[k])} rows -> {int(rb[k])} rows",
+            )
+            for k in positions[:MAX_EXAMPLES]
+        )
+        fp = names[fid]
+        out.append(
+            RowMismatch(fp, texts.get(fp, fp), int(ks.size), int(compared[fid].size), examples)
+        )
+    out.sort(key=lambda m: -m.count)
+    return tuple(out)
+
+
+def _timeline(a: RunData, b: RunData, max_points: int = 300) -> tuple[TimelinePoint, ...]:
+    """p95 service time and lag per time bucket of the schedule, for both runs."""
+
+    def per_bucket(run: RunData, width: int) -> dict[int, tuple[float, float]]:
+        ok = run.sqlstate == 0
+        axis = run.start_us if run.max_speed else run.intended_us
+        bucket = (axis // (width * 1_000_000)).astype(np.int64)
+        out = {}
+        for key, pos in _groups(bucket).items():
+            okpos = pos[ok[pos]]
+            svc = float(np.percentile(run.service_us[okpos], 95)) / 1000 if okpos.size else math.nan
+            lag = (run.start_us[pos] - run.intended_us[pos]) / 1000.0
+            out[key * width] = (svc, float(np.percentile(lag, 95)))
+        return out
+
+    def span_of(run: RunData) -> int:
+        axis = run.start_us if run.max_speed else run.intended_us
+        return int(axis.max()) if len(run) else 0
+
+    span = max(span_of(a), span_of(b))
+    width = max(1, math.ceil(span / 1_000_000 / max_points))
+    ta, tb = per_bucket(a, width), per_bucket(b, width)
+    nan2 = (math.nan, math.nan)
+    return tuple(
+        TimelinePoint(
+            s, ta.get(s, nan2)[0], tb.get(s, nan2)[0], ta.get(s, nan2)[1], tb.get(s, nan2)[1]
+        )
+        for s in sorted(set(ta) | set(tb))
+    )

@@ -1,0 +1,40 @@
+"""The self-contained HTML report: summary, class table, charts, divergences, plans."""
+
+from __future__ import annotations
+
+import math
+
+import jinja2
+
+from replay.compare import charts
+from replay.compare.model import Comparison, Verdict
+from replay.compare.render_text import fmt_ratio, headline, ms
+
+_TEMPLATE = "report.html.j2"
+
+
+def to_html(c: Comparison, *, version: str) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("replay.compare", "."),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    template = env.get_template(_TEMPLATE)
+    return template.render(
+        c=c,
+        th=c.thresholds,
+        headline=headline(c),
+        ratio_svg=charts.ratios(c),
+        dist_svg=charts.distributions(c),
+        time_svg=charts.timeline(c),
+        css={
+            Verdict.REGRESSED: "regressed",
+            Verdict.IMPROVED: "improved",
+            Verdict.UNCHANGED: "",
+            Verdict.TOO_FEW: "too-few",
+        },
+        ms=ms,
+        ratio=fmt_ratio,
+        q=lambda v: "-" if math.isnan(v) else f"{v:.2g}",
+        version=version,
+    )
