@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_benjamini_hochberg_properties(ps: list[float]) -> None:
         assert p - 1e-12 <= qv <= 1.0
     order = np.argsort(ps)
     ranked = [q[i] for i in order]
-    assert all(x <= y + 1e-12 for x, y in zip(ranked, ranked[1:], strict=False))
+    assert all(x <= y + 1e-12 for x, y in itertools.pairwise(ranked))
 
 
 def test_bootstrap_intervals_cover_the_true_ratio() -> None:
