@@ -18,7 +18,9 @@ ENGLISH_SEVERITIES = frozenset(
 )
 FAILURE_SEVERITIES = frozenset({"ERROR", "FATAL", "PANIC"})
 
-_DURATION = re.compile(r"duration: (\d+(?:\.\d+)?) ms(?:  (statement|parse|bind|execute) )?")
+_DURATION = re.compile(
+    r"duration: (\d+(?:\.\d+)?) ms(?:  (?:(statement): |(parse|bind|execute) ))?"
+)
 _PARAM = re.compile(r"\$(\d+) = (?:NULL|'([^']*(?:''[^']*)*)')")
 _CONNECT = re.compile(
     r"connection authorized: user=(\S*)(?: database=(\S*))?(?: application_name=(.*?))?"
@@ -86,12 +88,12 @@ def _duration(message: str) -> Classified | None:
     if match is None:
         return None
     duration_us = _ms_to_us(match.group(1))
-    what = match.group(2)
-    if what is None:
-        return Classified(EventKind.DURATION, duration_us=duration_us)
     rest = message[match.end() :]
-    if what == "statement":
+    if match.group(2):
         return Classified(EventKind.DURATION_STATEMENT, sql=rest, duration_us=duration_us)
+    what = match.group(3)
+    if what is None:
+        return Classified(EventKind.DURATION, duration_us=duration_us) if not rest else None
     if what == "execute" and rest.startswith("fetch from "):
         return None
     named = _named(rest)

@@ -236,8 +236,14 @@ class StatementTracker:
         params_truncated: bool | None = None,
         name: str | None = None,
     ) -> None:
-        if state.last is not None:
-            state.last.closed = True
+        prev = state.last
+        if prev is not None:
+            prev.closed = True
+            # log times have millisecond resolution: keep a session's statements in order
+            if start_us < prev.start_us + (prev.duration_us or 0):
+                start_us = max(
+                    prev.start_us, min(prev.start_us + (prev.duration_us or 0), event.ts_us)
+                )
         if not state.kept:
             state.last = None
             return

@@ -1,0 +1,196 @@
+"""Capture logs written by real PostgreSQL servers while real clients run.
+
+The invariant: every statement a client sent appears exactly once in the
+workload, in session order, with its parameters and its outcome (SQLSTATE).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from capture.pipeline import CaptureOptions, capture
+from capture.records import Statement, StatementKind
+from capture.workload import Workload, read_workload
+from replay.servers import Cluster, Profile
+
+pytestmark = pytest.mark.pg(">=15")
+
+# (sql as psql sends it, expected SQLSTATE or None)
+PSQL_SCRIPT: list[tuple[str, str | None]] = [
+    ("CREATE TABLE items (id int PRIMARY KEY, name text, note text)", None),
+    ("INSERT INTO items VALUES (1, 'it''s', 'multi\nline\n  note')", None),
+    ("SELECT $$dollar 'quoted'\n text; with semicolon$$ AS d", None),
+    ("SELECT $tag$ $$ nested $$ $tag$ AS t", None),
+    ("SELECT 'Ünïcödé ✓ 日本語' AS u, \"id\" FROM items", None),
+    ("BEGIN", None),
+    ("SAVEPOINT sp1", None),
+    ("SELECT * FROM nosuch_table", "42P01"),
+    ("ROLLBACK TO SAVEPOINT sp1", None),
+    ("INSERT INTO items VALUES (2, 'two', NULL)", None),
+    ("RELEASE SAVEPOINT sp1", None),
+    ("COMMIT", None),
+    ("PREPARE byid(int) AS SELECT name FROM items WHERE id = $1", None),
+    ("EXECUTE byid(1)", None),
+    ("SELECT 1/0", "22012"),
+    ("SELEC broken syntax", "42601"),
+    ("DEALLOCATE byid", None),
+]
+
+# (sql with %s, params, expected SQLSTATE)
+PSYCOPG_CALLS: list[tuple[str, tuple[Any, ...], str | None]] = [
+    ("SELECT %s::text, %s::int, %s::text", ("it's\n'quoted'", None, "Ünï ✓"), None),
+    ("SELECT %s::text, %s::int, %s::text", ("b", 2, ""), None),
+    ("SELECT name FROM items WHERE id = %s", (1,), None),
+    ("SELECT name FROM items WHERE id = %s", (2,), None),
+    ("SELECT 1 / %s::int", (0,), "22012"),
+    ("INSERT INTO items VALUES (%s, %s, %s)", (3, "x" * 50, "line1\nline2"), None),
+]
+
+
+def _strip(sql: str) -> str:
+    return sql.strip().rstrip(";").strip()
+
+
+def run_clients(cluster: Cluster, tmp_path: Path) -> None:
+    script = tmp_path / "script.sql"
+    script.write_text("".join(f"{sql};\n" for sql, _ in PSQL_SCRIPT))
+    cluster.run_tool("pgbench", "-i", "-q", "-s", "1")
+    result = cluster.run_tool("psql", "-X", "-q", "-f", script, check=False)
+    assert "nosuch_table" in result.stderr
+    with psycopg.connect(
+        cluster.dsn(), application_name="inv-psycopg", autocommit=True
+    ) as conn:
+        for sql, params, expected in PSYCOPG_CALLS:
+            try:
+                conn.execute(sql, params, prepare=True)
+            except psycopg.Error as exc:
+                assert exc.sqlstate == expected
+            else:
+                assert expected is None
+    for mode in ("simple", "extended", "prepared"):
+        cluster.run_tool("pgbench", "-n", "-M", mode, "-c", "2", "-t", "4")
+    time.sleep(0.3)  # let the logging collector flush
+
+
+def by_session(workload: Workload) -> dict[str, list[Statement]]:
+    sessions: dict[str, list[Statement]] = defaultdict(list)
+    for stmt in workload.statements():
+        sessions[stmt.session].append(stmt)
+    return sessions
+
+
+def sessions_of(workload: Workload, application: str) -> list[str]:
+    return [s.id for s in workload.sessions.values() if s.application == application]
+
+
+def check_invariants(workload: Workload, *, durations: bool) -> None:
+    statements = by_session(workload)
+    last = -1
+    for stmt in workload.statements():
+        assert stmt.offset_us >= last
+        last = stmt.offset_us
+    for sid, stmts in statements.items():
+        assert [s.seq for s in stmts] == list(range(len(stmts))), sid
+        assert sid in workload.sessions
+        assert workload.sessions[sid].statements == len(stmts)
+
+    # psql: every statement of the script, once, in order, with its outcome
+    (psql,) = [
+        sid
+        for sid, stmts in statements.items()
+        if any("nosuch_table" in s.sql for s in stmts)
+    ]
+    got = [(_strip(s.sql), s.sqlstate) for s in statements[psql]]
+    assert got == [(sql, state) for sql, state in PSQL_SCRIPT]
+    assert all(s.kind is StatementKind.SIMPLE for s in statements[psql])
+
+    # psycopg: protocol-level named prepared statements with their parameters
+    (pyc,) = sessions_of(workload, "inv-psycopg")
+    got_py = statements[pyc]
+    assert len(got_py) == len(PSYCOPG_CALLS)
+    for stmt, (sql, params, expected) in zip(got_py, PSYCOPG_CALLS, strict=True):
+        assert stmt.kind is StatementKind.EXECUTE
+        count = sql.count("%s")
+        assert stmt.sql == sql.replace("%s", "{}").format(*(f"${i + 1}" for i in range(count)))
+        assert stmt.sqlstate == expected
+        if expected is None:
+            assert stmt.params == tuple(None if p is None else str(p) for p in params)
+            assert stmt.name
+            assert stmt.params_truncated is False
+            assert (stmt.duration_us is not None) is durations
+        else:
+            # failed before its execute was logged: parameters unknown, said so
+            assert stmt.params is not None and len(stmt.params) == count
+
+    # pgbench: 2 clients x 4 transactions x 7 statements per mode
+    pgbench = [sid for sid in sessions_of(workload, "pgbench") if len(statements[sid]) == 28]
+    kinds = sorted(
+        tuple(sorted({s.kind.value for s in statements[sid]})) for sid in pgbench
+    )
+    assert kinds == [("execute",)] * 4 + [("simple",)] * 2
+    for sid in pgbench:
+        stmts = statements[sid]
+        assert _strip(stmts[0].sql) == "BEGIN"
+        assert _strip(stmts[-1].sql) == "END"
+        for stmt in stmts:
+            assert stmt.sqlstate is None
+            if stmt.kind is StatementKind.EXECUTE:
+                assert stmt.params is not None
+                assert len(stmt.params) == stmt.sql.count("$")
+                assert all(p is not None and p.lstrip("-").isdigit() for p in stmt.params)
+            assert (stmt.duration_us is not None) is durations
+
+
+@pytest.mark.parametrize("major", [15, 16, 18])
+def test_recipe_log_csv_and_json_agree(make_cluster: Any, tmp_path: Path, major: int) -> None:
+    """log_statement=all plus log_min_duration_statement=0: no double counting."""
+    cluster = make_cluster(
+        major,
+        Profile.CAPTURE,
+        settings={"log_destination": "'csvlog,jsonlog'", "log_min_duration_statement": "0"},
+    )
+    run_clients(cluster, tmp_path)
+    csv_files = cluster.log_files("*.csv")
+    json_files = cluster.log_files("*.json")
+    assert csv_files and json_files
+    csv_out, json_out = tmp_path / "csv.pgtw", tmp_path / "json.pgtw"
+    summary = capture([str(p) for p in csv_files], csv_out, CaptureOptions(jobs=2, chunk_bytes=4096))
+    capture([str(p) for p in json_files], json_out, CaptureOptions(jobs=1))
+    assert summary.skipped == {}
+    assert summary.server_version is not None and summary.server_version.startswith(str(major))
+    csv_w, json_w = read_workload(csv_out), read_workload(json_out)
+    check_invariants(csv_w, durations=True)
+    check_invariants(json_w, durations=True)
+    # csvlog and jsonlog lines of different backends may interleave differently
+    assert by_session(csv_w) == by_session(json_w)
+    assert csv_w.sessions == json_w.sessions
+
+
+@pytest.mark.parametrize("major", [16])
+def test_duration_only_log(make_cluster: Any, tmp_path: Path, major: int) -> None:
+    """log_min_duration_statement=0 alone: start = log time - duration."""
+    cluster = make_cluster(
+        major,
+        Profile.CAPTURE,
+        settings={"log_statement": "'none'", "log_min_duration_statement": "0"},
+    )
+    run_clients(cluster, tmp_path)
+    out = tmp_path / "w.pgtw"
+    capture([str(p) for p in cluster.log_files()], out, CaptureOptions(jobs=1))
+    check_invariants(read_workload(out), durations=True)
+
+
+@pytest.mark.parametrize("major", [18])
+def test_statement_only_log(make_cluster: Any, tmp_path: Path, major: int) -> None:
+    """The minimal recipe (log_statement=all, no durations), PostgreSQL 18 Parameters:."""
+    cluster = make_cluster(major, Profile.CAPTURE, settings={"log_min_duration_statement": "-1"})
+    run_clients(cluster, tmp_path)
+    out = tmp_path / "w.pgtw"
+    capture([str(p) for p in cluster.log_files()], out, CaptureOptions(jobs=2))
+    check_invariants(read_workload(out), durations=False)
