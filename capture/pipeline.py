@@ -192,6 +192,8 @@ def _results(jobs: Iterator[_Job], workers: int) -> Iterator[ChunkResult]:
             yield parse_job(*job)
         return
     context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+    if os.name == "posix":
+        context.set_forkserver_preload(["capture.pipeline"])
     with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending: collections.deque[futures.Future[ChunkResult]] = collections.deque()
         try:
@@ -265,6 +267,8 @@ def capture(
         raise InputError("stdin (-) can be read only once")
     workers = options.jobs or os.cpu_count() or 1
     chunks = _Chunks(infos, options.format, options.chunk_bytes, progress)
+    if not options.jobs and chunks.total is not None and chunks.total < 4 * options.chunk_bytes:
+        workers = 1  # starting worker processes costs more than decoding a small log
     tracker = StatementTracker(options.filters)
     classes = _Classes()
     writer = WorkloadWriter(output)

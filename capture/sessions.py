@@ -245,6 +245,7 @@ class StatementTracker:
                     prev.start_us, min(prev.start_us + (prev.duration_us or 0), event.ts_us)
                 )
         if not state.kept:
+            self.counts.filtered_statements += 1
             state.last = None
             return
         sql = event.sql or ""

@@ -63,9 +63,7 @@ def run_clients(cluster: Cluster, tmp_path: Path) -> None:
     cluster.run_tool("pgbench", "-i", "-q", "-s", "1")
     result = cluster.run_tool("psql", "-X", "-q", "-f", script, check=False)
     assert "nosuch_table" in result.stderr
-    with psycopg.connect(
-        cluster.dsn(), application_name="inv-psycopg", autocommit=True
-    ) as conn:
+    with psycopg.connect(cluster.dsn(), application_name="inv-psycopg", autocommit=True) as conn:
         for sql, params, expected in PSYCOPG_CALLS:
             try:
                 conn.execute(sql, params, prepare=True)
@@ -102,9 +100,7 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
 
     # psql: every statement of the script, once, in order, with its outcome
     (psql,) = [
-        sid
-        for sid, stmts in statements.items()
-        if any("nosuch_table" in s.sql for s in stmts)
+        sid for sid, stmts in statements.items() if any("nosuch_table" in s.sql for s in stmts)
     ]
     got = [(_strip(s.sql), s.sqlstate) for s in statements[psql]]
     assert got == [(sql, state) for sql, state in PSQL_SCRIPT]
@@ -130,9 +126,7 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
 
     # pgbench: 2 clients x 4 transactions x 7 statements per mode
     pgbench = [sid for sid in sessions_of(workload, "pgbench") if len(statements[sid]) == 28]
-    kinds = sorted(
-        tuple(sorted({s.kind.value for s in statements[sid]})) for sid in pgbench
-    )
+    kinds = sorted(tuple(sorted({s.kind.value for s in statements[sid]})) for sid in pgbench)
     assert kinds == [("execute",)] * 4 + [("simple",)] * 2
     for sid in pgbench:
         stmts = statements[sid]
@@ -160,7 +154,9 @@ def test_recipe_log_csv_and_json_agree(make_cluster: Any, tmp_path: Path, major:
     json_files = cluster.log_files("*.json")
     assert csv_files and json_files
     csv_out, json_out = tmp_path / "csv.pgtw", tmp_path / "json.pgtw"
-    summary = capture([str(p) for p in csv_files], csv_out, CaptureOptions(jobs=2, chunk_bytes=4096))
+    summary = capture(
+        [str(p) for p in csv_files], csv_out, CaptureOptions(jobs=2, chunk_bytes=4096)
+    )
     capture([str(p) for p in json_files], json_out, CaptureOptions(jobs=1))
     assert summary.skipped == {}
     assert summary.server_version is not None and summary.server_version.startswith(str(major))
