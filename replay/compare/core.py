@@ -49,12 +49,29 @@ def _remap(values: IntArray, vocabulary: tuple[str, ...], common: dict[str, int]
 
 
 def _pair(a: RunData, b: RunData) -> tuple[IntArray, IntArray]:
-    """Indices (into a, into b) of statements present in both runs."""
+    """Indices (into a, into b) of statements present in both runs.
+
+    A statement is identified by (session, index in session). When the key space is
+    dense (the usual case: both runs replayed the same workload), a direct-address
+    table pairs them in linear time; otherwise a sort-based intersection does.
+    """
     sessions: dict[str, int] = {}
     sa = _remap(a.session, a.sessions, sessions)
     sb = _remap(b.session, b.sessions, sessions)
-    ka = sa * (1 << 32) + a.index
-    kb = sb * (1 << 32) + b.index
+    if a.index.size == 0 or b.index.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    width = int(max(a.index.max(), b.index.max())) + 1
+    space = len(sessions) * width
+    ka = sa * width + a.index
+    kb = sb * width + b.index
+    if space <= 4 * (ka.size + kb.size) + 1024:
+        where_a = np.full(space, -1, dtype=np.int64)
+        where_a[ka] = np.arange(ka.size)
+        hit_b = np.flatnonzero(where_a[kb] >= 0)
+        ia = where_a[kb[hit_b]]
+        order = np.argsort(ia, kind="stable")
+        return ia[order], hit_b[order].astype(np.int64)
     _, ia, ib = np.intersect1d(ka, kb, assume_unique=False, return_indices=True)
     return ia.astype(np.int64), ib.astype(np.int64)
 
@@ -101,10 +118,17 @@ def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
 
 
 def _groups(keys: IntArray) -> dict[int, IntArray]:
-    """Positions of each distinct key (one sort, no Python loop over elements)."""
+    """Positions of each distinct key (one sort, no Python loop over elements).
+
+    Keys are small integers (class ids), so they are sorted as 16-bit values when they
+    fit, which numpy does with a linear-time radix sort.
+    """
     if keys.size == 0:
         return {}
-    order = np.argsort(keys, kind="stable")
+    if int(keys.max()) < 1 << 16 and int(keys.min()) >= 0:
+        order = np.argsort(keys.astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
     starts = np.concatenate(([0], cuts))

@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from capture.records import Statement
 from capture.workload import Workload, read_workload
 from replay.compare.model import Comparison, Example, RunData
@@ -22,8 +20,8 @@ def load_run(path: Path | str) -> RunData:
     target = header.get("target") or {}
     rec = results.records
     strings = tuple("" if s is None else s for s in results.strings)
-    start = rec["start_us"].astype(np.int64)
-    service = rec["service_us"].astype(np.int64)
+    start = rec["start_us"]
+    service = rec["service_us"]
     duration_s = float((start + service).max() - start.min()) / 1000000.0 if len(rec) else 0.0
     version = target.get("server_version")
     host, port = target.get("host", "?"), target.get("port")
@@ -39,15 +37,15 @@ def load_run(path: Path | str) -> RunData:
         sessions=strings,
         fingerprints=strings,
         sqlstates=strings,
-        session=rec["session"].astype(np.int64),
-        index=rec["index"].astype(np.int64),
-        fingerprint=rec["fingerprint"].astype(np.int64),
-        intended_us=rec["intended_us"].astype(np.int64),
+        session=rec["session"],
+        index=rec["index"],
+        fingerprint=rec["fingerprint"],
+        intended_us=rec["intended_us"],
         start_us=start,
         service_us=service,
-        rows=rec["rows"].astype(np.int64),
-        sqlstate=rec["sqlstate"].astype(np.int64),
-        original_sqlstate=rec["original_sqlstate"].astype(np.int64),
+        rows=rec["rows"],
+        sqlstate=rec["sqlstate"],
+        original_sqlstate=rec["original_sqlstate"],
         workload_path=header.get("workload_path"),
         header=header,
     )

@@ -126,8 +126,8 @@ def bootstrap_ratio_intervals(
     baseline: FloatArray,
     candidate: FloatArray,
     *,
-    resamples: int = 400,
-    max_sample: int = 2000,
+    resamples: int = 300,
+    max_sample: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[Interval, Interval]:
