@@ -1,0 +1,453 @@
+"""The asyncio replayer: one task per original session, fed by one dispatcher.
+
+The dispatcher streams the workload in offset order and hands each statement to
+its session's queue shortly before it is due (``lookahead_s``). Queues are per
+session, so one session stuck on a lock never stalls another; memory is bounded
+by a global budget of dispatched-but-not-started statements rather than per
+session, because a per-session bound can deadlock the replay (a session waiting
+for a lock fills its queue while the statement that releases the lock sits
+behind it in the stream). If the budget stays exhausted with no progress, the
+dispatcher overdraws it rather than hang, and counts it.
+
+Each session task opens its connection at the original connect time, runs its
+statements in order at their intended times, records every outcome, and closes at
+the original disconnect time. Failures are data: a statement error, a refused
+connection, a connection lost or a restarted server is recorded with its
+SQLSTATE and the replay goes on, reconnecting at most once per
+``reconnect_interval_s`` for a session that lost its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from capture.records import Session, StatementKind
+from capture.workload import Workload, read_workload
+from replay.results import ResultsWriter
+from replay.schedule import Schedule, session_worker
+from replay.wire import ConnectSpec, ReplayConnection, TypeEntry
+
+# Pseudo-SQLSTATEs for failures the server did not report itself (class 08 is
+# PostgreSQL's own "connection exception" class).
+CONNECT_FAILED = "08001"
+"""Could not connect (refused, unreachable, timed out)."""
+NO_CONNECTION = "08003"
+"""Not sent: the session had no connection (lost earlier, reconnect not yet due)."""
+CONNECTION_LOST = "08006"
+"""The connection broke while the statement ran."""
+CLIENT_ERROR = "PT001"
+"""pgtraffic could not send the statement (a client-side failure, not the server's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """How to replay: target, timing, mappings, resource limits."""
+
+    dsn: str
+    schedule: Schedule = field(default_factory=Schedule)
+    map_user: Mapping[str, str] = field(default_factory=dict)
+    map_database: Mapping[str, str] = field(default_factory=dict)
+    workers: int = 1
+    lookahead_s: float = 1.0
+    budget: int = 20_000
+    reconnect_interval_s: float = 1.0
+    connect_timeout_s: float = 10.0
+    flush_interval_s: float = 0.25
+    default_user: str | None = None
+    default_database: str | None = None
+
+    def connect_spec(self, session: Session) -> ConnectSpec:
+        user = session.user or self.default_user
+        database = session.database or self.default_database
+        if user is not None:
+            user = self.map_user.get(user, user)
+        if database is not None:
+            database = self.map_database.get(database, database)
+        return ConnectSpec(
+            dsn=self.dsn,
+            user=user,
+            database=database,
+            application=session.application,
+            timeout_s=self.connect_timeout_s,
+        )
+
+
+@dataclass(slots=True)
+class Progress:
+    """Live counters of one worker, read by the progress display."""
+
+    statements: int = 0
+    errors: int = 0
+    dispatched_offset_us: int = 0
+    replayed_capture_us: int = 0
+    last_lag_us: int = 0
+    open_connections: int = 0
+    done: bool = False
+
+    def snapshot(self) -> dict[str, int | bool]:
+        return {
+            "statements": self.statements,
+            "errors": self.errors,
+            "replayed_capture_us": self.replayed_capture_us,
+            "last_lag_us": self.last_lag_us,
+            "open_connections": self.open_connections,
+            "done": self.done,
+        }
+
+
+@dataclass(slots=True)
+class Counters:
+    """What happened besides statements: connections, skips, budget overdrafts."""
+
+    connections_opened: int = 0
+    connect_failures: Counter[str] = field(default_factory=Counter)
+    connections_lost: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    budget_overdrafts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "connections_opened": self.connections_opened,
+            "connect_failures": dict(self.connect_failures),
+            "connections_lost": dict(self.connections_lost),
+            "reconnects": self.reconnects,
+            "skipped": dict(self.skipped),
+            "sessions": self.sessions,
+            "budget_overdrafts": self.budget_overdrafts,
+        }
+
+
+# A dispatched statement: (seq, offset_us, kind, sql, fingerprint, params, name, sqlstate)
+_Item = tuple[int, int, str, str, str, Any, Any, Any]
+_END: _Item | None = None
+
+
+def _sqlstate_of(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state
+    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError):
+        return CONNECT_FAILED
+    return CLIENT_ERROR
+
+
+class _Clock:
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+
+    def now_us(self) -> int:
+        return (time.monotonic_ns() - self.start_ns) // 1000
+
+    async def sleep_until(self, t_us: int) -> None:
+        delay = t_us - self.now_us()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e6)
+
+
+class _Budget:
+    """Counts dispatched statements not yet started; the dispatcher waits on it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self.started = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def take(self) -> None:
+        self.pending += 1
+        if self.pending >= self.limit:
+            self._room.clear()
+
+    def give(self) -> None:
+        self.pending -= 1
+        self.started += 1
+        if self.pending < self.limit:
+            self._room.set()
+
+    async def wait(self, counters: Counters) -> None:
+        while self.pending >= self.limit:
+            before = self.started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 1.0)
+            if self.pending >= self.limit and self.started == before:
+                counters.budget_overdrafts += 1  # nothing moves: overdraw, never hang
+                return
+
+
+class Replayer:
+    """Replays the sessions of one worker; :meth:`run` until the workload is done."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        options: ReplayOptions,
+        writer: ResultsWriter,
+        *,
+        types: Sequence[TypeEntry],
+        start_ns: int,
+        worker: int = 0,
+    ) -> None:
+        self.workload = workload
+        self.options = options
+        self.schedule = options.schedule
+        self.writer = writer
+        self.types = tuple(types)
+        self.clock = _Clock(start_ns)
+        self.worker = worker
+        self.progress = Progress()
+        self.counters = Counters()
+        self._budget = _Budget(options.budget)
+        self._queues: dict[str, asyncio.Queue[_Item | None]] = {}
+        self._remaining: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the statement stream ----------------------------------------------------
+
+    def _mine(self) -> Iterator[dict[str, Any]]:
+        workers = self.options.workers
+        for obj in self.workload.statement_dicts():
+            if workers > 1 and session_worker(obj["session"], workers) != self.worker:
+                continue
+            yield obj
+
+    def _start_session(self, session_id: str) -> asyncio.Queue[_Item | None]:
+        queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._queues[session_id] = queue
+        session = self.workload.sessions.get(session_id) or Session(
+            id=session_id, user=None, database=None
+        )
+        self._remaining[session_id] = session.statements
+        self.counters.sessions += 1
+        task = asyncio.create_task(self._run_session(session, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queue
+
+    async def _dispatch(self) -> None:
+        schedule = self.schedule
+        timed = not schedule.max_speed
+        lookahead_us = int(self.options.lookahead_s * 1e6)
+        workers = self.options.workers
+        connects = sorted(
+            (s.connect_us, s.id)
+            for s in self.workload.sessions.values()
+            if s.connect_us is not None and session_worker(s.id, workers) == self.worker
+        )
+        next_connect = 0
+        for n, obj in enumerate(self._mine(), start=1):
+            offset = obj["offset_us"]
+            while next_connect < len(connects) and connects[next_connect][0] <= offset:
+                connect_us, sid = connects[next_connect]
+                if timed:
+                    await self.clock.sleep_until(schedule.intended_us(connect_us) - lookahead_us)
+                if sid not in self._queues:
+                    self._start_session(sid)
+                next_connect += 1
+            if timed:
+                due = schedule.intended_us(offset) - lookahead_us
+                if due > self.clock.now_us():
+                    await self.clock.sleep_until(due)
+            if self._budget.pending >= self._budget.limit:
+                await self._budget.wait(self.counters)
+            if n % 512 == 0:
+                await asyncio.sleep(0)
+            sid = obj["session"]
+            queue = self._queues.get(sid) or self._start_session(sid)
+            self._budget.take()
+            queue.put_nowait(
+                (
+                    obj["seq"],
+                    offset,
+                    obj["kind"],
+                    obj["sql"],
+                    obj["fingerprint"],
+                    obj.get("params"),
+                    obj.get("name"),
+                    obj.get("sqlstate"),
+                )
+            )
+            self.progress.dispatched_offset_us = offset
+            left = self._remaining.get(sid, 0) - 1
+            self._remaining[sid] = left
+            if left == 0:
+                queue.put_nowait(_END)
+                self._ended.add(sid)
+        for connect_us, sid in connects[next_connect:]:
+            if timed:
+                await self.clock.sleep_until(schedule.intended_us(connect_us) - lookahead_us)
+            if sid not in self._queues:
+                self._start_session(sid)
+        for sid, queue in self._queues.items():
+            if sid not in self._ended:
+                queue.put_nowait(_END)
+                self._ended.add(sid)
+
+    # --- one session ---------------------------------------------------------------
+
+    async def _connect(self, spec: ConnectSpec) -> ReplayConnection | None:
+        try:
+            conn = await ReplayConnection.open(spec, self.types)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self.counters.connect_failures[_sqlstate_of(exc)] += 1
+            return None
+        self.counters.connections_opened += 1
+        self.progress.open_connections += 1
+        return conn
+
+    async def _close(self, conn: ReplayConnection) -> None:
+        self.progress.open_connections -= 1
+        await conn.close()
+
+    async def _run_session(self, session: Session, queue: asyncio.Queue[_Item | None]) -> None:
+        schedule, clock, writer = self.schedule, self.clock, self.writer
+        timed = not schedule.max_speed
+        spec = self.options.connect_spec(session)
+        reconnect_us = int(self.options.reconnect_interval_s * 1e6)
+        conn: ReplayConnection | None = None
+        last_attempt_us: int | None = None
+        progress = self.progress
+        if session.connect_us is not None:
+            if timed:
+                await clock.sleep_until(schedule.intended_us(session.connect_us))
+            last_attempt_us = clock.now_us()
+            conn = await self._connect(spec)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                self._budget.give()
+                seq, offset, kind, sql, fingerprint, params, name, original = item
+                if kind == StatementKind.COPY_FROM_STDIN:
+                    self.counters.skipped[kind] += 1
+                    continue
+                intended = schedule.intended_us(offset)
+                if timed:
+                    await clock.sleep_until(intended)
+                if conn is None and (
+                    last_attempt_us is None or clock.now_us() - last_attempt_us >= reconnect_us
+                ):
+                    if last_attempt_us is not None:
+                        self.counters.reconnects += 1
+                    last_attempt_us = clock.now_us()
+                    conn = await self._connect(spec)
+                start = clock.now_us()
+                rows = -1
+                state: str | None = None
+                if conn is None:
+                    state = NO_CONNECTION
+                else:
+                    try:
+                        if kind == StatementKind.EXECUTE:
+                            rows = await conn.execute(sql, params or (), name)
+                        else:
+                            rows = await conn.simple(sql)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        state = _sqlstate_of(exc)
+                        if conn.is_closed():
+                            if state == CLIENT_ERROR:
+                                state = CONNECTION_LOST
+                            self.counters.connections_lost[state] += 1
+                            progress.open_connections -= 1
+                            conn.conn.terminate()
+                            conn = None
+                end = clock.now_us()
+                writer.add(
+                    session.id,
+                    seq,
+                    fingerprint,
+                    intended,
+                    start,
+                    end - start,
+                    rows,
+                    state,
+                    original,
+                )
+                progress.statements += 1
+                if state is not None:
+                    progress.errors += 1
+                progress.last_lag_us = start - intended
+                progress.replayed_capture_us = max(
+                    progress.replayed_capture_us, schedule.capture_time(offset)
+                )
+            if timed and session.disconnect_us is not None:
+                await clock.sleep_until(schedule.intended_us(session.disconnect_us))
+        finally:
+            if conn is not None:
+                await self._close(conn)
+
+    # --- the whole run -------------------------------------------------------------
+
+    async def _flusher(self, on_progress: Callable[[Progress], None] | None) -> None:
+        while True:
+            await asyncio.sleep(self.options.flush_interval_s)
+            self.writer.flush()
+            if on_progress is not None:
+                on_progress(self.progress)
+
+    async def run(self, on_progress: Callable[[Progress], None] | None = None) -> Counters:
+        flusher = asyncio.create_task(self._flusher(on_progress))
+        try:
+            await self._dispatch()
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+        finally:
+            flusher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(BaseException):
+                await flusher
+            self.progress.done = True
+            self.writer.flush()
+            if on_progress is not None:
+                on_progress(self.progress)
+        return self.counters
+
+
+def run_worker(
+    workload_path: Path,
+    results_path: Path,
+    options: ReplayOptions,
+    *,
+    types: Sequence[TypeEntry],
+    start_ns: int,
+    worker: int = 0,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
+    """Replay this worker's share of the sessions; returns its summary (also written)."""
+    workload = read_workload(workload_path)
+    writer = ResultsWriter(results_path, worker=worker)
+    replayer = Replayer(workload, options, writer, types=types, start_ns=start_ns, worker=worker)
+    completed = False
+    try:
+        asyncio.run(replayer.run(on_progress))
+        completed = True
+    finally:
+        summary = {
+            "worker": worker,
+            "completed": completed,
+            "statements": replayer.progress.statements,
+            "errors": replayer.progress.errors,
+            **replayer.counters.to_json(),
+        }
+        writer.write_summary(summary)
+        writer.close()
+    return json.loads(json.dumps(summary))  # type: ignore[no-any-return]

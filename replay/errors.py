@@ -1,0 +1,19 @@
+"""Errors raised by replay, all part of the one tree rooted at ``PgTrafficError``."""
+
+from __future__ import annotations
+
+from capture.errors import PgTrafficError, ServerError, WorkloadFormatError
+
+
+class ResultsFormatError(WorkloadFormatError):
+    """A results file is not one, is of an unknown format version, or is damaged."""
+
+
+class TargetError(ServerError):
+    """The replay target could not be reached or inspected before the replay began."""
+
+    exit_code = 5
+
+
+class ReplayError(PgTrafficError):
+    """The replay itself could not run (a worker process failed to start)."""

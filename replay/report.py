@@ -1,0 +1,180 @@
+"""The closing report of one replay: pure statistics over a loaded results file."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from replay.results import Results
+
+CONNECTION_CLASS = "08"
+
+
+def _pct(values: npt.NDArray[np.int64], q: float) -> float | None:
+    if values.size == 0:
+        return None
+    return float(np.percentile(values, q)) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """How the replay's outcomes differ from the original's, statement by statement."""
+
+    compared: int
+    agreed: int
+    new_errors: dict[str, int] = field(default_factory=dict)
+    """Failed on replay (by replay SQLSTATE) but succeeded originally."""
+    resolved_errors: dict[str, int] = field(default_factory=dict)
+    """Succeeded on replay but failed originally (by original SQLSTATE)."""
+    changed_errors: dict[str, int] = field(default_factory=dict)
+    """Failed both times with different SQLSTATEs (``original->replay``)."""
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "compared": self.compared,
+            "agreed": self.agreed,
+            "agreement_rate": self.agreement,
+            "new_errors": self.new_errors,
+            "resolved_errors": self.resolved_errors,
+            "changed_errors": self.changed_errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """Everything the closing report shows; times in milliseconds."""
+
+    completed: bool
+    run_time_s: float | None
+    statements: int
+    statements_per_s: float | None
+    sessions: int
+    connections_opened: int
+    connect_failures: dict[str, int]
+    connections_lost: dict[str, int]
+    reconnects: int
+    max_speed: bool
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    lag_max_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    response_p99_ms: float | None
+    errors: dict[str, int]
+    unreplayable: dict[str, int]
+    divergence: Divergence
+    damaged_bytes: int
+    budget_overdrafts: int
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.to_json() if isinstance(value, Divergence) else value
+        out["warnings"] = list(self.warnings)
+        return out
+
+
+def divergence(results: Results) -> Divergence:
+    recs = results.records
+    strings = results.strings
+    replay_state = recs["sqlstate"]
+    original = recs["original_sqlstate"]
+    agreed = int(np.count_nonzero(replay_state == original))
+    new: Counter[str] = Counter()
+    resolved: Counter[str] = Counter()
+    changed: Counter[str] = Counter()
+    differ = np.nonzero(replay_state != original)[0]
+    pairs = Counter(zip(original[differ].tolist(), replay_state[differ].tolist(), strict=True))
+    for (orig_id, rep_id), n in pairs.items():
+        orig_s, rep_s = strings[orig_id], strings[rep_id]
+        if orig_s is None and rep_s is not None:
+            new[rep_s] += n
+        elif rep_s is None and orig_s is not None:
+            resolved[orig_s] += n
+        else:
+            changed[f"{orig_s}->{rep_s}"] += n
+    return Divergence(
+        compared=len(recs),
+        agreed=agreed,
+        new_errors=dict(new.most_common()),
+        resolved_errors=dict(resolved.most_common()),
+        changed_errors=dict(changed.most_common()),
+    )
+
+
+def _sum_counter(summaries: tuple[dict[str, Any], ...], key: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for summary in summaries:
+        total.update(summary.get(key) or {})
+    return dict(total.most_common())
+
+
+def build_report(results: Results) -> ReplayReport:
+    """Compute the closing report of a (possibly interrupted) replay."""
+    recs = results.records
+    strings = results.strings
+    final = results.final or {}
+    max_speed = bool(results.header.get("max_speed"))
+    not_sent = results.string_id("08003")
+    sent = recs if not_sent is None else recs[recs["sqlstate"] != not_sent]
+    lag = (sent["start_us"] - sent["intended_us"]).astype(np.int64)
+    service = sent["service_us"].astype(np.int64)
+    response = (sent["start_us"] + sent["service_us"] - sent["intended_us"]).astype(np.int64)
+    errors = Counter(recs["sqlstate"][recs["sqlstate"] != 0].tolist())
+    run_us = final.get("run_time_us")
+    if run_us is None and len(recs):
+        run_us = int((recs["start_us"] + recs["service_us"]).max())
+    run_s = run_us / 1e6 if run_us else None
+    summaries = results.summaries
+    report_warnings: list[str] = []
+    if results.final is None:
+        report_warnings.append(
+            "the replay did not finish (interrupted or killed): figures cover what ran"
+        )
+    if results.damaged_bytes:
+        report_warnings.append(
+            f"the last {results.damaged_bytes} bytes of the file were a torn write and were ignored"
+        )
+    lag_p99 = None if max_speed else _pct(lag, 99)
+    if lag_p99 is not None and lag_p99 > 100:
+        report_warnings.append(
+            f"lag p99 is {lag_p99:.0f} ms: the replayer or the target could not keep up, so "
+            "latencies describe a saturated run; try --workers or a lower --speed"
+        )
+    overdrafts = sum(int(s.get("budget_overdrafts", 0)) for s in summaries)
+    return ReplayReport(
+        completed=bool(final.get("completed")),
+        run_time_s=run_s,
+        statements=len(recs),
+        statements_per_s=len(recs) / run_s if run_s else None,
+        sessions=sum(int(s.get("sessions", 0)) for s in summaries),
+        connections_opened=sum(int(s.get("connections_opened", 0)) for s in summaries),
+        connect_failures=_sum_counter(summaries, "connect_failures"),
+        connections_lost=_sum_counter(summaries, "connections_lost"),
+        reconnects=sum(int(s.get("reconnects", 0)) for s in summaries),
+        max_speed=max_speed,
+        lag_p50_ms=None if max_speed else _pct(lag, 50),
+        lag_p99_ms=lag_p99,
+        lag_max_ms=None if max_speed or lag.size == 0 else float(lag.max()) / 1000.0,
+        latency_p50_ms=_pct(service, 50),
+        latency_p95_ms=_pct(service, 95),
+        latency_p99_ms=_pct(service, 99),
+        response_p99_ms=None if max_speed else _pct(response, 99),
+        errors={str(strings[k]): n for k, n in errors.most_common()},
+        unreplayable=_sum_counter(summaries, "skipped"),
+        divergence=divergence(results),
+        damaged_bytes=results.damaged_bytes,
+        budget_overdrafts=overdrafts,
+        warnings=tuple(report_warnings),
+    )

@@ -1,0 +1,381 @@
+"""Coordinating a replay: check the target, plan, start workers on one clock, finish the file.
+
+With ``workers == 1`` the replay runs in this process. With more, each worker is
+a separate process replaying the sessions :func:`replay.schedule.session_worker`
+gives it; all of them wait for one shared start instant (``CLOCK_MONOTONIC`` is
+system-wide on Linux) and append to the same results file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import multiprocessing as mp
+import queue as queue_mod
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from capture import __version__
+from capture.errors import UsageError
+from capture.records import StatementKind
+from capture.workload import Workload
+from replay.engine import Progress, ReplayOptions, run_worker
+from replay.errors import ReplayError, TargetError
+from replay.results import append_final_summary, create_results_file
+from replay.schedule import Schedule, idle_gaps, peak_concurrency
+from replay.wire import TargetInfo, TypeEntry, probe_target
+
+START_DELAY_S = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadScan:
+    """One pass over a workload: per-session activity spans and statement kinds."""
+
+    statements: int
+    kinds: dict[str, int]
+    spans: dict[str, tuple[int, int]]
+    first_offset_us: int
+    last_offset_us: int
+    truncated_params: int = 0
+
+    @property
+    def replayable(self) -> int:
+        return sum(n for k, n in self.kinds.items() if StatementKind(k).replayable)
+
+
+def scan_workload(workload: Workload) -> WorkloadScan:
+    """Stream the statements once, keeping only per-session first/last times."""
+    kinds: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    count = truncated = 0
+    lo = hi = None
+    for obj in workload.statement_dicts():
+        count += 1
+        kinds[obj["kind"]] += 1
+        sid, off = obj["session"], obj["offset_us"]
+        first.setdefault(sid, off)
+        last[sid] = off + int(obj.get("duration_us") or 0)
+        lo = off if lo is None else lo
+        hi = off
+        if obj.get("params_truncated"):
+            truncated += 1
+    spans: dict[str, tuple[int, int]] = {}
+    for sid, session in workload.sessions.items():
+        start = session.connect_us if session.connect_us is not None else first.get(sid)
+        end = session.disconnect_us if session.disconnect_us is not None else last.get(sid)
+        if start is not None:
+            spans[sid] = (start, end if end is not None else start)
+    for sid, off in first.items():
+        spans.setdefault(sid, (off, last[sid]))
+    return WorkloadScan(
+        statements=count,
+        kinds=dict(kinds),
+        spans=spans,
+        first_offset_us=lo or 0,
+        last_offset_us=hi or 0,
+        truncated_params=truncated,
+    )
+
+
+def build_schedule(
+    scan: WorkloadScan, *, speed: float, max_speed: bool, jump_idle: bool
+) -> Schedule:
+    """The schedule for these options: replay time 0 is the first session's start."""
+    starts = [s for s, _ in scan.spans.values()]
+    origin = min(starts) if starts else scan.first_offset_us
+    gaps = idle_gaps(scan.spans.values()) if jump_idle else ()
+    return Schedule(speed=None if max_speed else speed, gaps=gaps, origin_us=origin)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What a replay will do, known without connecting (``--dry-run``)."""
+
+    sessions: int
+    statements: int
+    replayable: int
+    unreplayable: dict[str, int]
+    peak_sessions: int
+    capture_span_us: int
+    intended_duration_us: int | None
+    skipped_idle_us: int
+    truncated_params: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "statements": self.statements,
+            "replayable": self.replayable,
+            "unreplayable": self.unreplayable,
+            "peak_sessions": self.peak_sessions,
+            "capture_span_us": self.capture_span_us,
+            "intended_duration_us": self.intended_duration_us,
+            "skipped_idle_us": self.skipped_idle_us,
+            "statements_with_truncated_params": self.truncated_params,
+        }
+
+
+def plan_replay(scan: WorkloadScan, schedule: Schedule) -> ReplayPlan:
+    ends = [e for _, e in scan.spans.values()] or [scan.last_offset_us]
+    end = max(ends)
+    return ReplayPlan(
+        sessions=len(scan.spans),
+        statements=scan.statements,
+        replayable=scan.replayable,
+        unreplayable={k: n for k, n in scan.kinds.items() if not StatementKind(k).replayable},
+        peak_sessions=peak_concurrency(scan.spans.values()),
+        capture_span_us=end - schedule.origin_us,
+        intended_duration_us=None if schedule.max_speed else schedule.intended_us(end),
+        skipped_idle_us=sum(b - a for a, b in schedule.gaps),
+        truncated_params=scan.truncated_params,
+    )
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE towards ``wanted`` (up to the hard limit); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def inspect_target(dsn: str, timeout_s: float = 10.0) -> TargetInfo:
+    """Connect once and read the target's identity; TargetError when that fails."""
+    try:
+        return asyncio.run(probe_target(dsn, timeout_s))
+    except Exception as exc:
+        raise TargetError(
+            f"cannot reach the replay target: {exc}",
+            hint="check --target (a libpq URI such as postgresql://user@host:5432/db); "
+            "passwords come from PGPASSWORD or ~/.pgpass (PGPASSFILE)",
+        ) from exc
+
+
+@dataclass(slots=True)
+class LiveStatus:
+    """Aggregated progress of all workers, handed to the progress callback."""
+
+    statements: int = 0
+    errors: int = 0
+    replayed_capture_us: int = 0
+    last_lag_us: int = 0
+    open_connections: int = 0
+    per_worker: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, worker: int, snap: dict[str, Any]) -> None:
+        self.per_worker[worker] = snap
+        values = self.per_worker.values()
+        self.statements = sum(int(s["statements"]) for s in values)
+        self.errors = sum(int(s["errors"]) for s in values)
+        self.replayed_capture_us = min(int(s["replayed_capture_us"]) for s in values)
+        self.last_lag_us = max(int(s["last_lag_us"]) for s in values)
+        self.open_connections = sum(int(s["open_connections"]) for s in values)
+
+
+def results_header(
+    workload: Workload,
+    target: TargetInfo,
+    options: ReplayOptions,
+    *,
+    workload_path: Path,
+    start: dt.datetime,
+) -> dict[str, Any]:
+    schedule = options.schedule
+    return {
+        "pgtraffic_version": __version__,
+        "workload_id": workload.header.workload_id,
+        "workload_path": str(workload_path),
+        "workload_capture_start": workload.header.capture_start,
+        "source_server_version": workload.header.source_server_version,
+        "target": target.to_json(),
+        "speed": schedule.speed,
+        "max_speed": schedule.max_speed,
+        "jump_idle": bool(schedule.gaps),
+        "workers": options.workers,
+        "map_user": dict(options.map_user),
+        "map_database": dict(options.map_database),
+        "start_time": start.isoformat(),
+    }
+
+
+def run_replay(
+    workload: Workload,
+    results_path: Path,
+    options: ReplayOptions,
+    target: TargetInfo,
+    *,
+    on_status: Callable[[LiveStatus], None] | None = None,
+) -> dict[str, Any]:
+    """Replay ``workload`` onto the target; returns the final summary (also in the file)."""
+    if options.workers < 1 or options.workers > 64:
+        raise UsageError("--workers must be between 1 and 64")
+    raise_open_file_limit(65536)
+    start_wall = dt.datetime.now(dt.UTC)
+    create_results_file(
+        results_path,
+        results_header(workload, target, options, workload_path=workload.path, start=start_wall),
+    )
+    status = LiveStatus()
+    summaries: list[dict[str, Any]] = []
+    completed = False
+    t0 = time.monotonic_ns()
+    try:
+        if options.workers == 1:
+            t0 = time.monotonic_ns() + int(START_DELAY_S * 1e9)
+
+            def local_progress(p: Progress) -> None:
+                status.update(0, p.snapshot())
+                if on_status is not None:
+                    on_status(status)
+
+            summaries.append(
+                run_worker(
+                    workload.path,
+                    results_path,
+                    options,
+                    types=target.types,
+                    start_ns=t0,
+                    on_progress=local_progress,
+                )
+            )
+        else:
+            t0 = _run_processes(
+                workload.path, results_path, options, target.types, status, on_status, summaries
+            )
+        completed = all(s.get("completed") for s in summaries)
+    finally:
+        final = _final_summary(summaries, t0, completed, start_wall)
+        append_final_summary(results_path, final)
+    return final
+
+
+def _final_summary(
+    summaries: list[dict[str, Any]], t0: int, completed: bool, start_wall: dt.datetime
+) -> dict[str, Any]:
+    run_us = max(0, (time.monotonic_ns() - t0) // 1000)
+    return {
+        "completed": completed,
+        "run_time_us": run_us,
+        "start_time": start_wall.isoformat(),
+        "end_time": dt.datetime.now(dt.UTC).isoformat(),
+        "workers": len(summaries),
+    }
+
+
+def _worker_entry(
+    workload_path: str,
+    results_path: str,
+    options: ReplayOptions,
+    types: tuple[TypeEntry, ...],
+    worker: int,
+    messages: Any,
+    go: Any,
+    start_ns: Any,
+) -> None:
+    messages.put(("ready", worker, None))
+    go.wait()
+
+    def report(p: Progress) -> None:
+        with contextlib.suppress(Exception):
+            messages.put_nowait(("progress", worker, p.snapshot()))
+
+    summary: dict[str, Any] = {"worker": worker, "completed": False}
+    try:
+        summary = run_worker(
+            Path(workload_path),
+            Path(results_path),
+            options,
+            types=types,
+            start_ns=int(start_ns.value),
+            worker=worker,
+            on_progress=report,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        messages.put(("summary", worker, summary))
+
+
+def _run_processes(
+    workload_path: Path,
+    results_path: Path,
+    options: ReplayOptions,
+    types: tuple[TypeEntry, ...],
+    status: LiveStatus,
+    on_status: Callable[[LiveStatus], None] | None,
+    summaries: list[dict[str, Any]],
+) -> int:
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    go = ctx.Event()
+    start_ns = ctx.Value("q", 0)
+    procs = [
+        ctx.Process(
+            target=_worker_entry,
+            args=(str(workload_path), str(results_path), options, types, w, messages, go, start_ns),
+            name=f"pgtraffic-replay-{w}",
+        )
+        for w in range(options.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        ready = 0
+        while ready < len(procs):
+            try:
+                kind, _, _ = messages.get(timeout=0.5)
+            except queue_mod.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise ReplayError(
+                        "a replay worker process died before the start",
+                        hint="run with --workers 1 to see its error",
+                    ) from None
+                continue
+            ready += kind == "ready"
+        t0 = time.monotonic_ns() + int(START_DELAY_S * 1e9)
+        start_ns.value = t0
+        go.set()
+        done: set[int] = set()
+        while len(done) < len(procs):
+            try:
+                kind, worker, payload = messages.get(timeout=0.5)
+            except queue_mod.Empty:
+                if all(not p.is_alive() for p in procs):
+                    break
+                continue
+            if kind == "progress":
+                status.update(worker, payload)
+                if on_status is not None:
+                    on_status(status)
+            elif kind == "summary":
+                done.add(worker)
+                summaries.append(payload)
+        return t0
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for w in range(len(procs)):
+            if not any(s.get("worker") == w for s in summaries):
+                summaries.append({"worker": w, "completed": False})
+
+
+def with_defaults(options: ReplayOptions, target: TargetInfo) -> ReplayOptions:
+    """Fill the user and database for sessions whose log did not name them."""
+    return replace(
+        options,
+        default_user=options.default_user or target.user,
+        default_database=options.default_database or target.database,
+    )

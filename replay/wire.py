@@ -1,0 +1,233 @@
+"""The asyncpg edge: connecting to the target and sending statements faithfully.
+
+asyncpg encodes parameters in the binary format of the type the server inferred,
+but a captured workload holds every parameter as the text the server logged. We
+register pass-through *text* codecs for every type on each replay connection, so
+a Bind carries the logged strings in text format and the server parses them with
+its own input functions, exactly as it did for the original (libpq) client:
+numeric precision, time zones, arrays, json and user types survive untouched, and
+a value the server rejects fails with the server's own SQLSTATE. Result columns
+come back as text and are dropped at once; only the command tag is kept.
+
+Extended-protocol statements go through asyncpg's protocol layer directly (the
+public API has no "prepare named, bind text, keep only the tag" call): a named
+statement is parsed once per connection and then only bound and executed, as the
+original client did; an unnamed one is sent as Parse/Bind/Execute/Sync every time.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+TypeEntry = tuple[int, str, str]
+"""(oid, name, schema) of a server data type."""
+
+TYPE_CATALOG_SQL = """
+SELECT t.oid::int, t.typname::text, n.nspname::text
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE t.typtype <> 'p'
+"""
+
+KEY_SETTINGS = (
+    "server_version",
+    "max_connections",
+    "shared_buffers",
+    "work_mem",
+    "effective_cache_size",
+    "synchronous_commit",
+    "fsync",
+    "jit",
+    "max_parallel_workers_per_gather",
+    "random_page_cost",
+    "TimeZone",
+    "DateStyle",
+)
+
+_COUNTED_TAGS = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "FETCH", "MOVE", "COPY"}
+)
+
+
+def rows_from_status(status: str | bytes | None) -> int:
+    """Rows affected/returned according to a command tag, or -1 when it has no count."""
+    if status is None:
+        return -1
+    if isinstance(status, bytes):
+        status = status.decode("utf-8", "replace")
+    parts = status.split()
+    if len(parts) >= 2 and parts[0] in _COUNTED_TAGS and parts[-1].isdigit():
+        return int(parts[-1])
+    return -1
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def install_text_codecs(conn: asyncpg.Connection, types: Sequence[TypeEntry]) -> set[int]:
+    """Make every type in ``types`` travel as text, both ways, on ``conn``."""
+    settings = conn._protocol.get_settings()
+    for oid, name, schema in types:
+        settings.add_python_codec(oid, name, schema, [], "scalar", _identity, _identity, "text")
+    return {oid for oid, _, _ in types}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSpec:
+    """Where and as whom one replay connection logs in."""
+
+    dsn: str
+    user: str | None
+    database: str | None
+    application: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class ReplayConnection:
+    """One target connection replaying one original session."""
+
+    conn: asyncpg.Connection
+    text_oids: set[int]
+    named: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    unnamed: collections.OrderedDict[str, Any] = field(default_factory=collections.OrderedDict)
+    unnamed_cache_size: int = 64
+
+    @classmethod
+    async def open(cls, spec: ConnectSpec, types: Sequence[TypeEntry]) -> ReplayConnection:
+        settings = {"application_name": spec.application} if spec.application else {}
+        conn = await asyncpg.connect(
+            spec.dsn,
+            user=spec.user,
+            database=spec.database,
+            timeout=spec.timeout_s,
+            statement_cache_size=0,
+            server_settings=settings,
+        )
+        try:
+            oids = install_text_codecs(conn, types)
+        except BaseException:
+            conn.terminate()
+            raise
+        return cls(conn=conn, text_oids=oids)
+
+    def is_closed(self) -> bool:
+        return bool(self.conn.is_closed())
+
+    async def simple(self, sql: str) -> int:
+        """Send ``sql`` as one simple-protocol Query; rows of its last command."""
+        status = await self.conn._protocol.query(sql, None)
+        return rows_from_status(status)
+
+    async def execute(self, sql: str, params: Sequence[str | None], name: str | None) -> int:
+        """Parse (if needed), bind text parameters, execute; rows from the command tag."""
+        if name:
+            entry = self.named.get(name)
+            if entry is None or entry[0] != sql:
+                state = await self._prepare(sql, named=True)
+                self.named[name] = (sql, state)
+            else:
+                state = entry[1]
+        else:
+            state = self.unnamed.get(sql)
+            if state is None:
+                state = await self._prepare(sql, named=False)
+                self.unnamed[sql] = state
+                if len(self.unnamed) > self.unnamed_cache_size:
+                    self.unnamed.popitem(last=False)
+            else:
+                self.unnamed.move_to_end(sql)
+            state.mark_unprepared()  # Parse/Bind/Execute/Sync in one round trip
+        try:
+            _, status, _ = await self.conn._protocol.bind_execute(
+                state, tuple(params), "", 0, True, None
+            )
+        except asyncpg.PostgresError:
+            if not name:
+                self.unnamed.pop(sql, None)
+            raise
+        return rows_from_status(status)
+
+    async def _prepare(self, sql: str, *, named: bool) -> Any:
+        state = await self.conn._get_statement(sql, None, named=named, use_cache=False)
+        missing = [
+            (t.oid, t.name, t.schema)
+            for t in (*state._get_parameters(), *(a.type for a in state._get_attributes()))
+            if t.oid not in self.text_oids
+        ]
+        if missing:
+            # A type created during the replay (enum, composite, domain): make it text
+            # too and prepare again so the statement picks the codec up.
+            self.text_oids |= install_text_codecs(self.conn, missing)
+            state = await self.conn._get_statement(sql, None, named=named, use_cache=False)
+        return state
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        try:
+            await self.conn.close(timeout=timeout_s)
+        except Exception:
+            self.conn.terminate()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """Identity of a replay target, read before the replay starts."""
+
+    host: str
+    port: int | None
+    database: str
+    user: str
+    server_version: str
+    settings: Mapping[str, str]
+    types: tuple[TypeEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "database": self.database,
+            "user": self.user,
+            "server_version": self.server_version,
+            "settings": dict(self.settings),
+        }
+
+
+async def probe_target(dsn: str, timeout_s: float = 10.0) -> TargetInfo:
+    """Connect once to read the target's identity, key settings and type catalog."""
+    conn = await asyncpg.connect(dsn, timeout=timeout_s, statement_cache_size=0)
+    try:
+        row = await conn.fetchrow("SELECT current_database(), current_user")
+        settings = {
+            r[0]: r[1]
+            for r in await conn.fetch(
+                "SELECT name, setting || coalesce(unit, '') FROM pg_settings "
+                "WHERE name = any($1::text[])",
+                list(KEY_SETTINGS),
+            )
+        }
+        types = tuple((int(r[0]), str(r[1]), str(r[2])) for r in await conn.fetch(TYPE_CATALOG_SQL))
+        addr = conn._addr
+        port: int | None
+        if isinstance(addr, tuple):
+            host, port = str(addr[0]), int(addr[1])
+        else:
+            path = str(addr)
+            host = path.rsplit("/", 1)[0]
+            suffix = path.rsplit(".", 1)[-1]
+            port = int(suffix) if suffix.isdigit() else None
+        return TargetInfo(
+            host=host,
+            port=port,
+            database=str(row[0]),
+            user=str(row[1]),
+            server_version=settings.get("server_version", ""),
+            settings=settings,
+            types=types,
+        )
+    finally:
+        await conn.close()
