@@ -22,13 +22,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+import scenarios
 from capture.errors import ServerError, UsageError
 from capture.normalize import fingerprint
 from replay.servers import Cluster
 
 Protocol = Literal["simple", "extended", "prepared"]
 PROTOCOLS: tuple[Protocol, ...] = ("simple", "extended", "prepared")
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS_DIR = Path(scenarios.__path__[0])
+"""Where the ``scenarios`` package (shipped as package data) lives."""
 SETUP_FILES = ("schema.sql", "data.sql", "indexes.sql")
 
 # A pgbench variable reference (``:name``), not the second colon of a ``::`` cast.
