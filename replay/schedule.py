@@ -87,7 +87,7 @@ def peak_concurrency(intervals: Iterable[tuple[int, int]]) -> int:
     for start, end in intervals:
         events.append((start, 1))
         events.append((max(start, end), -1))
-    events.sort(key=lambda e: (e[0], -e[1]))
+    events.sort()  # at equal times an end (-1) sorts before a start (+1)
     active = peak = 0
     for _, delta in events:
         active += delta

@@ -154,18 +154,25 @@ class ReplayConnection:
         return rows_from_status(status)
 
     async def _prepare(self, sql: str, *, named: bool) -> Any:
-        state = await self.conn._get_statement(sql, None, named=named, use_cache=False)
-        missing = [
-            (t.oid, t.name, t.schema)
-            for t in (*state._get_parameters(), *(a.type for a in state._get_attributes()))
-            if t.oid not in self.text_oids
-        ]
-        if missing:
-            # A type created during the replay (enum, composite, domain): make it text
-            # too and prepare again so the statement picks the codec up.
-            self.text_oids |= install_text_codecs(self.conn, missing)
+        try:
+            state = await self.conn._get_statement(sql, None, named=named, use_cache=False)
+        except (asyncpg.UnsupportedClientFeatureError, asyncpg.InternalClientError):
+            # asyncpg met a type created during the replay (a composite, say) and
+            # cannot build a codec for it: make every such type text, then retry.
+            await self._refresh_types()
+            return await self.conn._get_statement(sql, None, named=named, use_cache=False)
+        types = (*state._get_parameters(), *(a.type for a in state._get_attributes()))
+        if any(t.oid not in self.text_oids for t in types):
+            # A type created during the replay (an enum, a domain): make it text too
+            # and prepare again so the statement picks the codec up.
+            await self._refresh_types()
             state = await self.conn._get_statement(sql, None, named=named, use_cache=False)
         return state
+
+    async def _refresh_types(self) -> None:
+        rows = await self.conn.fetch(TYPE_CATALOG_SQL)
+        new = [(int(r[0]), str(r[1]), str(r[2])) for r in rows if int(r[0]) not in self.text_oids]
+        self.text_oids |= install_text_codecs(self.conn, new)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         try:

@@ -1,0 +1,156 @@
+"""Helpers shared by the replay tests (this module holds no tests itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from capture.records import Session, Statement, StatementKind
+from capture.workload import Workload, WorkloadWriter, read_workload
+from replay.engine import ReplayOptions
+from replay.results import Results, read_results
+from replay.runner import build_schedule, inspect_target, run_replay, scan_workload, with_defaults
+from replay.servers import Cluster
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def simple(
+    session: str, seq: int, offset_us: int, sql: str, sqlstate: str | None = None
+) -> Statement:
+    return Statement(
+        session, seq, offset_us, StatementKind.SIMPLE, sql, f"fp:{sql[:40]}", sqlstate=sqlstate
+    )
+
+
+def execute(
+    session: str,
+    seq: int,
+    offset_us: int,
+    sql: str,
+    params: Sequence[str | None],
+    name: str = "",
+    sqlstate: str | None = None,
+) -> Statement:
+    return Statement(
+        session,
+        seq,
+        offset_us,
+        StatementKind.EXECUTE,
+        sql,
+        f"fp:{sql[:40]}",
+        params=tuple(params),
+        name=name,
+        sqlstate=sqlstate,
+    )
+
+
+def write_workload(
+    path: Path,
+    statements: Iterable[Statement],
+    *,
+    user: str = "postgres",
+    database: str = "postgres",
+    connect: dict[str, int] | None = None,
+    disconnect: dict[str, int] | None = None,
+) -> Workload:
+    """A workload file from statements (any order); sessions derived from them."""
+    stmts = sorted(statements, key=lambda s: (s.offset_us, s.session, s.seq))
+    counts: dict[str, int] = {}
+    for s in stmts:
+        counts[s.session] = counts.get(s.session, 0) + 1
+    for sid in connect or {}:
+        counts.setdefault(sid, 0)
+    writer = WorkloadWriter(path)
+    for s in stmts:
+        writer.write(s)
+    end = max([s.offset_us for s in stmts] + list((disconnect or {}).values()) + [0])
+    writer.close(
+        capture_start=START,
+        capture_end=START + dt.timedelta(microseconds=end),
+        sessions=[
+            Session(
+                id=sid,
+                user=user,
+                database=database,
+                application=f"app-{sid}",
+                connect_us=(connect or {}).get(sid),
+                disconnect_us=(disconnect or {}).get(sid),
+                statements=n,
+            )
+            for sid, n in counts.items()
+        ],
+        classes=[],
+    )
+    return read_workload(path)
+
+
+def replay(
+    workload: Workload,
+    cluster: Cluster,
+    out: Path,
+    *,
+    speed: float = 1.0,
+    max_speed: bool = False,
+    jump_idle: bool = False,
+    workers: int = 1,
+    **kwargs: Any,
+) -> Results:
+    """Replay in this process, the way the CLI does, and load the results."""
+    scan = scan_workload(workload)
+    schedule = build_schedule(scan, speed=speed, max_speed=max_speed, jump_idle=jump_idle)
+    info = inspect_target(cluster.dsn())
+    options = with_defaults(
+        ReplayOptions(dsn=cluster.dsn(), schedule=schedule, workers=workers, **kwargs), info
+    )
+    run_replay(workload, out, options, info)
+    return read_results(out)
+
+
+def outcomes(results: Results) -> dict[tuple[str, int], tuple[str | None, str | None]]:
+    """(session, index) -> (replay sqlstate, original sqlstate); asserts no duplicates."""
+    out: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+    for session, index, _, _, _, _, _, state, orig in results.rows():
+        assert (session, index) not in out, f"statement {session}#{index} recorded twice"
+        out[(session, index)] = (state, orig)
+    return out
+
+
+def replayable_keys(workload: Workload) -> set[tuple[str, int]]:
+    return {(s.session, s.seq) for s in workload.statements() if s.kind.replayable}
+
+
+def run_quiet(cluster: Cluster, tool: str, *args: str) -> None:
+    """Run a client tool with statement and connection logging off (setup, not workload)."""
+    env = cluster.env()
+    env["PGOPTIONS"] = "-c log_statement=none -c log_connections=off -c log_disconnections=off"
+    subprocess.run(
+        [str(cluster.installation.tool(tool)), *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def fetch(cluster: Cluster, sql: str) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(cluster.dsn(), server_settings={"log_statement": "none"})
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def environ_without_pg() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}

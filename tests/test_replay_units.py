@@ -1,0 +1,217 @@
+"""Replay's pure parts: scheduling, the results file format, statistics (no server)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from capture.errors import UsageError
+from replay.errors import ResultsFormatError
+from replay.report import build_report
+from replay.results import (
+    CSV_COLUMNS,
+    ResultsWriter,
+    append_final_summary,
+    create_results_file,
+    export_csv,
+    read_results,
+)
+from replay.schedule import Schedule, idle_gaps, peak_concurrency, session_worker
+from replay.wire import rows_from_status
+
+
+def test_speed_scales_intended_times() -> None:
+    assert Schedule(speed=2.0).intended_us(1_000_000) == 500_000
+    assert Schedule(speed=0.5).intended_us(1_000_000) == 2_000_000
+    assert Schedule(speed=1.0, origin_us=300).intended_us(1_300) == 1_000
+    assert Schedule(speed=None).intended_us(123_456_789) == 0
+    assert Schedule(speed=None).max_speed
+
+
+@pytest.mark.parametrize("speed", [0.0, -1.0])
+def test_speed_must_be_positive(speed: float) -> None:
+    with pytest.raises(UsageError):
+        Schedule(speed=speed)
+
+
+def test_jump_idle_removes_gaps() -> None:
+    gaps = idle_gaps([(0, 1_000_000), (10_000_000, 11_000_000)], min_gap_us=1_000_000, keep_us=0)
+    assert gaps == ((1_000_000, 10_000_000),)
+    sched = Schedule(speed=1.0, gaps=gaps)
+    assert sched.intended_us(500_000) == 500_000
+    assert sched.intended_us(10_500_000) == 1_500_000
+    # overlapping sessions leave no gap
+    assert idle_gaps([(0, 5_000_000), (1_000_000, 9_000_000), (9_500_000, 10_000_000)]) == ()
+
+
+@given(
+    offsets=st.lists(st.integers(0, 10**9), min_size=2, max_size=50),
+    spans=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 10**7)), max_size=20),
+    speed=st.floats(0.01, 100),
+)
+def test_intended_times_never_go_backwards(
+    offsets: list[int], spans: list[tuple[int, int]], speed: float
+) -> None:
+    gaps = idle_gaps([(s, s + d) for s, d in spans])
+    sched = Schedule(speed=speed, gaps=gaps)
+    times = [sched.intended_us(o) for o in sorted(offsets)]
+    assert times == sorted(times)
+    assert all(t >= 0 for t in times)
+
+
+def test_peak_concurrency() -> None:
+    assert peak_concurrency([(0, 10), (5, 15), (10, 20), (30, 40)]) == 2
+    assert peak_concurrency([]) == 0
+
+
+def test_sessions_split_between_workers_stably() -> None:
+    ids = [f"6565b3c1.{i:x}" for i in range(1000)]
+    shares = [session_worker(i, 4) for i in ids]
+    assert shares == [session_worker(i, 4) for i in ids]
+    assert set(shares) == {0, 1, 2, 3}
+    assert min(shares.count(w) for w in range(4)) > 150
+    assert {session_worker(i, 1) for i in ids} == {0}
+
+
+@pytest.mark.parametrize(
+    ("tag", "rows"),
+    [
+        ("INSERT 0 5", 5),
+        ("UPDATE 3", 3),
+        ("SELECT 0", 0),
+        (b"DELETE 7", 7),
+        ("MERGE 2", 2),
+        ("BEGIN", -1),
+        ("SET", -1),
+        (None, -1),
+    ],
+)
+def test_rows_from_command_tag(tag: str | bytes | None, rows: int) -> None:
+    assert rows_from_status(tag) == rows
+
+
+def _write_sample(path: Path, n: int, *, workers: int = 1) -> None:
+    create_results_file(path, {"workload_id": "abc", "max_speed": False, "speed": 1.0})
+    for w in range(workers):
+        writer = ResultsWriter(path, worker=w, capacity=7)
+        for i in range(n):
+            writer.add(
+                f"w{w}s{i % 3}",
+                i,
+                f"fp{i % 5}",
+                i * 10,
+                i * 10 + 2,
+                100 + i,
+                i % 4 - 1,
+                "22012" if i % 6 == 0 else None,
+                "22012" if i % 4 == 0 else None,
+            )
+        writer.write_summary({"worker": w, "sessions": 3, "skipped": {"copy_from_stdin": 2}})
+        writer.close()
+    append_final_summary(path, {"completed": True, "run_time_us": 1_000_000})
+
+
+def test_results_round_trip_across_workers(tmp_path: Path) -> None:
+    path = tmp_path / "r.pgtr"
+    _write_sample(path, 50, workers=3)
+    res = read_results(path)
+    assert len(res) == 150
+    assert res.header["workload_id"] == "abc"
+    assert res.final == {"completed": True, "run_time_us": 1_000_000}
+    assert len(res.summaries) == 3
+    rows = list(res.rows())
+    w1 = [r for r in rows if r[0].startswith("w1")]
+    assert [r[1] for r in w1] == list(range(50))
+    assert w1[6] == ("w1s0", 6, "fp1", 60, 62, 106, 1, "22012", None)
+    assert set(res.strings_of("session")) == {f"w{w}s{i}" for w in range(3) for i in range(3)}
+
+
+def test_results_survive_a_torn_last_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "r.pgtr"
+    _write_sample(path, 40)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-25])  # cut into the final summary chunk
+    res = read_results(path)
+    assert len(res) == 40
+    assert res.final is None
+    assert res.damaged_bytes > 0
+    report = build_report(res)
+    assert not report.completed
+    assert any("did not finish" in w for w in report.warnings)
+
+
+def test_results_file_is_compact(tmp_path: Path) -> None:
+    path = tmp_path / "big.pgtr"
+    create_results_file(path, {"workload_id": "x"})
+    writer = ResultsWriter(path)
+    rng = np.random.default_rng(1)
+    n = 200_000
+    service = rng.integers(50, 5000, n)
+    for i in range(n):
+        writer.add(
+            f"s{i % 50}",
+            i // 50,
+            f"fp{i % 20}",
+            i * 100,
+            i * 100 + 300,
+            int(service[i]),
+            1,
+            None,
+            None,
+        )
+    writer.close()
+    per_statement = path.stat().st_size / n
+    assert per_statement < 20, per_statement  # "millions of statements in tens of MB"
+    assert len(read_results(path)) == n
+
+
+def test_not_a_results_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.pgtr"
+    bad.write_bytes(b"hello world, not results")
+    with pytest.raises(ResultsFormatError):
+        read_results(bad)
+    with pytest.raises(ResultsFormatError):
+        read_results(tmp_path / "missing.pgtr")
+
+
+def test_csv_export(tmp_path: Path) -> None:
+    path = tmp_path / "r.pgtr"
+    _write_sample(path, 12)
+    out = tmp_path / "r.csv"
+    assert export_csv(read_results(path), out) == 12
+    with out.open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == list(CSV_COLUMNS)
+    assert rows[0] == [
+        "session",
+        "index",
+        "fingerprint",
+        "intended_us",
+        "start_us",
+        "service_us",
+        "rows",
+        "sqlstate",
+        "original_sqlstate",
+    ]
+    assert rows[1] == ["w0s0", "0", "fp0", "0", "2", "100", "", "22012", "22012"]
+    assert rows[2][6:] == ["0", "", ""]
+
+
+def test_report_divergence_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "r.pgtr"
+    _write_sample(path, 24)
+    report = build_report(read_results(path))
+    div = report.divergence
+    # i%6==0 fails now; i%4==0 failed originally; both: i%12==0
+    assert div.compared == 24
+    assert div.new_errors == {"22012": 2}  # i in {6, 18}
+    assert div.resolved_errors == {"22012": 4}  # i in {4, 8, 16, 20}
+    assert div.agreed == 24 - 6
+    assert report.errors == {"22012": 4}
+    assert report.unreplayable == {"copy_from_stdin": 2}
+    assert report.completed
