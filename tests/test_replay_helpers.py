@@ -128,7 +128,10 @@ def replayable_keys(workload: Workload) -> set[tuple[str, int]]:
 def run_quiet(cluster: Cluster, tool: str, *args: str) -> None:
     """Run a client tool with statement and connection logging off (setup, not workload)."""
     env = cluster.env()
-    env["PGOPTIONS"] = "-c log_statement=none -c log_connections=off -c log_disconnections=off"
+    env["PGOPTIONS"] = (
+        "-c log_statement=none -c log_min_duration_statement=-1 -c log_connections=off "
+        "-c log_disconnections=off -c log_min_error_statement=panic"
+    )
     subprocess.run(
         [str(cluster.installation.tool(tool)), *args],
         env=env,
