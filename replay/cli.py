@@ -16,6 +16,7 @@ from rich.console import Console
 from capture.errors import PgTrafficError
 from replay.commands import capture as capture_commands
 from replay.commands import compare as compare_commands
+from replay.commands import rehearse as rehearse_commands
 from replay.commands import replay as replay_commands
 from replay.commands import servers as server_commands
 
@@ -38,6 +39,7 @@ server_commands.register(app)
 capture_commands.register(app)
 replay_commands.register(app)
 compare_commands.register(app)
+rehearse_commands.register(app)
 
 err_console = Console(stderr=True)
 

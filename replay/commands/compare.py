@@ -111,7 +111,7 @@ def compare(
     if as_json:
         typer.echo(to_json(comparison))
     else:
-        out.print(terminal(comparison, limit=limit))
+        out.print(terminal(comparison, limit=limit, width=out.width))
     renderers: list[tuple[Path | None, Callable[[], str]]] = [
         (markdown, lambda: to_markdown(comparison)),
         (html, lambda: to_html(comparison, version=__version__)),

@@ -189,7 +189,8 @@ def compare_runs(
 
     rows_out: list[tuple[int, Summary, Summary, int, int, FloatArray, FloatArray]] = []
     tests = []
-    for fid in range(len(names)):
+    used = np.union1d(np.unique(fa), np.unique(fb)) if fa.size or fb.size else np.empty(0)
+    for fid in (int(x) for x in used):
         pos_a = groups_a.get(fid, np.empty(0, dtype=np.int64))
         pos_b = groups_b.get(fid, np.empty(0, dtype=np.int64))
         va = svc_a[pos_a[ok_a[pos_a]]]
@@ -245,11 +246,12 @@ def compare_runs(
             )
         )
     classes.sort(key=_severity)
+    by_fid = {row[0]: row for row in rows_out}
     for cls in sorted(classes, key=lambda c: -max(c.baseline.total, c.candidate.total))[
         :CHART_CLASSES
     ]:
-        fid = fps[cls.fingerprint]
-        va, vb = rows_out[fid][5], rows_out[fid][6]
+        row = by_fid[fps[cls.fingerprint]]
+        va, vb = row[5], row[6]
         samples[cls.fingerprint] = (_subsample(va, rng), _subsample(vb, rng))
 
     tested_ratios = [c.ratio_p50 for c in classes if c.verdict is not Verdict.TOO_FEW]

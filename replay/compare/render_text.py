@@ -8,6 +8,7 @@ import math
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -52,8 +53,11 @@ def headline(c: Comparison) -> str:
     )
 
 
-def terminal(c: Comparison, *, limit: int = 25) -> RenderableType:
-    """Rich renderables: run summary, class table (worst first), divergences, plans."""
+def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableType:
+    """Rich renderables: run summary, class table (worst first), divergences, plans.
+
+    ``width`` is the terminal's: narrow ones get fewer columns.
+    """
     parts: list[RenderableType] = []
     runs = Table(title="Runs", show_lines=False)
     for col in ("", "baseline", "candidate"):
@@ -81,28 +85,42 @@ def terminal(c: Comparison, *, limit: int = 25) -> RenderableType:
     )
     parts.append(runs)
 
-    table = Table(title=f"Query classes (worst first; {len(c.classes)} in all)")
-    for col, justify in (
-        ("verdict", "left"),
-        ("query class", "left"),
-        ("n", "right"),
-        ("p50 ms", "right"),
-        ("p95 ms", "right"),
-        ("p50 ratio [95% CI]", "right"),
-        ("q", "right"),
-        ("errors", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    wide = width >= 130
+    narrow = width < 100
+    numeric = ["n", "p50 ms", "p95 ms", "p50 ratio [95% CI]"]
+    if wide:
+        numeric += ["q", "errors"]
+    class_rows: list[tuple[ClassComparison, list[str]]] = []
     for cls in c.classes[:limit]:
-        table.add_row(
-            Text(cls.verdict.value, style=VERDICT_STYLE[cls.verdict]),
-            short(cls.text, 50),
-            f"{cls.baseline.count:,}/{cls.candidate.count:,}",
-            f"{ms(cls.baseline.p50)} → {ms(cls.candidate.p50)}",
-            f"{ms(cls.baseline.p95)} → {ms(cls.candidate.p95)}",
+        cells = [
+            f"{max(cls.baseline.count, cls.candidate.count):,}",
+            f"{ms(cls.baseline.p50)}→{ms(cls.candidate.p50)}",
+            f"{ms(cls.baseline.p95)}→{ms(cls.candidate.p95)}",
             _ratio_ci(cls),
-            "-" if math.isnan(cls.q_value) else f"{cls.q_value:.2g}",
-            f"{cls.baseline_errors}/{cls.candidate_errors}",
+        ]
+        if wide:
+            cells += [
+                "-" if math.isnan(cls.q_value) else f"{cls.q_value:.2g}",
+                f"{cls.baseline_errors}/{cls.candidate_errors}",
+            ]
+        if narrow:
+            del cells[2]  # p95 (in --json/--html)
+        class_rows.append((cls, cells))
+    if narrow:
+        numeric.remove("p95 ms")
+    widths = [max([len(h)] + [len(r[1][k]) for r in class_rows]) for k, h in enumerate(numeric)]
+    verdict_width = max([len("verdict")] + [len(cls.verdict.value) for cls, _ in class_rows])
+    text_width = max(16, width - sum(widths) - verdict_width - 2 * (len(numeric) + 2) - 6)
+    table = Table(title=f"Query classes (worst first; {len(c.classes)} in all)", box=box.SIMPLE)
+    table.add_column("verdict", no_wrap=True, min_width=verdict_width)
+    table.add_column(
+        "query class", no_wrap=True, overflow="ellipsis", max_width=min(text_width, 70), ratio=1
+    )
+    for col, w in zip(numeric, widths, strict=True):
+        table.add_column(col, justify="right", no_wrap=True, min_width=w)
+    for cls, cells in class_rows:
+        table.add_row(
+            Text(cls.verdict.value, style=VERDICT_STYLE[cls.verdict]), short(cls.text, 70), *cells
         )
     parts.append(table)
     if len(c.classes) > limit:

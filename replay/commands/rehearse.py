@@ -1,0 +1,224 @@
+"""`pgtraffic demo` and `pgtraffic rehearse`: the whole pipeline in one command."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.status import Status
+
+from capture import __version__
+from capture.errors import UsageError
+from replay.commands.compare import _fail_on
+from replay.compare import Thresholds, exit_code
+from replay.compare.render_html import to_html
+from replay.compare.render_text import terminal
+from replay.rehearsal import (
+    DemoSettings,
+    RehearsalResult,
+    ReplaySettings,
+    demo,
+    rehearse,
+)
+from replay.runner import LiveStatus
+
+
+class ConsoleReporter:
+    """Shows each step with its time, and live progress bars for capture and replay."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._status: Status | None = None
+        self._progress: Progress | None = None
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.console.print(f"[bold]▶ {title}[/]")
+        self._status = self.console.status(title)
+        self._status.start()
+        try:
+            yield
+        except BaseException:
+            self._stop_live()
+            self.console.print(f"[red]✗ {title} failed after {time.monotonic() - started:.1f} s[/]")
+            raise
+        self._stop_live()
+        self.console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - started:.1f} s)[/]")
+
+    def _stop_live(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _bar(self, description: str, total: float | None, *columns: ProgressColumn) -> Progress:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        progress = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            *columns,
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        progress.add_task(description, total=total)
+        progress.start()
+        self._progress = progress
+        return progress
+
+    def note(self, text: str) -> None:
+        self.console.print(f"  {text}", highlight=False)
+
+    def capture_progress(self) -> Callable[[int, int | None], None] | None:
+        def update(done: int, total: int | None) -> None:
+            bar = self._progress or self._bar("reading logs", total, DownloadColumn())
+            bar.update(bar.task_ids[0], completed=done, total=total)
+
+        return update
+
+    def replay_progress(self, label: str, total: int) -> Callable[[LiveStatus], None] | None:
+        def update(status: LiveStatus) -> None:
+            bar = self._progress or self._bar(
+                f"replaying on {label}", total, TextColumn("{task.fields[detail]}")
+            )
+            bar.update(
+                bar.task_ids[0],
+                completed=status.statements,
+                detail=f"{status.statements:,}/{total:,} statements, "
+                f"{status.errors:,} errors, lag {status.last_lag_us / 1000:.1f} ms",
+            )
+
+        return update
+
+
+def _report(result: RehearsalResult, html: Path, out: Console) -> None:
+    html.write_text(to_html(result.comparison, version=__version__), encoding="utf-8")
+    out.print(terminal(result.comparison, width=out.width))
+    out.print(f"\nHTML report: [bold]{html.resolve()}[/]", highlight=False)
+    out.print(
+        f"Workload: {result.workload}  results: {result.baseline_results}, "
+        f"{result.candidate_results}",
+        highlight=False,
+    )
+
+
+def demo_command(
+    seconds: Annotated[float, typer.Option(help="How long the scenario's client runs.")] = 30,
+    clients: Annotated[
+        int, typer.Option(help="Client connections (half use prepared statements).")
+    ] = 4,
+    scale: Annotated[
+        float, typer.Option(help="Scenario data scale (1 = a few million rows).")
+    ] = 1.0,
+    rate: Annotated[
+        float | None, typer.Option(help="Client transactions/s in all (default: unthrottled).")
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the workload, results and report are written.")
+    ] = Path("pgtraffic-demo"),
+    html: Annotated[
+        Path | None, typer.Option(help="HTML report path (default: WORKDIR/report.html).")
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the servers running and print their DSNs.")
+    ] = False,
+) -> None:
+    """See pgtraffic work end to end on embedded PostgreSQL 16 and 18, in a few minutes.
+
+    Starts a capture-ready PostgreSQL 16, loads the bundled GitLab-like scenario,
+    runs its client (pgbench, simple and prepared protocol) for --seconds, captures
+    the log, restores the pre-capture data onto a 16 and an 18 target, replays the
+    workload on both, compares them (with EXPLAIN on both) and writes report.html.
+
+    Example:
+
+        pgtraffic demo --seconds 20 --workdir /tmp/demo
+    """
+    out = Console(highlight=False)
+    result = demo(
+        workdir,
+        DemoSettings(seconds=seconds, clients=clients, scale=scale, rate=rate, keep=keep),
+        replay=ReplaySettings(speed=speed),
+        reporter=ConsoleReporter(out),
+    )
+    _report(result, html or workdir / "report.html", out)
+    if result.servers:
+        out.print("Servers left running (stop them with: pgtraffic servers stop --all):")
+        for name, dsn in result.servers.items():
+            out.print(f"  {name}: {dsn}")
+
+
+def rehearse_command(
+    log: Annotated[
+        list[str], typer.Option("--log", help="PostgreSQL log file(s) to capture (repeatable).")
+    ],
+    baseline: Annotated[str, typer.Option(help="libpq URI of the baseline server.")],
+    candidate: Annotated[str, typer.Option(help="libpq URI of the candidate server.")],
+    workdir: Annotated[
+        Path, typer.Option(help="Where the workload, results and report are written.")
+    ] = Path("pgtraffic-rehearsal"),
+    speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="Replay without waiting.")] = False,
+    workers: Annotated[int, typer.Option(help="Replay processes per server.")] = 1,
+    explain: Annotated[bool, typer.Option(help="EXPLAIN the top classes on both servers.")] = True,
+    html: Annotated[
+        Path | None, typer.Option(help="HTML report path (default: WORKDIR/report.html).")
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(help="Findings that fail the command: regression,errors,rows,plans."),
+    ] = None,
+) -> None:
+    """Capture your logs, replay them on two servers one after the other, compare.
+
+    Both servers should hold the data as it was when the capture began (restore a
+    backup or snapshot taken then). Exit codes are those of `pgtraffic compare`.
+
+    Example:
+
+        pgtraffic rehearse --log pg.csv --baseline postgresql://pg16/app
+        --candidate postgresql://pg18/app --fail-on regression,errors
+    """
+    if speed <= 0:
+        raise UsageError("--speed must be positive")
+    failures = _fail_on(fail_on)
+    out = Console(highlight=False)
+    result = rehearse(
+        log,
+        baseline,
+        candidate,
+        workdir,
+        replay=ReplaySettings(speed=speed, max_speed=max_speed, workers=workers),
+        thresholds=Thresholds(),
+        explain=explain,
+        reporter=ConsoleReporter(out),
+    )
+    _report(result, html or workdir / "report.html", out)
+    code = exit_code(result.comparison, failures)
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo` and `rehearse` to ``app``."""
+    app.command("demo")(demo_command)
+    app.command("rehearse")(rehearse_command)

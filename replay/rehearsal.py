@@ -1,0 +1,324 @@
+"""The whole pipeline in one call: capture, replay on two servers, compare.
+
+``rehearse`` runs it on the user's logs and servers; ``demo`` first makes all of
+that itself: a capture-ready PostgreSQL 16 loaded with the bundled scenario, its
+client run for a short window, and two targets (16 and 18) restored to the state
+before the window. Progress is reported through a :class:`Reporter`, so the CLI
+decides how it looks; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from capture.errors import ServerError
+from capture.filters import Filters
+from capture.pipeline import CaptureOptions, CaptureSummary, capture
+from capture.workload import read_workload
+from replay import scenario as scenarios
+from replay.compare import Comparison, ExplainTargets, Thresholds, compare_files
+from replay.engine import ReplayOptions
+from replay.runner import (
+    LiveStatus,
+    build_schedule,
+    inspect_target,
+    run_replay,
+    scan_workload,
+    with_defaults,
+)
+from replay.servers import Cluster, Profile, find_installation
+
+
+class Reporter(Protocol):
+    """How the pipeline tells its caller what it is doing."""
+
+    def step(self, title: str) -> contextlib.AbstractContextManager[None]:
+        """A step starts; the context ends when it is done (or failed)."""
+        ...
+
+    def note(self, text: str) -> None:
+        """A fact worth showing (a DSN, a count, a path)."""
+        ...
+
+    def capture_progress(self) -> Callable[[int, int | None], None] | None:
+        """A callback (bytes done, bytes total when known) for capture, or None."""
+        ...
+
+    def replay_progress(self, label: str, total: int) -> Callable[[LiveStatus], None] | None:
+        """A callback for a replay of ``total`` statements, or None."""
+        ...
+
+
+class SilentReporter:
+    """Reports nothing (tests, library use)."""
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        yield
+
+    def note(self, text: str) -> None:
+        return None
+
+    def capture_progress(self) -> Callable[[int, int | None], None] | None:
+        return None
+
+    def replay_progress(self, label: str, total: int) -> Callable[[LiveStatus], None] | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    speed: float = 1.0
+    max_speed: bool = False
+    jump_idle: bool = False
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class RehearsalResult:
+    workload: Path
+    capture: CaptureSummary
+    baseline_results: Path
+    candidate_results: Path
+    comparison: Comparison
+    replay_summaries: tuple[dict[str, Any], dict[str, Any]]
+    report: Path | None = None
+    servers: dict[str, str] = field(default_factory=dict)
+    """DSNs of servers left running (demo --keep)."""
+
+
+def replay_once(
+    workload_path: Path,
+    dsn: str,
+    results: Path,
+    settings: ReplaySettings,
+    reporter: Reporter,
+    label: str,
+) -> dict[str, Any]:
+    """Replay a workload onto one server, with progress; returns the final summary."""
+    workload = read_workload(workload_path)
+    scan = scan_workload(workload)
+    schedule = build_schedule(
+        scan, speed=settings.speed, max_speed=settings.max_speed, jump_idle=settings.jump_idle
+    )
+    target = inspect_target(dsn)
+    reporter.note(
+        f"{label}: PostgreSQL {target.server_version} at {target.host}:{target.port}, "
+        f"{scan.replayable:,} statements"
+    )
+    options = with_defaults(
+        ReplayOptions(dsn=dsn, schedule=schedule, workers=settings.workers), target
+    )
+    return run_replay(
+        workload,
+        results,
+        options,
+        target,
+        on_status=reporter.replay_progress(label, scan.replayable),
+    )
+
+
+def rehearse(
+    logs: Sequence[str],
+    baseline_dsn: str,
+    candidate_dsn: str,
+    workdir: Path,
+    *,
+    capture_options: CaptureOptions | None = None,
+    replay: ReplaySettings | None = None,
+    thresholds: Thresholds | None = None,
+    explain: bool = True,
+    reset: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
+) -> RehearsalResult:
+    """Capture ``logs``, replay the workload on both servers, compare the runs.
+
+    ``reset(label)``, when given, is called before each replay to put that server
+    back into the pre-capture state (the demo restores a dump; users can pass a
+    script). Replays run one after the other so they do not compete for the machine.
+    """
+    rep = reporter or SilentReporter()
+    settings = replay or ReplaySettings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    workload = workdir / "workload.pgtw"
+    with rep.step("Capture the logs into a workload"):
+        summary = capture(
+            list(logs),
+            workload,
+            capture_options or CaptureOptions(),
+            progress=rep.capture_progress(),
+        )
+        rep.note(
+            f"{summary.statements:,} statements in {summary.sessions:,} sessions, "
+            f"{summary.classes:,} query classes -> {workload}"
+        )
+    results = {"baseline": workdir / "baseline.pgtr", "candidate": workdir / "candidate.pgtr"}
+    finals = []
+    for label, dsn in (("baseline", baseline_dsn), ("candidate", candidate_dsn)):
+        if reset is not None:
+            with rep.step(f"Reset the {label} server to the pre-capture state"):
+                reset(label)
+        with rep.step(f"Replay onto the {label} server"):
+            finals.append(replay_once(workload, dsn, results[label], settings, rep, label))
+    with rep.step("Compare the two replays" + (" and their plans" if explain else "")):
+        comparison = compare_files(
+            results["baseline"],
+            results["candidate"],
+            thresholds=thresholds,
+            workload=workload,
+            explain=ExplainTargets(baseline_dsn, candidate_dsn) if explain else None,
+        )
+    return RehearsalResult(
+        workload=workload,
+        capture=summary,
+        baseline_results=results["baseline"],
+        candidate_results=results["candidate"],
+        comparison=comparison,
+        replay_summaries=(finals[0], finals[1]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSettings:
+    seconds: float = 30.0
+    clients: int = 4
+    scale: float = 1.0
+    baseline_major: int = 16
+    candidate_major: int = 18
+    rate: float | None = None
+    """Client transactions per second in total (None: as fast as it goes)."""
+    keep: bool = False
+
+
+DEMO_DB = "gitlab"
+
+
+def demo(
+    workdir: Path | None = None,
+    settings: DemoSettings | None = None,
+    *,
+    replay: ReplaySettings | None = None,
+    thresholds: Thresholds | None = None,
+    reporter: Reporter | None = None,
+) -> RehearsalResult:
+    """Capture the bundled scenario on PostgreSQL 16 and rehearse its move to 18."""
+    rep = reporter or SilentReporter()
+    cfg = settings or DemoSettings()
+    work = workdir or Path(tempfile.mkdtemp(prefix="pgtraffic-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scenario = scenarios.get_scenario("gitlab")
+    clusters: list[Cluster] = []
+    try:
+        with rep.step(f"Start a capture-ready PostgreSQL {cfg.baseline_major}"):
+            source = Cluster.create(major=cfg.baseline_major, profile=Profile.CAPTURE)
+            clusters.append(source)
+            rep.note(f"source: {source.dsn(DEMO_DB)}")
+        with rep.step(f"Load the {scenario.name} scenario (scale {cfg.scale:g})"):
+            loaded = scenarios.load(source, scenario, cfg.scale, dbname=DEMO_DB)
+            rep.note(f"{sum(loaded.rows.values()):,} rows in {loaded.seconds:.1f} s")
+        dump = work / "pre-capture.dump"
+        with rep.step("Dump the pre-capture state"):
+            source.run_tool("pg_dump", "-Fc", "-f", str(dump), dbname=DEMO_DB)
+        window_start = dt.datetime.now(dt.UTC)
+        with rep.step(
+            f"Run the client for {cfg.seconds:g} s ({cfg.clients} clients, half of them "
+            "with prepared statements)"
+        ):
+            _run_clients(source, scenario, cfg)
+        with rep.step("Start the targets"):
+            targets = {}
+            for label, major in (
+                ("baseline", cfg.baseline_major),
+                ("candidate", cfg.candidate_major),
+            ):
+                cluster = Cluster.create(find_installation(major), profile=Profile.TARGET)
+                clusters.append(cluster)
+                targets[label] = cluster
+                rep.note(f"{label}: PostgreSQL {cluster.version} at {cluster.dsn(DEMO_DB)}")
+
+        def reset(label: str) -> None:
+            _restore(targets[label], dump)
+
+        capture_options = CaptureOptions(filters=Filters(databases=(DEMO_DB,), since=window_start))
+        logs = [str(p) for p in source.log_files()]
+        result = rehearse(
+            logs,
+            targets["baseline"].dsn(DEMO_DB),
+            targets["candidate"].dsn(DEMO_DB),
+            work,
+            capture_options=capture_options,
+            replay=replay,
+            thresholds=thresholds,
+            explain=True,
+            reset=reset,
+            reporter=rep,
+        )
+        servers = {}
+        if cfg.keep:
+            for cluster in clusters:
+                cluster.detach()
+                servers[cluster.name] = cluster.dsn(DEMO_DB)
+        return RehearsalResult(
+            workload=result.workload,
+            capture=result.capture,
+            baseline_results=result.baseline_results,
+            candidate_results=result.candidate_results,
+            comparison=result.comparison,
+            replay_summaries=result.replay_summaries,
+            servers=servers,
+        )
+    finally:
+        if not cfg.keep:
+            for cluster in clusters:
+                cluster.stop()
+
+
+def _run_clients(source: Cluster, scenario: scenarios.Scenario, cfg: DemoSettings) -> None:
+    """Two pgbench processes at once: simple protocol and prepared statements."""
+    simple = max(1, cfg.clients // 2)
+    prepared = max(1, cfg.clients - simple)
+    rate = None if cfg.rate is None else cfg.rate / 2
+    procs = []
+    runs: tuple[tuple[scenarios.Protocol, int], ...] = (("simple", simple), ("prepared", prepared))
+    for protocol, clients in runs:
+        cmd = scenarios.client_command(
+            source,
+            scenario,
+            seconds=cfg.seconds,
+            clients=clients,
+            protocol=protocol,
+            rate=rate,
+            scale=cfg.scale,
+            dbname=DEMO_DB,
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=source.env(DEMO_DB),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=cfg.seconds + 300)
+        if proc.returncode != 0:
+            failures.append(err.strip()[-1000:])
+    if failures:
+        raise ServerError("the scenario client failed: " + " | ".join(failures))
+
+
+def _restore(cluster: Cluster, dump: Path) -> None:
+    """(Re)create the demo database on ``cluster`` from the pre-capture dump."""
+    cluster.psql(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)')
+    cluster.psql(f'CREATE DATABASE "{DEMO_DB}"')
+    cluster.run_tool("pg_restore", "--no-owner", "-d", DEMO_DB, str(dump), dbname=DEMO_DB)
+    cluster.psql("ANALYZE", dbname=DEMO_DB)
