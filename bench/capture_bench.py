@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-bench"))
     parser.add_argument("--log", type=Path, help="reuse this csvlog instead of generating one")
     parser.add_argument("--skip-pgbadger", action="store_true")
+    parser.add_argument("--skip-peers", action="store_true", help="time only pgtraffic")
     args = parser.parse_args()
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -129,9 +130,12 @@ def main() -> None:
         "pgtraffic",
     )
     statements = count_statements(out)
-    results["pgreplay -f -c"] = run(
-        ["pgreplay", "-f", "-c", "-o", str(work / "bench.replay"), str(log)], "pgreplay"
-    )
+    if args.skip_peers:
+        args.skip_pgbadger = True
+    else:
+        results["pgreplay -f -c"] = run(
+            ["pgreplay", "-f", "-c", "-o", str(work / "bench.replay"), str(log)], "pgreplay"
+        )
     if not args.skip_pgbadger:
         results["pgbadger -j 2"] = run(
             ["pgbadger", "-j", "2", "-f", "csv", "-q", "-o", str(work / "bench.html"), str(log)],

@@ -7,6 +7,8 @@ problems into a :class:`ChunkResult`.
 
 from __future__ import annotations
 
+import json
+
 from capture.events import ChunkResult, EventKind, LogEvent, Problem, SessionInfo
 from capture.messages import (
     ENGLISH_SEVERITIES,
@@ -27,6 +29,8 @@ _WITH_SQL = frozenset(
         EventKind.DURATION_EXECUTE,
     }
 )
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_dumps = _ENCODER.encode
 _WITH_PARAMS = frozenset({EventKind.EXECUTE, EventKind.DURATION_EXECUTE, EventKind.BIND})
 
 
@@ -113,6 +117,7 @@ class RecordDecoder:
                         sqlstate=sqlstate or None,
                         fingerprint=fp,
                         parsed=parsed,
+                        sql_json=_dumps(sql) if sql else None,
                     )
                 )
             return
@@ -144,6 +149,7 @@ class RecordDecoder:
                 None,
                 fp,
                 parsed,
+                _dumps(sql) if sql is not None and kind in _WITH_SQL else None,
             )
         )
 

@@ -57,6 +57,8 @@ class LogEvent(NamedTuple):
     fingerprint: str | None = None
     parsed: bool = True
     """False when ``fingerprint`` is a fallback because pglast could not parse ``sql``."""
+    sql_json: str | None = None
+    """``sql`` already encoded as a JSON string (done in the worker, off the main process)."""
 
 
 class SessionInfo(NamedTuple):

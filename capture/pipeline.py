@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import datetime as dt
+import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,7 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
-from capture.records import QueryClass, Statement, WorkloadHeader
+from capture.records import QueryClass, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
 from capture.settings import capture_recipe
 from capture.sources import LogFormat, SourceInfo, describe, detect_format, read_blocks
@@ -118,6 +119,8 @@ def parse_job(
     global _WORKER_DECODER
     if _WORKER_DECODER is None:
         _WORKER_DECODER = RecordDecoder()
+        if multiprocessing.parent_process() is not None:
+            gc.disable()  # a worker makes no reference cycles; the collector only costs time
     decoder = _WORKER_DECODER
     text, dirty = _decode_bytes(data)
     parse = parse_csv if fmt is LogFormat.CSVLOG else parse_json
@@ -259,6 +262,23 @@ def capture(
     progress: ProgressCallback | None = None,
 ) -> CaptureSummary:
     """Read PostgreSQL logs (in the order given) and write a workload file."""
+    # Hundreds of thousands of live statements in the reorder buffer make each
+    # cyclic-GC pass expensive, and capture creates no cycles worth collecting.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _capture(sources, output, options, progress)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _capture(
+    sources: Sequence[str],
+    output: Path,
+    options: CaptureOptions | None,
+    progress: ProgressCallback | None,
+) -> CaptureSummary:
     options = options or CaptureOptions()
     if not sources:
         raise InputError("no log files given", hint="pgtraffic capture postgresql.csv -o w.pgtw")
@@ -292,21 +312,7 @@ def capture(
             offset = last_offset
             reordered += 1
         last_offset = offset
-        writer.write(
-            Statement(
-                session=stmt.session,
-                seq=stmt.seq,
-                offset_us=offset,
-                kind=stmt.kind,
-                sql=stmt.sql,
-                fingerprint=stmt.fingerprint,
-                params=stmt.params,
-                name=stmt.name,
-                duration_us=stmt.duration_us,
-                sqlstate=stmt.sqlstate,
-                params_truncated=stmt.params_truncated,
-            )
-        )
+        writer.write_encoded(offset, stmt.encode(offset))
         by_kind[stmt.kind.value] += 1
         classes.add(stmt)
         if stmt.sqlstate is not None:

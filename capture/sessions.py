@@ -22,6 +22,7 @@ can bring an earlier start (see :class:`StatementTracker.pop_ready`).
 from __future__ import annotations
 
 import heapq
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from capture.normalize import fingerprint as compute_fingerprint
 from capture.records import Session, StatementKind
 
 _COPY_FROM_STDIN = re.compile(r"(?is)\bcopy\b[^;]*?\bfrom\s+stdin\b")
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 SLACK_US = 2_000_000
 """Log lines of different backends reach the log up to this much out of order."""
@@ -58,6 +61,7 @@ class OpenStatement:
         "seq",
         "session",
         "sql",
+        "sql_json",
         "sqlstate",
         "start_us",
     )
@@ -91,6 +95,27 @@ class OpenStatement:
         self.sqlstate = sqlstate
         self.closed = duration_us is not None or sqlstate is not None
         self.emitted = False
+        self.sql_json: str | None = None
+
+    def encode(self, offset_us: int) -> str:
+        """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
+        sql_json = self.sql_json or _dumps(self.sql)
+        out = (
+            f'{{"type":"statement","session":{_dumps(self.session)},"seq":{self.seq},'
+            f'"offset_us":{offset_us},"kind":"{self.kind.value}","sql":{sql_json},'
+            f'"fingerprint":{_dumps(self.fingerprint)}'
+        )
+        if self.params is not None:
+            out += ',"params":' + _dumps(self.params)
+        if self.name is not None:
+            out += ',"name":' + _dumps(self.name)
+        if self.duration_us is not None:
+            out += f',"duration_us":{self.duration_us}'
+        if self.sqlstate is not None:
+            out += ',"sqlstate":' + _dumps(self.sqlstate)
+        if self.params_truncated:
+            out += ',"params_truncated":true'
+        return out + "}"
 
     def __lt__(self, other: OpenStatement) -> bool:
         return self.start_us < other.start_us
@@ -282,6 +307,8 @@ class StatementTracker:
             duration_us=duration_us,
             sqlstate=sqlstate,
         )
+        if event.sql_json is not None and event.sql is not None:
+            stmt.sql_json = event.sql_json
         state.statements += 1
         state.last = stmt
         self.counts.statements += 1
