@@ -77,7 +77,7 @@ def peak_concurrency(intervals: Iterable[tuple[int, int]]) -> int:
     for start, end in intervals:
         points.append((start, 1))
         points.append((max(start, end), -1))
-    points.sort(key=lambda p: (p[0], -p[1]))
+    points.sort()  # at equal times, ends (-1) before starts (+1)
     peak = current = 0
     for _, delta in points:
         current += delta

@@ -1,0 +1,189 @@
+"""Pure parts of capture: message classification, parameters, chunking, encoding."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capture.csvlog import CsvChunker
+from capture.csvlog import parse_chunk as parse_csv
+from capture.decode import RecordDecoder
+from capture.events import EventKind
+from capture.inspect import peak_concurrency, rate_buckets
+from capture.messages import classify, parse_parameters
+from capture.normalize import fingerprint
+from capture.records import Statement, StatementKind
+from capture.sessions import OpenStatement
+from capture.timestamps import TimestampParser
+
+
+def test_classify_statement_forms() -> None:
+    assert classify("statement: SELECT 1") == (EventKind.STATEMENT, "SELECT 1", None, None, None)
+    c = classify("execute S_1/C_2: SELECT $1")
+    assert c is not None and (c.kind, c.name, c.sql) == (EventKind.EXECUTE, "S_1", "SELECT $1")
+    c = classify("execute <unnamed>: SELECT 1")
+    assert c is not None and c.name == ""
+    assert classify("execute fetch from S_1/C_2: SELECT 1") is None
+    c = classify("duration: 1.5 ms")
+    assert c is not None and (c.kind, c.duration_us) == (EventKind.DURATION, 1500)
+    c = classify("duration: 12.345 ms  statement: SELECT 2")
+    assert c is not None and (c.kind, c.sql, c.duration_us) == (
+        EventKind.DURATION_STATEMENT,
+        "SELECT 2",
+        12345,
+    )
+    c = classify("duration: 0.010 ms  bind P_1: SELECT $1")
+    assert c is not None and (c.kind, c.name) == (EventKind.BIND, "P_1")
+    c = classify("duration: 3 ms  execute <unnamed>: SELECT 1")
+    assert c is not None and c.kind is EventKind.DURATION_EXECUTE
+    c = classify("connection authorized: user=a database=b application_name=my app")
+    assert c is not None and c.application == "my app"
+    assert classify("checkpoint starting: time") is None
+
+
+def test_parameters() -> None:
+    assert parse_parameters("parameters: $1 = 'a', $2 = NULL, $3 = 'it''s\nx, $4 = ''y'''") == (
+        ("a", None, "it's\nx, $4 = 'y'"),
+        False,
+    )
+    assert parse_parameters("Parameters: $1 = '5'") == (("5",), False)
+    assert parse_parameters("Parameters: $1 = 'abcdefghij...'") == (("abcdefghij...",), True)
+    assert parse_parameters("prepare: PREPARE p AS SELECT 1") is None
+    assert parse_parameters("parameters: $2 = 'skipped one'") is None
+
+
+@given(st.lists(st.one_of(st.none(), st.text()), min_size=1, max_size=6))
+def test_parameters_roundtrip(values: list[str | None]) -> None:
+    detail = "parameters: " + ", ".join(
+        f"${i} = " + ("NULL" if v is None else "'" + v.replace("'", "''") + "'")
+        for i, v in enumerate(values, 1)
+    )
+    parsed = parse_parameters(detail)
+    assert parsed is not None
+    assert parsed[0] == tuple(values)
+
+
+def test_timestamps() -> None:
+    parse = TimestampParser()
+    assert parse("1970-01-01 00:00:01.250 UTC") == 1_250_000
+    assert parse("1970-01-01 01:00:01.250 +01") == 1_250_000
+    assert parse("1970-01-01 00:00:01 UTC") == 1_000_000
+
+
+def test_fallback_fingerprint_for_unparsable_sql() -> None:
+    fp, parsed = fingerprint("SELEC broken")
+    assert not parsed and fp.startswith("u") and len(fp) == 17
+    assert fingerprint("selec   BROKEN") == (fp, False)
+    assert fingerprint("SELECT 1")[1] is True
+
+
+def _csv_record(i: int, message: str, detail: str) -> list[str]:
+    return [
+        f"2024-05-06 09:00:{i % 60:02d}.000 UTC", "u", "d", "1", "[local]", "s.1", str(i),
+        "idle", "2024-05-06 09:00:00 UTC", "3/1", "0", "LOG", "00000", message, detail,
+        "", "", "", "", "", "", "", "app", "client backend", "", "0",
+    ]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sqls=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r")).map(
+            lambda s: "SELECT '" + s.replace("'", "''") + "'"
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    params=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"))
+    ),
+    chunk=st.integers(min_value=1, max_value=300),
+)
+def test_csv_quoting_and_multiline_fields_survive_chunking(
+    sqls: list[str], params: list[str], chunk: int
+) -> None:
+    """Whatever quotes and newlines the fields hold, any chunking gives back every record."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    detail = "parameters: " + ", ".join(
+        f"${i} = '" + p.replace("'", "''") + "'" for i, p in enumerate(params, 1)
+    )
+    for i, sql in enumerate(sqls):
+        writer.writerow(_csv_record(i, f"execute P_{i}: {sql}", detail if params else ""))
+    data = out.getvalue().encode()
+    chunker = CsvChunker(target=chunk)
+    pieces = []
+    for start in range(0, len(data), 97):
+        pieces.extend(chunker.feed(data[start : start + 97]))
+    rest = chunker.finish()
+    if rest is not None:
+        assert rest[2] is False  # not truncated
+        pieces.append(rest[:2])
+    assert all(piece.endswith(b"\n") for piece, _ in pieces)
+    assert b"".join(p for p, _ in pieces) == data
+    decoder = RecordDecoder()
+    for piece, line in pieces:
+        parse_csv(decoder, piece.decode(), source="t.csv", first_line=line)
+    result = decoder.take()
+    assert result.problems == []
+    assert [e.sql for e in result.events] == sqls
+    assert [e.name for e in result.events] == [f"P_{i}" for i in range(len(sqls))]
+    assert all(e.params == tuple(params) for e in result.events)
+    # line numbers point at the first line of each record
+    lines = data.decode().split("\n")
+    for event in result.events:
+        assert lines[event.line - 1].startswith("2024-05-06 09:00:")
+
+
+def test_huge_field_beyond_default_csv_limit() -> None:
+    sql = "SELECT '" + "x" * 300_000 + "'"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(_csv_record(1, "statement: " + sql, ""))
+    decoder = RecordDecoder()
+    parse_csv(decoder, out.getvalue(), source="t.csv", first_line=1)
+    (event,) = decoder.take().events
+    assert event.sql == sql
+
+
+@given(
+    sql=st.text(),
+    params=st.one_of(st.none(), st.lists(st.one_of(st.none(), st.text()), max_size=3)),
+    name=st.one_of(st.none(), st.text(max_size=5)),
+    duration=st.one_of(st.none(), st.integers(0, 10**9)),
+    sqlstate=st.one_of(st.none(), st.just("22012")),
+    truncated=st.booleans(),
+)
+def test_fast_encoding_matches_the_record(
+    sql: str,
+    params: list[str | None] | None,
+    name: str | None,
+    duration: int | None,
+    sqlstate: str | None,
+    truncated: bool,
+) -> None:
+    kind = StatementKind.EXECUTE if params is not None else StatementKind.SIMPLE
+    stmt = OpenStatement(
+        "abc.1", 3, 0, kind, sql, "0123456789abcdef", True,
+        params=tuple(params) if params is not None else None, name=name,
+        params_truncated=truncated, duration_us=duration, sqlstate=sqlstate,
+    )  # fmt: skip
+    record = Statement(
+        session="abc.1", seq=3, offset_us=42, kind=kind, sql=sql, fingerprint="0123456789abcdef",
+        params=tuple(params) if params is not None else None, name=name, duration_us=duration,
+        sqlstate=sqlstate, params_truncated=truncated,
+    )  # fmt: skip
+    line = stmt.encode(42)
+    assert line == json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"))
+    assert Statement.from_json(json.loads(line)) == record
+
+
+def test_peak_concurrency_and_rates() -> None:
+    assert peak_concurrency([(0, 10), (5, 15), (10, 20), (30, 40)]) == 2
+    assert peak_concurrency([]) == 0
+    buckets = rate_buckets([0, 500_000, 1_500_000, 2_999_999], 3_000_000, buckets=3)
+    assert [b.statements for b in buckets] == [2, 1, 1]
+    assert buckets[0].per_second == 2.0
