@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning pgtraffic errors into a message and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PgTrafficError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         if exc.hint:

@@ -129,8 +129,8 @@ def demo_command(
         float, typer.Option(help="Scenario data scale (1 = a few million rows).")
     ] = 1.0,
     rate: Annotated[
-        float | None, typer.Option(help="Client transactions/s in all (default: unthrottled).")
-    ] = None,
+        float, typer.Option(help="Client transactions/s in all; 0 = as fast as it goes.")
+    ] = 100.0,
     speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
     workdir: Annotated[
         Path, typer.Option(help="Where the workload, results and report are written.")
@@ -156,7 +156,9 @@ def demo_command(
     out = Console(highlight=False)
     result = demo(
         workdir,
-        DemoSettings(seconds=seconds, clients=clients, scale=scale, rate=rate, keep=keep),
+        DemoSettings(
+            seconds=seconds, clients=clients, scale=scale, rate=rate or None, keep=keep
+        ),
         replay=ReplaySettings(speed=speed),
         reporter=ConsoleReporter(out),
     )
