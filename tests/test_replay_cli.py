@@ -1,0 +1,139 @@
+"""``pgtraffic replay`` and ``pgtraffic results`` end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from replay.results import CSV_COLUMNS, read_results
+from replay.servers import Cluster
+from replay.servers.cluster import free_port
+from tests.test_replay_helpers import execute, simple, write_workload
+
+pytestmark = pytest.mark.pg(">=16")
+
+
+def _workload(tmp_path: Path, seconds: float = 1.0) -> Path:
+    n = int(seconds / 0.02)
+    stmts = [simple("a", 0, 0, "CREATE TEMP TABLE t (x int)")]
+    stmts += [
+        execute("a", i, i * 20_000, "INSERT INTO t VALUES ($1)", [str(i)], name="ins")
+        for i in range(1, n)
+    ]
+    stmts += [simple("b", i, i * 20_000 + 7, "SELECT 1/0", sqlstate="22012") for i in range(n)]
+    path = tmp_path / "w.pgtw"
+    write_workload(path, stmts)
+    return path
+
+
+def _run(cmd: list[str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_dry_run_does_not_connect(pgtraffic_cmd: list[str], tmp_path: Path) -> None:
+    wl = _workload(tmp_path)
+    result = _run(pgtraffic_cmd, "replay", str(wl), "--dry-run", "--json", "--speed", "2")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True
+    assert plan["sessions"] == 2
+    assert plan["replayable"] == plan["statements"] == 100
+    assert plan["intended_duration_us"] == pytest.approx(980_007 / 2, abs=1)
+
+
+def test_replay_json_report_and_csv_export(
+    pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
+) -> None:
+    wl = _workload(tmp_path, 0.5)
+    out = tmp_path / "r.pgtr"
+    result = _run(
+        pgtraffic_cmd,
+        "replay",
+        str(wl),
+        "--target",
+        pg16.dsn(),
+        "-o",
+        str(out),
+        "--max-speed",
+        "--json",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"PostgreSQL {pg16.version}" in result.stderr  # target identity shown first
+    report = json.loads(result.stdout)
+    assert report["statements"] == 50
+    assert report["completed"] is True
+    assert report["errors"] == {"22012": 25}
+    assert report["divergence"]["agreement_rate"] == 1.0
+    csv_path = tmp_path / "r.csv"
+    result = _run(pgtraffic_cmd, "results", "export", str(out), "-o", str(csv_path))
+    assert result.returncode == 0, result.stderr
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 50
+    inserts = [r for r in rows if r["session"] == "a" and r["index"] != "0"]
+    assert {r["rows"] for r in inserts} == {"1"}
+    assert {r["sqlstate"] for r in rows if r["session"] == "b"} == {"22012"}
+
+
+def test_unreachable_target_fails_before_starting(pgtraffic_cmd: list[str], tmp_path: Path) -> None:
+    wl = _workload(tmp_path)
+    out = tmp_path / "r.pgtr"
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = _run(pgtraffic_cmd, "replay", str(wl), "--target", dsn, "-o", str(out))
+    assert result.returncode == 5
+    assert "cannot reach the replay target" in result.stderr
+    assert not out.exists()
+
+
+def test_results_readable_after_kill_9(
+    pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
+) -> None:
+    wl = _workload(tmp_path, 6.0)
+    out = tmp_path / "r.pgtr"
+    proc = subprocess.Popen(
+        [
+            *pgtraffic_cmd,
+            "replay",
+            str(wl),
+            "--target",
+            pg16.dsn(),
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if out.exists() and len(read_results(out)) > 60:
+                break
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    results = read_results(out)
+    assert 60 < len(results) < 600
+    assert results.final is None
+    result = _run(pgtraffic_cmd, "results", "report", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["completed"] is False
+    assert report["statements"] == len(results)
+    assert any("did not finish" in w for w in report["warnings"])
