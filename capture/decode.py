@@ -150,6 +150,7 @@ class RecordDecoder:
                 fp,
                 parsed,
                 _dumps(sql) if sql is not None and kind in _WITH_SQL else None,
+                _dumps(params) if params is not None and kind is not EventKind.BIND else None,
             )
         )
 

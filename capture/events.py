@@ -59,6 +59,8 @@ class LogEvent(NamedTuple):
     """False when ``fingerprint`` is a fallback because pglast could not parse ``sql``."""
     sql_json: str | None = None
     """``sql`` already encoded as a JSON string (done in the worker, off the main process)."""
+    params_json: str | None = None
+    """``params`` already encoded as a JSON array."""
 
 
 class SessionInfo(NamedTuple):

@@ -8,6 +8,8 @@ whitespace collapsed, marked ``parsed=False``. Nothing is dropped.
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import Any
 
 import pglast
 
@@ -37,26 +39,82 @@ def normalized_text(sql: str) -> str:
         return sql
 
 
-class Fingerprinter:
-    """:func:`fingerprint` with a bounded cache (prepared statements repeat their text)."""
+_LITERALS = re.compile(r"'(?:[^']|'')*'|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_DML = re.compile(r"\s*(?:select|insert|update|delete|with|values)\b", re.IGNORECASE)
+_UNSAFE = ("\\", "$$", "--", "/*")
+VERIFY = 2
+"""A literal-free key is trusted after its fingerprint was confirmed this many times."""
 
-    __slots__ = ("_cache", "_limit", "calls", "unparsed")
+
+def literal_key(sql: str) -> str | None:
+    """``sql`` with its numeric and string literals replaced by ``?``, or None.
+
+    Two DML statements that differ only in literals have the same pglast
+    fingerprint (it ignores constant values), so the key can stand in for the
+    statement in a cache. Only plain DML is keyed: elsewhere a number can be part
+    of the statement's shape (``FETCH 10``), and backslash escapes, dollar quotes
+    and comments make literal boundaries hard to see, so those are not keyed.
+    """
+    if not _DML.match(sql):
+        return None
+    for marker in _UNSAFE:
+        if marker in sql:
+            return None
+    return _LITERALS.sub("?", sql)
+
+
+class Fingerprinter:
+    """:func:`fingerprint` with caches: by exact text, and by literal-free key.
+
+    The second cache serves the common case of the same statement with other
+    constants (simple-protocol clients). Each key is checked against a full
+    fingerprint the first :data:`VERIFY` times it is hit; a key that ever
+    disagrees is never trusted again.
+    """
+
+    __slots__ = ("_exact", "_keys", "_limit", "calls", "unparsed")
 
     def __init__(self, limit: int = 50_000) -> None:
-        self._cache: dict[str, tuple[str, bool]] = {}
+        self._exact: dict[str, tuple[str, bool]] = {}
+        self._keys: dict[str, list[object] | None] = {}
         self._limit = limit
         self.calls = 0
         self.unparsed = 0
 
     def __call__(self, sql: str) -> tuple[str, bool]:
-        hit = self._cache.get(sql)
+        hit = self._exact.get(sql)
         if hit is not None:
             return hit
+        key = literal_key(sql)
+        if key is None:
+            result = self._full(sql)
+            self._remember(self._exact, sql, result)
+            return result
+        entry = self._keys.get(key, ())
+        if entry is None:  # known unsafe key
+            return self._full(sql)
+        if entry:
+            assert isinstance(entry, list)
+            if int(entry[2]) >= VERIFY:  # type: ignore[call-overload]
+                return str(entry[0]), bool(entry[1])
+            result = self._full(sql)
+            if (result[0], result[1]) != (entry[0], entry[1]):
+                self._keys[key] = None
+            else:
+                entry[2] = int(entry[2]) + 1  # type: ignore[call-overload]
+            return result
+        result = self._full(sql)
+        self._remember(self._keys, key, [result[0], result[1], 0] if result[1] else None)
+        return result
+
+    def _full(self, sql: str) -> tuple[str, bool]:
         self.calls += 1
         result = fingerprint(sql)
         if not result[1]:
             self.unparsed += 1
-        if len(self._cache) >= self._limit:
-            self._cache.clear()
-        self._cache[sql] = result
         return result
+
+    def _remember(self, cache: dict[str, Any], key: str, value: object) -> None:
+        if len(cache) >= self._limit:
+            cache.clear()
+        cache[key] = value

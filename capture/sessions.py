@@ -21,6 +21,7 @@ can bring an earlier start (see :class:`StatementTracker.pop_ready`).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import json
 import re
@@ -56,6 +57,7 @@ class OpenStatement:
         "kind",
         "name",
         "params",
+        "params_json",
         "params_truncated",
         "parsed",
         "seq",
@@ -96,6 +98,7 @@ class OpenStatement:
         self.closed = duration_us is not None or sqlstate is not None
         self.emitted = False
         self.sql_json: str | None = None
+        self.params_json: str | None = None
 
     def encode(self, offset_us: int) -> str:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
@@ -106,7 +109,7 @@ class OpenStatement:
             f'"fingerprint":{_dumps(self.fingerprint)}'
         )
         if self.params is not None:
-            out += ',"params":' + _dumps(self.params)
+            out += ',"params":' + (self.params_json or _dumps(self.params))
         if self.name is not None:
             out += ',"name":' + _dumps(self.name)
         if self.duration_us is not None:
@@ -165,6 +168,9 @@ class StatementTracker:
         self.infos: dict[str, SessionInfo] = {}
         self.counts = TrackerCounts()
         self.filter_reasons: dict[str, int] = {}
+        # Statements waiting to be written: an in-order run (appended in start
+        # order, the common case) and a heap for those that arrive out of order.
+        self._tail: collections.deque[tuple[int, int, OpenStatement]] = collections.deque()
         self._heap: list[tuple[int, int, OpenStatement]] = []
         self._order = 0
         self.durations_seen = False
@@ -309,11 +315,18 @@ class StatementTracker:
         )
         if event.sql_json is not None and event.sql is not None:
             stmt.sql_json = event.sql_json
+        if params is event.params and event.params_json is not None:
+            stmt.params_json = event.params_json
         state.statements += 1
         state.last = stmt
         self.counts.statements += 1
         self._order += 1
-        heapq.heappush(self._heap, (start_us, self._order, stmt))
+        item = (start_us, self._order, stmt)
+        tail = self._tail
+        if not tail or start_us >= tail[-1][0]:
+            tail.append(item)  # the usual case: log order is start order
+        else:
+            heapq.heappush(self._heap, item)
 
     def _filtered(self, reason: str) -> None:
         self.counts.filtered_statements += 1
@@ -375,34 +388,41 @@ class StatementTracker:
 
     # --- output ----------------------------------------------------------------
 
+    def _pop(self) -> OpenStatement:
+        heap, tail = self._heap, self._tail
+        if heap and (not tail or heap[0] < tail[0]):
+            stmt = heapq.heappop(heap)[2]
+        else:
+            stmt = tail.popleft()[2]
+        stmt.emitted = True
+        return stmt
+
     def pop_ready(self) -> Iterator[OpenStatement]:
         """Statements no later record can precede, in start order."""
-        heap = self._heap
+        heap, tail = self._heap, self._tail
         horizon = self.log_now - SLACK_US
         long_horizon = self.log_now - LONG_SLACK_US
         need_closed = self.durations_seen
-        while heap:
-            start, _, stmt = heap[0]
-            if len(heap) <= MAX_BUFFERED:
+        while heap or tail:
+            if heap and (not tail or heap[0] < tail[0]):
+                start, _, stmt = heap[0]
+            else:
+                start, _, stmt = tail[0]
+            if len(heap) + len(tail) <= MAX_BUFFERED:
                 if start > horizon:
                     return
                 if need_closed and not stmt.closed and start > long_horizon:
                     return
-            heapq.heappop(heap)
-            stmt.emitted = True
-            yield stmt
+            yield self._pop()
 
     def drain(self) -> Iterator[OpenStatement]:
         """Every statement still buffered (at the end of the input)."""
-        heap = self._heap
-        while heap:
-            stmt = heapq.heappop(heap)[2]
-            stmt.emitted = True
-            yield stmt
+        while self._heap or self._tail:
+            yield self._pop()
 
     @property
     def buffered(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self._tail)
 
     def session_records(self, capture_start_us: int) -> Iterator[Session]:
         """Kept sessions that ran at least one kept statement or connected in the window."""
