@@ -79,7 +79,7 @@ class ConsoleReporter:
             console=self.console,
             transient=True,
         )
-        progress.add_task(description, total=total)
+        progress.add_task(description, total=total, detail="")
         progress.start()
         self._progress = progress
         return progress
