@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from capture.events import ChunkResult, EventKind, LogEvent, Problem, SessionInfo
+from capture.events import ChunkResult, EventKind, Problem, SessionInfo
 from capture.messages import (
     ENGLISH_SEVERITIES,
     FAILURE_SEVERITIES,
@@ -108,16 +108,21 @@ class RecordDecoder:
                 sql = query or None
                 fp, parsed = self._fingerprint(sql) if sql else (None, True)
                 result.events.append(
-                    LogEvent(
-                        kind,
+                    (
+                        int(kind),
                         session,
                         ts_us,
                         line,
-                        sql=sql,
-                        sqlstate=sqlstate or None,
-                        fingerprint=fp,
-                        parsed=parsed,
-                        sql_json=_dumps(sql) if sql else None,
+                        sql,
+                        None,
+                        None,
+                        False,
+                        None,
+                        sqlstate or None,
+                        fp,
+                        parsed,
+                        _dumps(sql) if sql else None,
+                        None,
                     )
                 )
             return
@@ -136,8 +141,8 @@ class RecordDecoder:
             self._fingerprint(sql) if sql is not None and kind in _WITH_SQL else (None, True)
         )
         result.events.append(
-            LogEvent(
-                kind,
+            (
+                int(kind),
                 session,
                 ts_us,
                 line,

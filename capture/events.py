@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class EventKind(enum.IntEnum):
@@ -88,7 +88,10 @@ class Problem:
 class ChunkResult:
     """What a reader made of one chunk of a log file."""
 
-    events: list[LogEvent] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    """Events as plain tuples in :class:`LogEvent` field order, ``kind`` as a plain int:
+    they pickle and unpickle in C. ``LogEvent._make``-free: rebuild one with
+    ``tuple.__new__(LogEvent, raw)``."""
     sessions: dict[str, SessionInfo] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     records: int = 0

@@ -23,7 +23,7 @@ from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
 from capture.errors import InputError, LogParseError
-from capture.events import ChunkResult, Problem
+from capture.events import ChunkResult, LogEvent, Problem
 from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
@@ -34,6 +34,8 @@ from capture.settings import capture_recipe
 from capture.sources import LogFormat, SourceInfo, describe, detect_format, read_blocks
 from capture.timestamps import to_datetime
 from capture.workload import WorkloadWriter
+
+make_event = tuple.__new__
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -302,6 +304,8 @@ def _capture(
     start_us: int | None = None
     last_offset = 0
     reordered = 0
+    batch_offsets: list[int] = []
+    batch_lines: list[str] = []
 
     def write(stmt: OpenStatement) -> None:
         nonlocal start_us, last_offset, reordered, failed, unparsed, truncated
@@ -312,8 +316,9 @@ def _capture(
             offset = last_offset
             reordered += 1
         last_offset = offset
-        writer.write_encoded(offset, stmt.encode(offset))
-        by_kind[stmt.kind.value] += 1
+        batch_offsets.append(offset)
+        batch_lines.append(stmt.encode(offset))
+        by_kind[stmt.kind._value_] += 1
         classes.add(stmt)
         if stmt.sqlstate is not None:
             failed += 1
@@ -342,12 +347,16 @@ def _capture(
                     where.append(f"{problem.source}:{problem.line}")
             tracker.add_sessions(result.sessions)
             feed = tracker.feed
-            for event in result.events:
-                feed(event)
+            for raw in result.events:
+                feed(make_event(LogEvent, raw))
             for stmt in tracker.pop_ready():
                 write(stmt)
+            writer.write_batch(batch_offsets, batch_lines)
+            batch_offsets.clear()
+            batch_lines.clear()
         for stmt in tracker.drain():
             write(stmt)
+        writer.write_batch(batch_offsets, batch_lines)
         if tracker.counts.statements == 0 and tracker.counts.filtered_statements == 0:
             raise _no_statements(sources, records, non_english, skipped)  # noqa: TRY301
         origin = start_us if start_us is not None else (first_ts or 0)

@@ -38,6 +38,9 @@ _COPY_FROM_STDIN = re.compile(r"(?is)\bcopy\b[^;]*?\bfrom\s+stdin\b")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+_SAFE = re.compile(r"[0-9A-Za-z._:-]*")
+"""Session ids PostgreSQL writes (hex.hex) need no JSON escaping."""
+
 SLACK_US = 2_000_000
 """Log lines of different backends reach the log up to this much out of order."""
 LONG_SLACK_US = 300_000_000
@@ -103,10 +106,12 @@ class OpenStatement:
     def encode(self, offset_us: int) -> str:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
         sql_json = self.sql_json or _dumps(self.sql)
+        session = self.session
+        session_json = f'"{session}"' if _SAFE.fullmatch(session) else _dumps(session)
         out = (
-            f'{{"type":"statement","session":{_dumps(self.session)},"seq":{self.seq},'
-            f'"offset_us":{offset_us},"kind":"{self.kind.value}","sql":{sql_json},'
-            f'"fingerprint":{_dumps(self.fingerprint)}'
+            f'{{"type":"statement","session":{session_json},"seq":{self.seq},'
+            f'"offset_us":{offset_us},"kind":"{self.kind._value_}","sql":{sql_json},'
+            f'"fingerprint":"{self.fingerprint}"'
         )
         if self.params is not None:
             out += ',"params":' + (self.params_json or _dumps(self.params))
@@ -198,7 +203,7 @@ class StatementTracker:
                 self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
             state = self.sessions[event.session] = _SessionState(info, reason is None)
         kind = event.kind
-        if kind is EventKind.STATEMENT:
+        if kind == EventKind.STATEMENT:
             sql = event.sql or ""
             stmt_kind = (
                 StatementKind.COPY_FROM_STDIN
@@ -206,9 +211,9 @@ class StatementTracker:
                 else StatementKind.SIMPLE
             )
             self._open(state, event, event.ts_us, stmt_kind)
-        elif kind is EventKind.EXECUTE:
+        elif kind == EventKind.EXECUTE:
             self._open(state, event, event.ts_us, StatementKind.EXECUTE)
-        elif kind is EventKind.DURATION:
+        elif kind == EventKind.DURATION:
             self.durations_seen = True
             last = state.last
             if last is not None and last.duration_us is None and last.sqlstate is None:
@@ -217,12 +222,12 @@ class StatementTracker:
                 last.duration_us = event.duration_us
                 last.closed = True
                 self.counts.durations_attached += 1
-        elif kind is EventKind.DURATION_STATEMENT or kind is EventKind.DURATION_EXECUTE:
+        elif kind == EventKind.DURATION_STATEMENT or kind == EventKind.DURATION_EXECUTE:
             self.durations_seen = True
             last = state.last
             stmt_kind = (
                 StatementKind.SIMPLE
-                if kind is EventKind.DURATION_STATEMENT
+                if kind == EventKind.DURATION_STATEMENT
                 else StatementKind.EXECUTE
             )
             if (
@@ -239,17 +244,17 @@ class StatementTracker:
                     stmt_kind = StatementKind.COPY_FROM_STDIN
                 start = event.ts_us - (event.duration_us or 0)
                 self._open(state, event, start, stmt_kind, duration_us=event.duration_us)
-        elif kind is EventKind.PARSE:
+        elif kind == EventKind.PARSE:
             self.durations_seen = True
             state.proto = (event.name or "", event.sql or "", None, False)
-        elif kind is EventKind.BIND:
+        elif kind == EventKind.BIND:
             self.durations_seen = True
             state.proto = (event.name or "", event.sql or "", event.params, event.params_truncated)
-        elif kind is EventKind.ERROR:
+        elif kind == EventKind.ERROR:
             self._error(state, event)
-        elif kind is EventKind.CONNECT:
+        elif kind == EventKind.CONNECT:
             state.connect_us = event.ts_us
-        elif kind is EventKind.DISCONNECT:
+        elif kind == EventKind.DISCONNECT:
             state.disconnect_us = event.ts_us
             if state.last is not None:
                 state.last.closed = True

@@ -73,6 +73,23 @@ class WorkloadWriter:
         self._body.write("\n")
         self.statements += 1
 
+    def write_batch(self, offsets: list[int], lines: list[str]) -> None:
+        """Write statements already encoded (as :meth:`write_encoded`), many at once."""
+        if not lines:
+            return
+        previous = self._last_offset
+        for offset in offsets:
+            if offset < previous:
+                raise ValueError(
+                    f"statements must be written in offset order ({offset} after {previous})"
+                )
+            previous = offset
+        self._last_offset = previous
+        self._digest.update("".join(lines).encode())  # same digest as line by line
+        self._body.write("\n".join(lines))
+        self._body.write("\n")
+        self.statements += len(lines)
+
     def close(
         self,
         *,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
-from capture.events import EventKind
+from capture.events import EventKind, LogEvent
 from capture.inspect import peak_concurrency, rate_buckets
 from capture.messages import classify, parse_parameters
 from capture.normalize import fingerprint
@@ -130,12 +130,13 @@ def test_csv_quoting_and_multiline_fields_survive_chunking(
         parse_csv(decoder, piece.decode(), source="t.csv", first_line=line)
     result = decoder.take()
     assert result.problems == []
-    assert [e.sql for e in result.events] == sqls
-    assert [e.name for e in result.events] == [f"P_{i}" for i in range(len(sqls))]
-    assert all(e.params == tuple(params) for e in result.events)
+    events = [LogEvent(*raw) for raw in result.events]
+    assert [e.sql for e in events] == sqls
+    assert [e.name for e in events] == [f"P_{i}" for i in range(len(sqls))]
+    assert all(e.params == tuple(params) for e in events)
     # line numbers point at the first line of each record
     lines = data.decode().split("\n")
-    for event in result.events:
+    for event in events:
         assert lines[event.line - 1].startswith("2024-05-06 09:00:")
 
 
@@ -145,8 +146,8 @@ def test_huge_field_beyond_default_csv_limit() -> None:
     csv.writer(out, lineterminator="\n").writerow(_csv_record(1, "statement: " + sql, ""))
     decoder = RecordDecoder()
     parse_csv(decoder, out.getvalue(), source="t.csv", first_line=1)
-    (event,) = decoder.take().events
-    assert event.sql == sql
+    (raw,) = decoder.take().events
+    assert LogEvent(*raw).sql == sql
 
 
 @given(
