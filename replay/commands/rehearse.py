@@ -22,6 +22,9 @@ from rich.status import Status
 
 from capture import __version__
 from capture.errors import UsageError
+from capture.filters import Filters
+from capture.pipeline import CaptureOptions
+from replay.commands.capture import _parse_time as parse_time
 from replay.commands.compare import _fail_on
 from replay.compare import Thresholds, exit_code
 from replay.compare.render_html import to_html
@@ -156,9 +159,7 @@ def demo_command(
     out = Console(highlight=False)
     result = demo(
         workdir,
-        DemoSettings(
-            seconds=seconds, clients=clients, scale=scale, rate=rate or None, keep=keep
-        ),
+        DemoSettings(seconds=seconds, clients=clients, scale=scale, rate=rate or None, keep=keep),
         replay=ReplaySettings(speed=speed),
         reporter=ConsoleReporter(out),
     )
@@ -189,6 +190,21 @@ def rehearse_command(
         str | None,
         typer.Option(help="Findings that fail the command: regression,errors,rows,plans."),
     ] = None,
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Capture only this database.")
+    ] = None,
+    application: Annotated[
+        list[str] | None,
+        typer.Option("--application", help="Capture only this application_name."),
+    ] = None,
+    exclude_application: Annotated[
+        list[str] | None,
+        typer.Option("--exclude-application", help="Leave out this application_name."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Capture statements from this time on (ISO 8601).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Capture statements before this time.")] = None,
 ) -> None:
     """Capture your logs, replay them on two servers one after the other, compare.
 
@@ -204,11 +220,19 @@ def rehearse_command(
         raise UsageError("--speed must be positive")
     failures = _fail_on(fail_on)
     out = Console(highlight=False)
+    filters = Filters(
+        databases=tuple(database or ()),
+        applications=tuple(application or ()),
+        exclude_applications=tuple(exclude_application or ()),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
+    )
     result = rehearse(
         log,
         baseline,
         candidate,
         workdir,
+        capture_options=CaptureOptions(filters=filters),
         replay=ReplaySettings(speed=speed, max_speed=max_speed, workers=workers),
         thresholds=Thresholds(),
         explain=explain,

@@ -1,0 +1,84 @@
+"""`pgtraffic rehearse` on real logs and two real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from replay.servers import Profile
+from tests.conftest import ClusterFactory
+from tests.test_compare import CLIENT, DB, _prepare
+
+
+def test_rehearse_cli_end_to_end(
+    make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    source = make_cluster(16, Profile.CAPTURE)
+    _prepare(source)
+    script = tmp_path / "client.pgbench"
+    script.write_text(CLIENT)
+    source.run_tool(
+        "pgbench",
+        "--no-vacuum",
+        "-M",
+        "extended",
+        "-c",
+        "2",
+        "-t",
+        "60",
+        "-f",
+        str(script),
+        dbname=DB,
+    )
+    baseline = make_cluster(16)
+    candidate = make_cluster(18)
+    _prepare(baseline)
+    _prepare(candidate, drop_function=True)
+    work = tmp_path / "rehearsal"
+    args = [*pgtraffic_cmd, "rehearse"]
+    for log in source.log_files():
+        args += ["--log", str(log)]
+    args += [
+        "--baseline",
+        baseline.dsn(DB),
+        "--candidate",
+        candidate.dsn(DB),
+        "--workdir",
+        str(work),
+        "--max-speed",
+        "--application",
+        "pgbench",
+        "--fail-on",
+        "errors",
+    ]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=dict(os.environ, COLUMNS="120"),
+    )
+    # The missing function on the candidate fails the price() calls: new errors, 16 + 2.
+    assert result.returncode == 18, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "report.html").exists()
+    assert (work / "workload.pgtw").exists()
+    out = subprocess.run(
+        [
+            *pgtraffic_cmd,
+            "compare",
+            str(work / "baseline.pgtr"),
+            str(work / "candidate.pgtr"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    new = [e for e in data["errors"] if e["change"] == "new"]
+    assert {e["candidate_sqlstate"] for e in new} == {"42883"}
+    assert sum(e["count"] for e in new) == 120
