@@ -65,9 +65,16 @@ class CsvChunker:
 
     def _boundary(self) -> int | None:
         buf = self._buf
-        end = len(buf)
-        odd = buf.count(b'"') % 2
-        pos = buf.rfind(b"\n")
+        cut = self._search(min(len(buf), self._target))
+        if cut is None and len(buf) > self._target:
+            cut = self._search(len(buf))  # a record longer than the target
+        return cut
+
+    def _search(self, end: int) -> int | None:
+        """The last record boundary in ``buf[:end]``, if any."""
+        buf = self._buf
+        odd = buf.count(b'"', 0, end) % 2
+        pos = buf.rfind(b"\n", 0, end)
         while pos >= 0:
             # parity of the prefix buf[:pos+1] = total parity minus the suffix's
             odd ^= buf.count(b'"', pos + 1, end) % 2
@@ -75,7 +82,7 @@ class CsvChunker:
                 return pos + 1
             end = pos + 1
             pos = buf.rfind(b"\n", 0, pos)
-        if len(buf) > self._max_pending:
+        if end == len(buf) and len(buf) > self._max_pending:
             starts = list(_RECORD_START.finditer(buf))
             if starts and starts[-1].start() > 0:
                 return starts[-1].start() + 1

@@ -357,7 +357,7 @@ def _capture(
         for stmt in tracker.drain():
             write(stmt)
         writer.write_batch(batch_offsets, batch_lines)
-        if tracker.counts.statements == 0 and tracker.counts.filtered_statements == 0:
+        if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
             raise _no_statements(sources, records, non_english, skipped)  # noqa: TRY301
         origin = start_us if start_us is not None else (first_ts or 0)
         end_us = max(last_ts or origin, origin + last_offset)

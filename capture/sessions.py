@@ -38,6 +38,20 @@ _COPY_FROM_STDIN = re.compile(r"(?is)\bcopy\b[^;]*?\bfrom\s+stdin\b")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+_STATEMENT = int(EventKind.STATEMENT)
+_EXECUTE = int(EventKind.EXECUTE)
+_DURATION = int(EventKind.DURATION)
+_DURATION_STATEMENT = int(EventKind.DURATION_STATEMENT)
+_DURATION_EXECUTE = int(EventKind.DURATION_EXECUTE)
+_PARSE = int(EventKind.PARSE)
+_BIND = int(EventKind.BIND)
+_ERROR = int(EventKind.ERROR)
+_CONNECT = int(EventKind.CONNECT)
+_DISCONNECT = int(EventKind.DISCONNECT)
+SIMPLE = StatementKind.SIMPLE
+EXECUTE = StatementKind.EXECUTE
+COPY = StatementKind.COPY_FROM_STDIN
+
 _SAFE = re.compile(r"[0-9A-Za-z._:-]*")
 """Session ids PostgreSQL writes (hex.hex) need no JSON escaping."""
 
@@ -146,7 +160,6 @@ class _SessionState:
 class TrackerCounts:
     """What reconstruction did, for the summary."""
 
-    statements: int = 0
     durations_attached: int = 0
     errors_attached: int = 0
     statements_from_errors: int = 0
@@ -172,6 +185,10 @@ class StatementTracker:
         self.sessions: dict[str, _SessionState] = {}
         self.infos: dict[str, SessionInfo] = {}
         self.counts = TrackerCounts()
+        self.statements = 0
+        self._filtering = bool(
+            self._since is not None or self._until is not None or self._exclude is not None
+        )
         self.filter_reasons: dict[str, int] = {}
         # Statements waiting to be written: an in-order run (appended in start
         # order, the common case) and a heap for those that arrive out of order.
@@ -192,8 +209,9 @@ class StatementTracker:
                 mine[sid] = info
 
     def feed(self, event: LogEvent) -> None:
-        if event.ts_us > self.log_now:
-            self.log_now = event.ts_us
+        ts_us = event.ts_us
+        if ts_us > self.log_now:
+            self.log_now = ts_us
         state = self.sessions.get(event.session)
         if state is None:
             info = self.infos.get(event.session, _NO_INFO)
@@ -203,17 +221,17 @@ class StatementTracker:
                 self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
             state = self.sessions[event.session] = _SessionState(info, reason is None)
         kind = event.kind
-        if kind == EventKind.STATEMENT:
+        if kind == _STATEMENT:
             sql = event.sql or ""
             stmt_kind = (
-                StatementKind.COPY_FROM_STDIN
+                COPY
                 if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
-                else StatementKind.SIMPLE
+                else SIMPLE
             )
             self._open(state, event, event.ts_us, stmt_kind)
-        elif kind == EventKind.EXECUTE:
-            self._open(state, event, event.ts_us, StatementKind.EXECUTE)
-        elif kind == EventKind.DURATION:
+        elif kind == _EXECUTE:
+            self._open(state, event, event.ts_us, EXECUTE)
+        elif kind == _DURATION:
             self.durations_seen = True
             last = state.last
             if last is not None and last.duration_us is None and last.sqlstate is None:
@@ -222,39 +240,35 @@ class StatementTracker:
                 last.duration_us = event.duration_us
                 last.closed = True
                 self.counts.durations_attached += 1
-        elif kind == EventKind.DURATION_STATEMENT or kind == EventKind.DURATION_EXECUTE:
+        elif kind in (_DURATION_STATEMENT, _DURATION_EXECUTE):
             self.durations_seen = True
             last = state.last
-            stmt_kind = (
-                StatementKind.SIMPLE
-                if kind == EventKind.DURATION_STATEMENT
-                else StatementKind.EXECUTE
-            )
+            stmt_kind = SIMPLE if kind == _DURATION_STATEMENT else EXECUTE
             if (
                 last is not None
                 and not last.closed
                 and last.sql == event.sql
-                and (last.kind is stmt_kind or last.kind is StatementKind.COPY_FROM_STDIN)
+                and (last.kind is stmt_kind or last.kind is COPY)
             ):
                 last.duration_us = event.duration_us
                 last.closed = True
                 self.counts.durations_attached += 1
             else:
-                if stmt_kind is StatementKind.SIMPLE and event.sql and _is_copy(event.sql):
-                    stmt_kind = StatementKind.COPY_FROM_STDIN
+                if stmt_kind is SIMPLE and event.sql and _is_copy(event.sql):
+                    stmt_kind = COPY
                 start = event.ts_us - (event.duration_us or 0)
                 self._open(state, event, start, stmt_kind, duration_us=event.duration_us)
-        elif kind == EventKind.PARSE:
+        elif kind == _PARSE:
             self.durations_seen = True
             state.proto = (event.name or "", event.sql or "", None, False)
-        elif kind == EventKind.BIND:
+        elif kind == _BIND:
             self.durations_seen = True
             state.proto = (event.name or "", event.sql or "", event.params, event.params_truncated)
-        elif kind == EventKind.ERROR:
+        elif kind == _ERROR:
             self._error(state, event)
-        elif kind == EventKind.CONNECT:
+        elif kind == _CONNECT:
             state.connect_us = event.ts_us
-        elif kind == EventKind.DISCONNECT:
+        elif kind == _DISCONNECT:
             state.disconnect_us = event.ts_us
             if state.last is not None:
                 state.last.closed = True
@@ -285,24 +299,31 @@ class StatementTracker:
             state.last = None
             return
         sql = event.sql or ""
-        if (self._since is not None and start_us < self._since) or (
-            self._until is not None and start_us >= self._until
-        ):
-            self._filtered("outside the time window")
-            state.last = None
-            return
-        if self._exclude is not None and self._exclude.search(sql):
-            self._filtered("SQL excluded")
-            state.last = None
-            return
+        if self._filtering:
+            if (self._since is not None and start_us < self._since) or (
+                self._until is not None and start_us >= self._until
+            ):
+                self._filtered("outside the time window")
+                state.last = None
+                return
+            if self._exclude is not None and self._exclude.search(sql):
+                self._filtered("SQL excluded")
+                state.last = None
+                return
         fp, parsed = event.fingerprint, event.parsed
         if fp is None:
             fp, parsed = compute_fingerprint(sql)
-        if kind is not StatementKind.EXECUTE:
+        params_json = None
+        if kind is not EXECUTE:
             params, name, truncated = None, None, False
         else:
-            params = event.params if params is None else params
-            name = event.name if name is None else name
+            if params is None:
+                params = event.params
+                params_json = event.params_json
+            if params is None:
+                params = ()
+            if name is None:
+                name = event.name or ""
             truncated = event.params_truncated if params_truncated is None else params_truncated
         stmt = OpenStatement(
             event.session,
@@ -312,19 +333,18 @@ class StatementTracker:
             sql,
             fp,
             parsed,
-            params=params if params is not None or kind is not StatementKind.EXECUTE else (),
-            name=name if name is not None or kind is not StatementKind.EXECUTE else "",
-            params_truncated=truncated,
-            duration_us=duration_us,
-            sqlstate=sqlstate,
+            params,
+            name,
+            truncated,
+            duration_us,
+            sqlstate,
         )
-        if event.sql_json is not None and event.sql is not None:
+        if event.sql is not None:
             stmt.sql_json = event.sql_json
-        if params is event.params and event.params_json is not None:
-            stmt.params_json = event.params_json
+        stmt.params_json = params_json
         state.statements += 1
         state.last = stmt
-        self.counts.statements += 1
+        self.statements += 1
         self._order += 1
         item = (start_us, self._order, stmt)
         tail = self._tail
@@ -402,23 +422,29 @@ class StatementTracker:
         stmt.emitted = True
         return stmt
 
-    def pop_ready(self) -> Iterator[OpenStatement]:
+    def pop_ready(self) -> list[OpenStatement]:
         """Statements no later record can precede, in start order."""
         heap, tail = self._heap, self._tail
         horizon = self.log_now - SLACK_US
         long_horizon = self.log_now - LONG_SLACK_US
         need_closed = self.durations_seen
+        out: list[OpenStatement] = []
+        append = out.append
         while heap or tail:
-            if heap and (not tail or heap[0] < tail[0]):
-                start, _, stmt = heap[0]
-            else:
-                start, _, stmt = tail[0]
+            from_heap = bool(heap) and (not tail or heap[0] < tail[0])
+            start, _, stmt = heap[0] if from_heap else tail[0]
             if len(heap) + len(tail) <= MAX_BUFFERED:
                 if start > horizon:
-                    return
+                    break
                 if need_closed and not stmt.closed and start > long_horizon:
-                    return
-            yield self._pop()
+                    break
+            if from_heap:
+                heapq.heappop(heap)
+            else:
+                tail.popleft()
+            stmt.emitted = True
+            append(stmt)
+        return out
 
     def drain(self) -> Iterator[OpenStatement]:
         """Every statement still buffered (at the end of the input)."""

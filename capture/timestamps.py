@@ -35,12 +35,19 @@ class TimestampParser:
     """Parse log times; caches the second-resolution part, which repeats a lot."""
 
     __slots__ = ("_seconds",)
+    # keys are (``YYYY-MM-DD HH:MM:SS``, zone)
 
     def __init__(self) -> None:
         self._seconds: dict[tuple[str, str], int] = {}
 
     def __call__(self, text: str) -> int:
         """``YYYY-MM-DD HH:MM:SS[.fff] ZONE`` to microseconds since the Unix epoch."""
+        if text[19:20] == "." and text[23:24] == " ":  # PostgreSQL's usual form
+            ms = text[20:23]
+            key = (text[:19], text[24:])
+            base = self._seconds.get(key)
+            if base is not None and ms.isdigit():
+                return base + int(ms) * 1000
         head, _, zone = text.partition(" ")[2].partition(" ")
         date = text[:10]
         if "." in head:
