@@ -247,3 +247,37 @@ def test_cli_stop_unknown_server_is_a_usage_error(
     assert result.returncode == 2
     assert "no server named pg99-1" in result.stderr
     assert "servers list" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_owner_interrupted_stops_its_server(
+    sig: signal.Signals, tmp_path: Path, repo_root: Path
+) -> None:
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
+    script = (
+        "import signal, time\n"
+        "from replay.cli import _terminate\n"
+        "from replay.servers import Cluster\n"
+        "signal.signal(signal.SIGTERM, _terminate)\n"
+        "c = Cluster.create(major=16)\n"
+        "print(c.root, c.postmaster_pid(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        root_text, pid_text = proc.stdout.readline().split()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    pid = int(pid_text)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "postmaster outlived its interrupted owner"
+    assert not Path(root_text).exists()
