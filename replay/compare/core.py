@@ -287,6 +287,16 @@ def _severity(c: ClassComparison) -> tuple[int, float]:
     return (_ORDER[c.verdict], -abs(added) - max(c.baseline.total, c.candidate.total) * 1e-9)
 
 
+def _example(run: RunData, pos: int, detail: str) -> Example:
+    """Statement ``pos`` of ``run`` as an example (its SQL is filled in from the workload)."""
+    return Example(
+        session=run.sessions[int(run.session[pos])],
+        index=int(run.index[pos]),
+        sql=None,
+        detail=detail,
+    )
+
+
 def _error_divergence(
     a: RunData,
     b: RunData,
@@ -309,13 +319,7 @@ def _error_divergence(
     for (fid, ca, cb), ks in found.items():
         change = "new" if ca == "" else "resolved" if cb == "" else "changed"
         examples = tuple(
-            Example(
-                session=a.sessions[int(a.session[ia[k]])],
-                index=int(a.index[ia[k]]),
-                sql=None,
-                detail=f"{ca or 'ok'} -> {cb or 'ok'}",
-            )
-            for k in ks[:MAX_EXAMPLES]
+            _example(a, int(ia[k]), f"{ca or 'ok'} -> {cb or 'ok'}") for k in ks[:MAX_EXAMPLES]
         )
         fp = names[fid]
         out.append(ErrorDivergence(fp, texts.get(fp, fp), change, ca, cb, len(ks), examples))
@@ -340,12 +344,7 @@ def _row_mismatches(
     for fid, ks in _groups(fa[ia][bad]).items():
         positions = np.flatnonzero(bad)[ks]
         examples = tuple(
-            Example(
-                session=a.sessions[int(a.session[ia[k]])],
-                index=int(a.index[ia[k]]),
-                sql=None,
-                detail=f"{int(ra[k])} rows -> {int(rb[k])} rows",
-            )
+            _example(a, int(ia[k]), f"{int(ra[k])} rows -> {int(rb[k])} rows")
             for k in positions[:MAX_EXAMPLES]
         )
         fp = names[fid]
