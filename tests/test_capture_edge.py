@@ -147,3 +147,52 @@ def test_filters(tmp_path: Path) -> None:
     since = dt.datetime(2024, 5, 6, 9, 0, 2, tzinfo=dt.UTC)
     assert kept(Filters(since=since)) == ["SELECT 2"]
     assert kept(Filters(until=since)) == ["SELECT 1"]
+
+
+def test_jsonlog_edge_cases(tmp_path: Path) -> None:
+    """PG18 Parameters: with quotes, newline and NULL; a cancel; garbage; a cut last line."""
+    summary, _ = run(tmp_path, "pg18_edge.json")
+    assert summary.skipped == {  # type: ignore[attr-defined]
+        "not a jsonlog record": 1,
+        "truncated record at end of file": 1,
+    }
+    assert summary.skipped_examples["truncated record at end of file"] == (  # type: ignore[attr-defined]
+        f"{LOGS / 'pg18_edge.json'}:6",
+    )
+    workload = read_workload(tmp_path / "w.pgtw")
+    first, second = workload.statements()
+    assert (first.kind.value, first.name, first.params) == ("execute", "S_1", ("a\nb'c", None))
+    assert (second.sql, second.sqlstate) == ("SELECT pg_sleep(10)", "57014")
+    (session,) = workload.sessions.values()
+    assert (session.application, session.client) == ("api", "10.1.1.1:5555")
+    assert session.connect_us == 0
+
+
+def test_inspect_cli(tmp_path: Path, pgtraffic_cmd: list[str]) -> None:
+    import json
+
+    run(tmp_path, "garbage_line.csv")
+    result = subprocess.run(
+        [*pgtraffic_cmd, "inspect", str(tmp_path / "w.pgtw"), "--json"],
+        cwd=LOGS.parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stats = json.loads(result.stdout)
+    assert stats["statements"] == 2
+    assert stats["sessions"] == 1
+    assert stats["peak_concurrent_sessions"] == 1
+    assert stats["kinds"] == {"simple": 2}
+    assert sum(b["statements"] for b in stats["statements_per_second"]) == 2
+    assert [c["count"] for c in stats["top_by_count"]] == [2]  # SELECT 1 and SELECT 2: one class
+    text = subprocess.run(
+        [*pgtraffic_cmd, "inspect", str(tmp_path / "w.pgtw")],
+        cwd=LOGS.parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "peak concurrent sessions" in text
+    assert "top classes by count" in text

@@ -39,6 +39,9 @@ PSQL_SCRIPT: list[tuple[str, str | None]] = [
     ("EXECUTE byid(1)", None),
     ("SELECT 1/0", "22012"),
     ("SELEC broken syntax", "42601"),
+    ("SET statement_timeout = 100", None),
+    ("SELECT pg_sleep(2)", "57014"),
+    ("RESET statement_timeout", None),
     ("DEALLOCATE byid", None),
 ]
 
@@ -123,6 +126,11 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
         else:
             # failed before its execute was logged: parameters unknown, said so
             assert stmt.params is not None and len(stmt.params) == count
+
+    # pgbench -i loads its tables with COPY FROM STDIN: kept, marked not replayable
+    copies = [s for stmts in statements.values() for s in stmts if "from stdin" in s.sql.lower()]
+    assert copies
+    assert all(s.kind is StatementKind.COPY_FROM_STDIN for s in copies)
 
     # pgbench: 2 clients x 4 transactions x 7 statements per mode
     pgbench = [sid for sid in sessions_of(workload, "pgbench") if len(statements[sid]) == 28]
