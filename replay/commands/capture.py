@@ -32,6 +32,11 @@ from capture.settings import capture_recipe
 from capture.sources import LogFormat
 from capture.workload import read_workload
 
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
 CAPTURE_HELP = f"""Read PostgreSQL csvlog/jsonlog files and write a workload file.
 
 Give rotated files oldest first; .gz files and - (stdin) work too. The format
@@ -52,7 +57,7 @@ Exit codes: 0 done (even with skipped records), 2 bad options, 3 unusable input
 
 The server must log with (postgresql.conf):
 
-{capture_recipe()}
+{_indented(capture_recipe())}
 """
 
 INSPECT_HELP = """Summarize a workload file: time span, sessions, peak concurrent sessions,
