@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from capture.errors import UsageError
+from capture.errors import UsageError, WorkloadFormatError
 from capture.records import Session, StatementKind
 from capture.workload import Workload, read_workload
 from replay.results import ResultsWriter
@@ -140,6 +143,37 @@ _Item = tuple[int, int, str, str, str, Any, Any, Any]
 _END: _Item | None = None
 
 
+_SESSION_RE = re.compile(r'\{"type":"statement","session":"((?:[^"\\]|\\.)*)"')
+
+
+def _statement_lines(workload: Workload) -> Iterator[str]:
+    """The raw JSON lines of the statements (the file layout is in capture.workload)."""
+    skip = 1 + len(workload.classes) + len(workload.sessions)
+    try:
+        with gzip.open(workload.path, "rt", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if number > skip:
+                    yield line
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        raise WorkloadFormatError(
+            f"{workload.path}: the statements are not readable ({exc})",
+            hint="the file is truncated or damaged; capture it again",
+        ) from exc
+
+
+def _json_loads() -> Callable[[str], Any]:
+    try:
+        import orjson
+    except ImportError:
+        return json.loads
+    loads: Callable[[str], Any] = orjson.loads
+    return loads
+
+
+_loads = _json_loads()
+"""orjson when installed (four times faster on statement records), else json."""
+
+
 def _sqlstate_of(exc: BaseException) -> str:
     state = getattr(exc, "sqlstate", None)
     if isinstance(state, str) and state:
@@ -165,10 +199,15 @@ class _Clock:
 
 
 class _Budget:
-    """Counts dispatched statements not yet started; the dispatcher waits on it."""
+    """Counts dispatched statements not yet started; the dispatcher waits on it.
+
+    Once full, the dispatcher sleeps until the count is back under three quarters
+    of the limit, so it wakes once per few thousand statements, not per statement.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.resume_at = max(1, limit * 3 // 4)
         self.pending = 0
         self.started = 0
         self._room = asyncio.Event()
@@ -182,7 +221,7 @@ class _Budget:
     def give(self) -> None:
         self.pending -= 1
         self.started += 1
-        if self.pending < self.limit:
+        if self.pending <= self.resume_at:
             self._room.set()
 
     async def wait(self, counters: Counters) -> None:
@@ -226,9 +265,31 @@ class Replayer:
     # --- the statement stream ----------------------------------------------------
 
     def _mine(self) -> Iterator[dict[str, Any]]:
+        """This worker's statements, decoded, in offset order.
+
+        With several workers only this worker's lines are decoded: the session id
+        is read from the raw line first (statement records start with the type,
+        then the session).
+        """
         workers = self.options.workers
-        for obj in self.workload.statement_dicts():
-            if workers > 1 and session_worker(obj["session"], workers) != self.worker:
+        loads = _loads
+        mine: dict[str, bool] = {}
+        for line in _statement_lines(self.workload):
+            match = _SESSION_RE.match(line) if workers > 1 else None
+            if match is not None:
+                sid = match.group(1)
+                ours = mine.get(sid)
+                if ours is None:
+                    ours = session_worker(json.loads(f'"{sid}"'), workers) == self.worker
+                    mine[sid] = ours
+                if not ours:
+                    continue
+            obj = loads(line)
+            if (
+                workers > 1
+                and match is None
+                and session_worker(obj["session"], workers) != self.worker
+            ):
                 continue
             yield obj
 
