@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -40,20 +39,21 @@ QUIET = (
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, int]:
-    """Run a command; returns (stdout+stderr, wall seconds, peak RSS of the child in KiB)."""
+    """Run a command; returns (stdout+stderr, wall seconds, peak RSS in KiB via time -f)."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "MAXRSS_KIB=%M", *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
     )
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.stdout:
-        proc.stdout.close()
     wall = time.monotonic() - started
     if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return out, wall, int(usage.ru_maxrss)
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+    found = re.findall(r"MAXRSS_KIB=(\d+)", proc.stdout)
+    return proc.stdout, wall, int(found[-1]) if found else 0
 
 
 def quiet_env(cluster: Cluster) -> dict[str, str]:
