@@ -170,6 +170,8 @@ class LiveStatus:
     replayed_capture_us: int = 0
     last_lag_us: int = 0
     open_connections: int = 0
+    done: bool = False
+    """Every worker has finished."""
     per_worker: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def update(self, worker: int, snap: dict[str, Any]) -> None:
@@ -180,6 +182,7 @@ class LiveStatus:
         self.replayed_capture_us = min(int(s["replayed_capture_us"]) for s in values)
         self.last_lag_us = max(int(s["last_lag_us"]) for s in values)
         self.open_connections = sum(int(s["open_connections"]) for s in values)
+        self.done = all(bool(s.get("done")) for s in values)
 
 
 def results_header(

@@ -146,6 +146,9 @@ def replay_command(
     reconnect_interval: Annotated[
         float, typer.Option(help="Seconds between reconnect attempts of a session.")
     ] = 1.0,
+    loop: Annotated[
+        str, typer.Option(help="Event loop: auto (uvloop when installed), uvloop or asyncio.")
+    ] = "auto",
 ) -> None:
     """Replay a workload onto a PostgreSQL server with the original timing and concurrency."""
     out = Console()
@@ -153,6 +156,8 @@ def replay_command(
     options_error = None
     if speed <= 0:
         options_error = f"--speed must be positive, not {speed}"
+    if loop not in ("auto", "uvloop", "asyncio"):
+        options_error = f"--loop must be auto, uvloop or asyncio, not {loop!r}"
     if options_error:
         raise UsageError(options_error, hint="use --max-speed for no waiting at all")
     wl = read_workload(workload)
@@ -201,6 +206,7 @@ def replay_command(
             map_database=_mapping(map_database, "--map-database"),
             workers=workers,
             reconnect_interval_s=reconnect_interval,
+            event_loop=loop,
         ),
         info,
     )
@@ -219,7 +225,7 @@ def replay_command(
 
     def on_status(status: LiveStatus) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.2:
+        if now - last[0] < 0.2 and not status.done:
             return
         last[0] = now
         done = status.replayed_capture_us / (schedule.speed or 1) if total_us else status.statements
