@@ -137,3 +137,42 @@ def test_results_readable_after_kill_9(
     assert report["completed"] is False
     assert report["statements"] == len(results)
     assert any("did not finish" in w for w in report["warnings"])
+
+
+def test_ctrl_c_stops_cleanly(pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path) -> None:
+    wl = _workload(tmp_path, 6.0)
+    out = tmp_path / "r.pgtr"
+    proc = subprocess.Popen(
+        [
+            *pgtraffic_cmd,
+            "replay",
+            str(wl),
+            "--target",
+            pg16.dsn(),
+            "-o",
+            str(out),
+            "--no-progress",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if out.exists() and len(read_results(out)) > 40:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    results = read_results(out)
+    assert results.final is not None and results.final["completed"] is False
+    assert results.damaged_bytes == 0
+    assert json.loads(stdout)["completed"] is False  # the report of what ran is printed
+    assert 40 < len(results) < 600
