@@ -41,7 +41,7 @@ replay_commands.register(app)
 compare_commands.register(app)
 rehearse_commands.register(app)
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _terminate(signum: int, frame: Any) -> None:
