@@ -20,6 +20,7 @@ SQLSTATE and the replay goes on, reconnecting at most once per
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gzip
 import json
@@ -39,7 +40,7 @@ from capture.records import Session, StatementKind
 from capture.workload import Workload, read_workload
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
-from replay.wire import ConnectSpec, ReplayConnection, TypeEntry
+from replay.wire import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
 
 # Pseudo-SQLSTATEs for failures the server did not report itself (class 08 is
 # PostgreSQL's own "connection exception" class).
@@ -198,6 +199,31 @@ class _Clock:
             delay = t_us - self.now_us()
 
 
+class _Inbox:
+    """A session's statements waiting to start: an unbounded FIFO with one reader."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[_Item | None] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: _Item | None) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> _Item | None:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
+
+
 class _Budget:
     """Counts dispatched statements not yet started; the dispatcher waits on it.
 
@@ -257,7 +283,7 @@ class Replayer:
         self.progress = Progress()
         self.counters = Counters()
         self._budget = _Budget(options.budget)
-        self._queues: dict[str, asyncio.Queue[_Item | None]] = {}
+        self._queues: dict[str, _Inbox] = {}
         self._remaining: dict[str, int] = {}
         self._ended: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -293,8 +319,8 @@ class Replayer:
                 continue
             yield obj
 
-    def _start_session(self, session_id: str) -> asyncio.Queue[_Item | None]:
-        queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+    def _start_session(self, session_id: str) -> _Inbox:
+        queue = _Inbox()
         self._queues[session_id] = queue
         session = self.workload.sessions.get(session_id) or Session(
             id=session_id, user=None, database=None
@@ -337,7 +363,7 @@ class Replayer:
             sid = obj["session"]
             queue = self._queues.get(sid) or self._start_session(sid)
             self._budget.take()
-            queue.put_nowait(
+            queue.put(
                 (
                     obj["seq"],
                     offset,
@@ -353,7 +379,7 @@ class Replayer:
             left = self._remaining.get(sid, 0) - 1
             self._remaining[sid] = left
             if left == 0:
-                queue.put_nowait(_END)
+                queue.put(_END)
                 self._ended.add(sid)
         for connect_us, sid in connects[next_connect:]:
             if timed:
@@ -362,7 +388,7 @@ class Replayer:
                 self._start_session(sid)
         for sid, queue in self._queues.items():
             if sid not in self._ended:
-                queue.put_nowait(_END)
+                queue.put(_END)
                 self._ended.add(sid)
 
     # --- one session ---------------------------------------------------------------
@@ -381,7 +407,7 @@ class Replayer:
         self.progress.open_connections -= 1
         await conn.close()
 
-    async def _run_session(self, session: Session, queue: asyncio.Queue[_Item | None]) -> None:
+    async def _run_session(self, session: Session, queue: _Inbox) -> None:
         schedule, clock, writer = self.schedule, self.clock, self.writer
         timed = not schedule.max_speed
         spec = self.options.connect_spec(session)
@@ -399,11 +425,12 @@ class Replayer:
         budget = self._budget
         add = writer.add
         sid = session.id
+        pending = queue.items
         copy_kind = StatementKind.COPY_FROM_STDIN.value
         execute_kind = StatementKind.EXECUTE.value
         try:
             while True:
-                item = queue.get_nowait() if queue.qsize() else await queue.get()
+                item = pending.popleft() if pending else await queue.get()
                 if item is None:
                     break
                 budget.give()
@@ -434,7 +461,7 @@ class Replayer:
                         if kind == execute_kind:
                             rows = await conn.execute(sql, params or (), name)
                         else:
-                            rows = await conn.simple(sql)
+                            rows = rows_from_status(await conn.query(sql, None))
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:

@@ -59,9 +59,9 @@ def rows_from_status(status: str | bytes | None) -> int:
         return -1
     if isinstance(status, bytes):
         status = status.decode("utf-8", "replace")
-    parts = status.split()
-    if len(parts) >= 2 and parts[0] in _COUNTED_TAGS and parts[-1].isdigit():
-        return int(parts[-1])
+    head, _, count = status.rpartition(" ")
+    if head and count.isdigit() and head.split(" ", 1)[0] in _COUNTED_TAGS:
+        return int(count)
     return -1
 
 
@@ -97,6 +97,11 @@ class ReplayConnection:
     named: dict[str, tuple[str, Any]] = field(default_factory=dict)
     unnamed: collections.OrderedDict[str, Any] = field(default_factory=collections.OrderedDict)
     unnamed_cache_size: int = 64
+    query: Any = None
+    """The protocol's simple-query coroutine function: ``await query(sql, None)``."""
+
+    def __post_init__(self) -> None:
+        self.query = self.conn._protocol.query
 
     @classmethod
     async def open(cls, spec: ConnectSpec, types: Sequence[TypeEntry]) -> ReplayConnection:
