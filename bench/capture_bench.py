@@ -63,28 +63,37 @@ def generate(log: Path, size_gb: float) -> None:
 
 
 def run(cmd: list[str], label: str) -> dict[str, float]:
-    """Wall time, CPU seconds (user+sys, whole tree) and peak tree RSS of cmd."""
+    """Wall time, CPU seconds (user+sys) and peak memory (RSS and PSS) of cmd's process tree.
+
+    RSS summed over processes counts pages they share (forked workers) several
+    times; PSS splits shared pages between them, so it is the memory really used.
+    """
     print(f"$ {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
+    peak_pss = 0
     cpu: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
         while not done.is_set():
             try:
                 procs = [proc, *proc.children(recursive=True)]
                 total = 0
+                proportional = 0
                 for p in procs:
                     try:
-                        total += p.memory_info().rss
+                        info = p.memory_full_info()
+                        total += info.rss
+                        proportional += info.pss
                         t = p.cpu_times()
                         cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
                 peak = max(peak, total)
+                peak_pss = max(peak_pss, proportional)
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -97,7 +106,9 @@ def run(cmd: list[str], label: str) -> dict[str, float]:
     thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return {"wall": wall, "cpu": sum(cpu.values()), "rss": peak}
+    result = {"wall": wall, "cpu": sum(cpu.values()), "rss": peak, "pss": peak_pss}
+    print(f"  {label}: {result}", flush=True)
+    return result
 
 
 def count_statements(workload: Path) -> int:
@@ -144,14 +155,15 @@ def main() -> None:
     ours = results["pgtraffic capture"]["wall"]
     print(f"\nstatements: {statements:,}; log {size / (1 << 20):,.0f} MiB\n")
     print(
-        "| tool | wall s | statements/s | MB/s | CPU cores busy | peak RSS MiB | pgtraffic ratio |"
+        "| tool | wall s | statements/s | MB/s | CPU cores busy | peak RSS MiB "
+        "| peak PSS MiB | pgtraffic speed-up |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(
             f"| {name} | {r['wall']:.1f} | {statements / r['wall']:,.0f} | "
             f"{size / 1e6 / r['wall']:.1f} | {r['cpu'] / r['wall']:.2f} | "
-            f"{r['rss'] / (1 << 20):,.0f} | {r['wall'] / ours:.2f}x |"
+            f"{r['rss'] / (1 << 20):,.0f} | {r['pss'] / (1 << 20):,.0f} | {r['wall'] / ours:.2f}x |"
         )
 
 
