@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="pgtraffic-compare-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     a, b = workdir / "a.pgtr", workdir / "b.pgtr"
     t0 = time.perf_counter()
     write_run(a, args.statements, 1, None)
@@ -89,7 +90,13 @@ def main() -> None:
     rss_mb = usage.ru_maxrss / 1024
     code = os.waitstatus_to_exitcode(status)
     print(f"command: {' '.join(cmd)}")
-    print(f"exit {code}; wall {elapsed:.1f}s; peak RSS {rss_mb:.0f} MB")
+    cpu = usage.ru_utime + usage.ru_stime
+    load = os.getloadavg()[0]
+    print(
+        f"exit {code}; wall {elapsed:.1f}s; CPU {cpu:.1f}s; peak RSS {rss_mb:.0f} MB "
+        f"(load average {load:.1f} on {os.cpu_count()} cores: wall time includes waiting "
+        "for a core)"
+    )
     if code != 0:
         print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
         sys.exit(1)

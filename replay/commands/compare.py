@@ -11,8 +11,7 @@ from rich.console import Console
 
 from capture import __version__
 from capture.errors import UsageError
-from replay.compare import ExplainTargets, FailOn, Thresholds, compare_files, exit_code
-from replay.compare.render_html import to_html
+from replay.compare import Comparison, ExplainTargets, FailOn, Thresholds, compare_files, exit_code
 from replay.compare.render_text import terminal, to_json, to_junit, to_markdown
 
 
@@ -28,6 +27,12 @@ def _fail_on(value: str | None) -> list[FailOn]:
             choices = ", ".join(f.value for f in FailOn)
             raise UsageError(f"--fail-on {item!r}: choose from {choices}") from None
     return out
+
+
+def _html(comparison: Comparison) -> str:
+    from replay.compare.render_html import to_html  # matplotlib: only when a report is made
+
+    return to_html(comparison, version=__version__)
 
 
 def compare(
@@ -114,7 +119,7 @@ def compare(
         out.print(terminal(comparison, limit=limit, width=out.width))
     renderers: list[tuple[Path | None, Callable[[], str]]] = [
         (markdown, lambda: to_markdown(comparison)),
-        (html, lambda: to_html(comparison, version=__version__)),
+        (html, lambda: _html(comparison)),
         (junit, lambda: to_junit(comparison)),
     ]
     for path, render in renderers:

@@ -27,7 +27,6 @@ from capture.pipeline import CaptureOptions
 from replay.commands.capture import _parse_time as parse_time
 from replay.commands.compare import _fail_on
 from replay.compare import Thresholds, exit_code
-from replay.compare.render_html import to_html
 from replay.compare.render_text import terminal
 from replay.rehearsal import (
     DemoSettings,
@@ -113,6 +112,8 @@ class ConsoleReporter:
 
 
 def _report(result: RehearsalResult, html: Path, out: Console) -> None:
+    from replay.compare.render_html import to_html  # matplotlib: only when a report is made
+
     html.write_text(to_html(result.comparison, version=__version__), encoding="utf-8")
     out.print(terminal(result.comparison, width=out.width))
     out.print(f"\nHTML report: [bold]{html.resolve()}[/]", highlight=False)

@@ -32,7 +32,7 @@ from replay.compare.stats import (
 )
 
 MAX_EXAMPLES = 3
-BOOTSTRAP_CLASSES = 50
+BOOTSTRAP_CLASSES = 30
 CHART_CLASSES = 6
 CHART_SAMPLES = 2000
 

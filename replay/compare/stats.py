@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as sps
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -87,6 +86,8 @@ def significance(
     there are enough of them, the Wilcoxon signed-rank test on log ratios removes the
     statement-to-statement variation that an unpaired test must treat as noise.
     """
+    from scipy import stats as sps  # imported here: it costs a second at CLI start-up
+
     if (
         paired_baseline is not None
         and paired_candidate is not None
