@@ -244,6 +244,9 @@ def main() -> None:
         figures["speed1_lag_p50_ms"] = round(report1["lag_p50_ms"], 3)
         figures["speed1_lag_p99_ms"] = round(report1["lag_p99_ms"], 3)
         figures["speed1_lag_max_ms"] = round(report1["lag_max_ms"], 3)
+        figures["speed1_replayer_lag_p99_ms"] = round(report1["replayer_lag_p99_ms"], 3)
+        figures["speed1_replayer_lag_max_ms"] = round(report1["replayer_lag_max_ms"], 3)
+        figures["speed1_service_p99_ms"] = round(report1["latency_p99_ms"], 3)
         figures["speed1_rss_mib"] = round(rss / 1024, 1)
         commands.append(
             f"capture: pgbench {' '.join(bench_cmd)} -R {args.rate}; "

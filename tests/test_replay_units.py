@@ -215,3 +215,18 @@ def test_report_divergence_and_errors(tmp_path: Path) -> None:
     assert report.errors == {"22012": 4}
     assert report.unreplayable == {"copy_from_stdin": 2}
     assert report.completed
+
+
+def test_replayer_lag_excludes_waiting_behind_the_previous_statement() -> None:
+    from replay.report import replayer_lag_us
+    from replay.results import RECORD_DTYPE
+
+    rows = [
+        # session, index, fp, intended, start, service, rows, sqlstate, original
+        (1, 0, 0, 0, 100, 5_000, 1, 0, 0),  # 100 µs late on its own
+        (1, 1, 0, 1_000, 5_150, 10, 1, 0, 0),  # waited for #0 (ended 5_100): 50 µs own lag
+        (2, 0, 0, 2_000, 2_000, 10, 1, 0, 0),  # on time
+        (1, 2, 0, 9_000, 9_300, 10, 1, 0, 0),  # previous ended long ago: 300 µs own lag
+    ]
+    recs = np.array(rows, dtype=RECORD_DTYPE)
+    assert sorted(replayer_lag_us(recs).tolist()) == [0, 50, 100, 300]

@@ -77,6 +77,12 @@ def report_table(report: ReplayReport) -> Table:
                 f"{_ms(report.lag_p50_ms)} / {_ms(report.lag_p99_ms)} / {_ms(report.lag_max_ms)}",
             )
         )
+        rows.append(
+            (
+                "replayer's own lag p99 / max",
+                f"{_ms(report.replayer_lag_p99_ms)} / {_ms(report.replayer_lag_max_ms)}",
+            )
+        )
     rows += [
         (
             "latency p50 / p95 / p99",
