@@ -38,11 +38,15 @@ QUIET = (
 )
 
 
+LAST_CPU_S = [0.0]
+"""User + system CPU seconds of the last command run (the client's own cost)."""
+
+
 def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, int]:
     """Run a command; returns (stdout+stderr, wall seconds, peak RSS in KiB via time -f)."""
     started = time.monotonic()
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "MAXRSS_KIB=%M", *cmd],
+        ["/usr/bin/time", "-f", "MAXRSS_KIB=%M CPU_S=%U+%S", *cmd],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -53,6 +57,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, 
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
     found = re.findall(r"MAXRSS_KIB=(\d+)", proc.stdout)
+    cpu = re.findall(r"CPU_S=([\d.]+)\+([\d.]+)", proc.stdout)
+    LAST_CPU_S[0] = float(cpu[-1][0]) + float(cpu[-1][1]) if cpu else 0.0
     return proc.stdout, wall, int(found[-1]) if found else 0
 
 
@@ -173,6 +179,9 @@ def main() -> None:
         out, _, _ = run([pgbench_tgt, *bench_cmd], env=tgt.env())
         tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
         figures["pgbench_statements_per_s"] = round(tps * 5)
+        figures["pgbench_client_cpu_us_per_statement"] = round(
+            LAST_CPU_S[0] * 1e6 / (tps * 5 * args.seconds), 1
+        )
         commands.append(f"pgbench {' '.join(bench_cmd)}  (5 statements per transaction)")
 
         # 2. pgtraffic --max-speed
@@ -198,6 +207,9 @@ def main() -> None:
         figures["pgtraffic_max_statements_per_s_incl_startup"] = round(report["statements_per_s"])
         figures["pgtraffic_max_errors"] = report["errors"]
         figures["pgtraffic_max_rss_mib"] = round(rss / 1024, 1)
+        figures["pgtraffic_client_cpu_us_per_statement"] = round(
+            LAST_CPU_S[0] * 1e6 / statements, 1
+        )
         figures["results_file_bytes_per_statement"] = round(res.stat().st_size / statements, 1)
         commands.append(
             f"pgtraffic replay simple-update.pgtw --target DSN -o max.pgtr --max-speed "
@@ -222,6 +234,7 @@ def main() -> None:
         )
         figures["pgreplay_statements_per_s"] = round(statements / wall)
         figures["pgreplay_rss_mib"] = round(rss / 1024, 1)
+        figures["pgreplay_client_cpu_us_per_statement"] = round(LAST_CPU_S[0] * 1e6 / statements, 1)
         commands.append("pgreplay -r -s 100 -h SOCKETDIR -p PORT simple-update.pgreplay")
 
         # 4. pgtraffic --speed 1, unsaturated
