@@ -14,9 +14,11 @@ import datetime as dt
 import multiprocessing as mp
 import queue as queue_mod
 import resource
+import sys
 import time
+import types
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -309,6 +311,19 @@ def _worker_entry(
         messages.put(("summary", worker, summary))
 
 
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Spawned workers re-import the parent's ``__main__`` (the whole CLI, with every
+    command's imports: seconds and tens of MB per worker). The worker entry point
+    lives in this module, so hide ``__main__`` while the workers start."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _run_processes(
     workload_path: Path,
     results_path: Path,
@@ -330,8 +345,9 @@ def _run_processes(
         )
         for w in range(options.workers)
     ]
-    for proc in procs:
-        proc.start()
+    with _without_main_module():
+        for proc in procs:
+            proc.start()
     try:
         ready = 0
         while ready < len(procs):
