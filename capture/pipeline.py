@@ -165,6 +165,8 @@ class _Chunks:
 
     def __iter__(self) -> Iterator[_Job]:
         done_before = 0
+        if self.progress is not None:
+            self.progress(0, self.total)
         for info in self.infos:
             fmt: LogFormat | None = self.fmt
             chunker: CsvChunker | JsonChunker | None = None
@@ -344,25 +346,32 @@ def _capture(
     batch_offsets: list[int] = []
     batch_lines: list[str] = []
 
-    def write(stmt: OpenStatement) -> None:
+    def write(stmts: list[OpenStatement]) -> None:
         nonlocal start_us, last_offset, reordered, failed, unparsed, truncated
+        if not stmts:
+            return
         if start_us is None:
-            start_us = min(stmt.start_us, first_ts if first_ts is not None else stmt.start_us)
-        offset = stmt.start_us - start_us
-        if offset < last_offset:
-            offset = last_offset
-            reordered += 1
-        last_offset = offset
-        batch_offsets.append(offset)
-        batch_lines.append(stmt.encode(offset))
-        by_kind[stmt.kind._value_] += 1
-        classes.add(stmt)
-        if stmt.sqlstate is not None:
-            failed += 1
-        if not stmt.parsed:
-            unparsed += 1
-        if stmt.params_truncated:
-            truncated += 1
+            first = stmts[0].start_us
+            start_us = min(first, first_ts if first_ts is not None else first)
+        origin, last = start_us, last_offset
+        add_offset, add_line, add_class = batch_offsets.append, batch_lines.append, classes.add
+        for stmt in stmts:
+            offset = stmt.start_us - origin
+            if offset < last:
+                offset = last
+                reordered += 1
+            last = offset
+            add_offset(offset)
+            add_line(stmt.encode(offset))
+            by_kind[stmt.kind._value_] += 1
+            add_class(stmt)
+            if stmt.sqlstate is not None:
+                failed += 1
+            if not stmt.parsed:
+                unparsed += 1
+            if stmt.params_truncated:
+                truncated += 1
+        last_offset = last
 
     try:
         for result in _results(iter(chunks), workers):
@@ -382,21 +391,20 @@ def _capture(
                 where = examples.setdefault(problem.reason, [])
                 if len(where) < options.examples_per_reason:
                     where.append(f"{problem.source}:{problem.line}")
-            # The cyclic GC is off (see capture()); collect only young objects, where the
-            # executor's short-lived reference cycles are, never the reorder buffer.
+            # The cyclic GC is off (see capture()); now and then collect the youngest
+            # objects, where the executor's short-lived reference cycles are.
             chunk_count += 1
-            gc.collect(1 if chunk_count % 16 == 0 else 0)
+            if chunk_count % 64 == 0:
+                gc.collect(0)
             tracker.add_sessions(result.sessions)
             feed = tracker.feed
             for raw in result.events:
                 feed(make_event(LogEvent, raw))
-            for stmt in tracker.pop_ready():
-                write(stmt)
+            write(tracker.pop_ready())
             writer.write_batch(batch_offsets, batch_lines)
             batch_offsets.clear()
             batch_lines.clear()
-        for stmt in tracker.drain():
-            write(stmt)
+        write(list(tracker.drain()))
         writer.write_batch(batch_offsets, batch_lines)
         if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
             raise _no_statements(sources, records, non_english, skipped)  # noqa: TRY301
