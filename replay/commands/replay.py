@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from capture.errors import UsageError
+from capture.errors import PgTrafficError, UsageError
 from capture.workload import read_workload
 from replay.engine import ReplayOptions
 from replay.report import ReplayReport, build_report
@@ -250,9 +251,11 @@ def replay_command(
         with bar:
             run_replay(wl, output, options, info, on_status=on_status)
     finally:
-        report = build_report(read_results(output))
-        _print_report(report, as_json, out, err)
-        err.print(f"results: {output}", highlight=False)
+        # Also after Ctrl-C or a failure: report what ran (if anything did).
+        with contextlib.suppress(PgTrafficError):
+            report = build_report(read_results(output))
+            _print_report(report, as_json, out, err)
+            err.print(f"results: {output}", highlight=False)
 
 
 @results_app.command("export")
