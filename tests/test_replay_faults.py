@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -61,7 +63,8 @@ def test_jump_idle_skips_the_quiet_stretch(pg16: Cluster, tmp_path: Path) -> Non
     assert int(results.records["start_us"].max()) < 1_000_000
 
 
-def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["restart", "kill-9"])
+def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path, how: str) -> None:
     cluster: Cluster = make_cluster(16, Profile.TARGET)
     stmts = _ticks(3, 50_000, 3_000_000)
     workload = write_workload(
@@ -78,7 +81,15 @@ def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path) -> None:
     thread = threading.Thread(target=run)
     thread.start()
     time.sleep(1.2)
-    cluster.stop(remove=False)
+    if how == "kill-9":
+        pid = cluster.postmaster_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        report = cluster.stop(remove=False)  # reaps the backends the postmaster left
+        assert report.died_unexpectedly
+    else:
+        cluster.stop(remove=False)
     time.sleep(0.5)
     cluster.start()
     thread.join(timeout=60)
@@ -88,7 +99,7 @@ def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path) -> None:
     assert set(got) == replayable_keys(workload)  # each statement recorded exactly once
     failed = {state for state, _ in got.values() if state is not None}
     assert failed, "the restart left no trace"
-    assert failed <= {"57P01", "08001", "08003", "08006", "57P03"}, failed
+    assert failed <= {"57P01", "57P02", "08001", "08003", "08006", "57P03"}, failed
     report = build_report(results)
     assert report.completed
     assert sum(report.connections_lost.values()) >= 1

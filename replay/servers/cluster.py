@@ -230,6 +230,7 @@ class Cluster:
 
     def start(self, *, retry_ports: bool = False) -> None:
         """Start the server and wait until it accepts connections."""
+        self._remove_stale_pid_file()
         for attempt in range(3):
             result = self._run_server_tool(
                 [
@@ -263,6 +264,24 @@ class Cluster:
                 f"{(result.stderr or result.stdout).strip()}\n{log[-2000:]}",
                 log_path=self.startup_log,
             )
+
+    def _remove_stale_pid_file(self) -> None:
+        """Drop the lock files (postmaster.pid, socket locks) of a killed postmaster.
+
+        PostgreSQL refuses to start while the pid it names exists, and a killed
+        postmaster can linger as a zombie when nothing reaps it (a container's
+        init): it is dead for us (see _alive), so the file is stale.
+        """
+        if any(True for _ in _processes_in(self.data_dir)):
+            return
+        lock_files = [self.data_dir / "postmaster.pid", *self.socket_dir.glob(".s.PGSQL.*.lock")]
+        for lock in lock_files:
+            try:
+                pid = int(lock.read_text().split("\n", 1)[0])
+            except (OSError, ValueError):
+                continue
+            if not _alive(pid):
+                lock.unlink(missing_ok=True)
 
     def _register(self) -> None:
         registry.save(
