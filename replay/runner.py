@@ -199,7 +199,7 @@ def results_header(
     return {
         "pgtraffic_version": __version__,
         "workload_id": workload.header.workload_id,
-        "workload_path": str(workload_path),
+        "workload_path": str(workload_path.resolve()),
         "workload_capture_start": workload.header.capture_start,
         "source_server_version": workload.header.source_server_version,
         "target": target.to_json(),

@@ -14,6 +14,7 @@ import pytest
 from capture.pipeline import CaptureOptions, capture
 from capture.workload import Workload, read_workload
 from replay.report import build_report
+from replay.runner import build_schedule, scan_workload
 from replay.servers import Cluster, Profile
 from tests.conftest import require_version
 from tests.test_replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
@@ -147,3 +148,25 @@ def test_max_speed_runs_everything_once(
 def _fetch_db(cluster: Cluster, db: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(cluster.dsn(db), autocommit=True) as conn:
         return [tuple(r) for r in conn.execute(sql).fetchall()]
+
+
+def test_speed_two_halves_the_captured_time(
+    captured: tuple[Workload, Cluster], pg16: Cluster, tmp_path: Path
+) -> None:
+    workload, _ = captured
+    db = "rt_speed2"
+    pg16.psql(f"DROP DATABASE IF EXISTS {db}")
+    pg16.psql(f"CREATE DATABASE {db}")
+    _setup(pg16, db)
+    scan = scan_workload(workload)
+    at_one = build_schedule(scan, speed=1.0, max_speed=False, jump_idle=False)
+    span_us = max(end for _, end in scan.spans.values()) - at_one.origin_us
+    results = replay(workload, pg16, tmp_path / "r.pgtr", speed=2.0, map_database={"postgres": db})
+    assert set(outcomes(results)) == replayable_keys(workload)
+    report = build_report(results)
+    assert report.run_time_s is not None
+    # the run covers half the captured span (plus start-up and the final disconnects)
+    assert span_us / 2e6 - 0.05 < report.run_time_s < span_us / 2e6 + 1.0
+    recs = results.records
+    last = int(recs["intended_us"].max())
+    assert abs(int(recs["start_us"].max()) - last) < 200_000
