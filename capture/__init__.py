@@ -1,5 +1,58 @@
-"""pgtraffic capture: PostgreSQL logs into a normalized, replayable workload."""
+"""pgtraffic capture: PostgreSQL logs into a normalized, replayable workload.
+
+The front door::
+
+    from capture import capture, CaptureOptions, Filters, read_workload
+
+    summary = capture(["postgresql.csv"], Path("w.pgtw"), CaptureOptions(strict=True))
+    workload = read_workload("w.pgtw")
+
+Names are imported on first use, so ``import capture.errors`` stays light.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "capture": "capture.pipeline",
+    "CaptureOptions": "capture.pipeline",
+    "CaptureSummary": "capture.pipeline",
+    "Filters": "capture.filters",
+    "LogFormat": "capture.sources",
+    "read_workload": "capture.workload",
+    "Workload": "capture.workload",
+    "WorkloadWriter": "capture.workload",
+    "workload_stats": "capture.inspect",
+}
+
+__all__ = [
+    "CaptureOptions",
+    "CaptureSummary",
+    "Filters",
+    "LogFormat",
+    "Workload",
+    "WorkloadWriter",
+    "__version__",
+    "capture",
+    "read_workload",
+    "workload_stats",
+]
+
+if TYPE_CHECKING:
+    from capture.filters import Filters
+    from capture.inspect import workload_stats
+    from capture.pipeline import CaptureOptions, CaptureSummary, capture
+    from capture.sources import LogFormat
+    from capture.workload import Workload, WorkloadWriter, read_workload
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'capture' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
