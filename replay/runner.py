@@ -110,6 +110,8 @@ class ReplayPlan:
     intended_duration_us: int | None
     skipped_idle_us: int
     truncated_params: int
+    logins: dict[str, int] = field(default_factory=dict)
+    """Sessions per ``user@database`` they will log in as (after --map-*)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,12 +124,24 @@ class ReplayPlan:
             "intended_duration_us": self.intended_duration_us,
             "skipped_idle_us": self.skipped_idle_us,
             "statements_with_truncated_params": self.truncated_params,
+            "logins": self.logins,
         }
 
 
-def plan_replay(scan: WorkloadScan, schedule: Schedule) -> ReplayPlan:
+def plan_replay(
+    scan: WorkloadScan,
+    schedule: Schedule,
+    workload: Workload | None = None,
+    options: ReplayOptions | None = None,
+) -> ReplayPlan:
+    """What the replay will do; with ``workload`` and ``options``, also as whom."""
     ends = [e for _, e in scan.spans.values()] or [scan.last_offset_us]
     end = max(ends)
+    logins: Counter[str] = Counter()
+    if workload is not None and options is not None:
+        for session in workload.sessions.values():
+            spec = options.connect_spec(session)
+            logins[f"{spec.user or '(target user)'}@{spec.database or '(target database)'}"] += 1
     return ReplayPlan(
         sessions=len(scan.spans),
         statements=scan.statements,
@@ -138,6 +152,7 @@ def plan_replay(scan: WorkloadScan, schedule: Schedule) -> ReplayPlan:
         intended_duration_us=None if schedule.max_speed else schedule.intended_us(end),
         skipped_idle_us=sum(b - a for a, b in schedule.gaps),
         truncated_params=scan.truncated_params,
+        logins=dict(logins.most_common()),
     )
 
 

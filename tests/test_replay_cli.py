@@ -47,6 +47,22 @@ def test_dry_run_does_not_connect(pgtraffic_cmd: list[str], tmp_path: Path) -> N
     assert plan["sessions"] == 2
     assert plan["replayable"] == plan["statements"] == 100
     assert plan["intended_duration_us"] == pytest.approx(980_007 / 2, abs=1)
+    assert plan["logins"] == {"postgres@postgres": 2}
+    mapped = _run(
+        pgtraffic_cmd,
+        "replay",
+        str(wl),
+        "--dry-run",
+        "--json",
+        "--map-user",
+        "postgres=alice",
+        "--map-database",
+        "postgres=shop",
+    )
+    assert json.loads(mapped.stdout)["logins"] == {"alice@shop": 2}
+    bad = _run(pgtraffic_cmd, "replay", str(wl), "--dry-run", "--map-user", "alice")
+    assert bad.returncode == 2
+    assert "OLD=NEW" in bad.stderr
 
 
 def test_replay_json_report_and_csv_export(

@@ -167,10 +167,21 @@ def replay_command(
         options_error = f"--loop must be auto, uvloop or asyncio, not {loop!r}"
     if options_error:
         raise UsageError(options_error, hint="use --max-speed for no waiting at all")
+    users = _mapping(map_user, "--map-user")
+    databases = _mapping(map_database, "--map-database")
     wl = read_workload(workload)
     scan = scan_workload(wl)
     schedule = build_schedule(scan, speed=speed, max_speed=max_speed, jump_idle=jump_idle)
-    plan = plan_replay(scan, schedule)
+    base = ReplayOptions(
+        dsn=target or "",
+        schedule=schedule,
+        map_user=users,
+        map_database=databases,
+        workers=workers,
+        reconnect_interval_s=reconnect_interval,
+        event_loop=loop,
+    )
+    plan = plan_replay(scan, schedule, wl, base)
     if dry_run:
         if as_json:
             out.print_json(json.dumps({"dry_run": True, **plan.to_json()}))
@@ -205,18 +216,7 @@ def replay_command(
             f"target allows max_connections={max_conn}: expect SQLSTATE 53300",
             highlight=False,
         )
-    options = with_defaults(
-        ReplayOptions(
-            dsn=target,
-            schedule=schedule,
-            map_user=_mapping(map_user, "--map-user"),
-            map_database=_mapping(map_database, "--map-database"),
-            workers=workers,
-            reconnect_interval_s=reconnect_interval,
-            event_loop=loop,
-        ),
-        info,
-    )
+    options = with_defaults(base, info)
     total_us = plan.intended_duration_us
     bar = Progress(
         TextColumn("[bold]replay"),
