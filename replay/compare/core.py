@@ -68,10 +68,9 @@ def _pair(a: RunData, b: RunData) -> tuple[IntArray, IntArray]:
     if space <= 4 * (ka.size + kb.size) + 1024:
         where_a = np.full(space, -1, dtype=np.int64)
         where_a[ka] = np.arange(ka.size)
-        hit_b = np.flatnonzero(where_a[kb] >= 0)
-        ia = where_a[kb[hit_b]]
-        order = np.argsort(ia, kind="stable")
-        return ia[order], hit_b[order].astype(np.int64)
+        found = where_a[kb]
+        hit_b = np.flatnonzero(found >= 0)
+        return found[hit_b], hit_b.astype(np.int64)
     _, ia, ib = np.intersect1d(ka, kb, assume_unique=False, return_indices=True)
     return ia.astype(np.int64), ib.astype(np.int64)
 

@@ -127,7 +127,7 @@ def bootstrap_ratio_intervals(
     baseline: FloatArray,
     candidate: FloatArray,
     *,
-    resamples: int = 300,
+    resamples: int = 200,
     max_sample: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
