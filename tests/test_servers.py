@@ -21,6 +21,21 @@ from replay.servers.installations import parse_version
 from tests.conftest import ClusterFactory
 
 
+def _cli(
+    cmd: list[str], *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pgtraffic ARGS`` in a subprocess, capturing its output."""
+    return subprocess.run(
+        [*cmd, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _show(cluster: Cluster, name: str) -> str:
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         row = conn.execute(f"SHOW {name}").fetchone()
@@ -169,14 +184,8 @@ def test_cli_start_capture_psql_stop(
     tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
 ) -> None:
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path), COLUMNS="200")
-    started = subprocess.run(
-        [*pgtraffic_cmd, "servers", "start", "--version", "16", "--capture"],
-        env=env,
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    started = _cli(
+        pgtraffic_cmd, "servers", "start", "--version", "16", "--capture", env=env, cwd=repo_root
     )
     assert started.returncode == 0, started.stderr
     dsn = re.search(r"^DSN: (\S+)$", started.stdout, re.M)
@@ -195,26 +204,11 @@ def test_cli_start_capture_psql_stop(
         )
         assert ran.returncode == 0, ran.stderr
         assert _wait_for_text(Path(log_dir.group(1)), "pgtraffic-cli-capture-check")
-        listed = subprocess.run(
-            [*pgtraffic_cmd, "servers", "list", "--json"],
-            env=env,
-            cwd=repo_root,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        listed = _cli(pgtraffic_cmd, "servers", "list", "--json", env=env, cwd=repo_root)
+        assert listed.returncode == 0, listed.stderr
         assert name.group(1) in listed.stdout
     finally:
-        stopped = subprocess.run(
-            [*pgtraffic_cmd, "servers", "stop", name.group(1)],
-            env=env,
-            cwd=repo_root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        stopped = _cli(pgtraffic_cmd, "servers", "stop", name.group(1), env=env, cwd=repo_root)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped (fast)" in stopped.stdout
     assert not Path(log_dir.group(1)).exists()
@@ -235,15 +229,7 @@ def test_cli_stop_unknown_server_is_a_usage_error(
     tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
 ) -> None:
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
-    result = subprocess.run(
-        [*pgtraffic_cmd, "servers", "stop", "pg99-1"],
-        env=env,
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _cli(pgtraffic_cmd, "servers", "stop", "pg99-1", env=env, cwd=repo_root)
     assert result.returncode == 2
     assert "no server named pg99-1" in result.stderr
     assert "servers list" in result.stderr

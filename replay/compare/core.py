@@ -305,8 +305,8 @@ def _error_divergence(
     names: list[str],
     texts: Mapping[str, str],
 ) -> tuple[ErrorDivergence, ...]:
-    sa = np.array([a.sqlstates[i] for i in range(len(a.sqlstates))], dtype=object)
-    sb = np.array([b.sqlstates[i] for i in range(len(b.sqlstates))], dtype=object)
+    sa = np.array(a.sqlstates, dtype=object)
+    sb = np.array(b.sqlstates, dtype=object)
     code_a = sa[a.sqlstate[ia]] if ia.size else np.empty(0, dtype=object)
     code_b = sb[b.sqlstate[ib]] if ib.size else np.empty(0, dtype=object)
     differ = np.flatnonzero(code_a != code_b)
