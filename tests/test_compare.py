@@ -262,3 +262,15 @@ def test_cli_help_documents_exit_codes(pgtraffic_cmd: list[str]) -> None:
         env={"COLUMNS": "200", "PATH": ""},
     )
     assert "17 = regressed classes" in result.stdout
+
+
+def test_cli_unknown_option_is_a_usage_error(pgtraffic_cmd: list[str]) -> None:
+    result = subprocess.run(
+        [*pgtraffic_cmd, "compare", "a.pgtr", "b.pgtr", "--no-such-option"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
