@@ -421,8 +421,12 @@ class Replayer:
         mono = time.monotonic_ns
         start_ns = clock.start_ns
         budget = self._budget
-        add = writer.add
-        sid = session.id
+        # Records go in with their strings already interned: the session's id once,
+        # fingerprints and SQLSTATEs through the writer's table (a dict lookup).
+        add = writer.add_interned
+        intern = writer.intern
+        ids = writer.ids
+        session_ref = intern(session.id)
         pending = queue.items
         copy_kind = StatementKind.COPY_FROM_STDIN.value
         execute_kind = StatementKind.EXECUTE.value
@@ -474,7 +478,19 @@ class Replayer:
                 end = (mono() - start_ns) // 1000
                 if state is not None:
                     progress.errors += 1
-                add(sid, seq, fingerprint, intended, start, end - start, rows, state, original)
+                add(
+                    (
+                        session_ref,
+                        seq,
+                        ids.get(fingerprint) or intern(fingerprint),
+                        intended,
+                        start,
+                        end - start,
+                        rows,
+                        0 if state is None else intern(state),
+                        0 if original is None else intern(original),
+                    )
+                )
                 progress.statements += 1
                 progress.last_lag_us = start - intended
                 if offset > progress.max_offset_us:

@@ -29,9 +29,11 @@ most one flush interval of statements is lost.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +96,15 @@ CSV_COLUMNS = (
 
 Row = tuple[str, int, str, int, int, int, int, str | None, str | None]
 
+InternedRow = tuple[int, int, int, int, int, int, int, int, int]
+"""A record with its string fields already interned (:meth:`ResultsWriter.intern`)."""
+
+_ARRAY_CODES = tuple({"<u4": "I", "<i8": "q"}[RECORD_DTYPE[name].str] for name in CSV_COLUMNS)
+"""array.array type codes of the record columns, in file order."""
+_NATIVE_LITTLE = (
+    sys.byteorder == "little" and array.array("I").itemsize == 4 and array.array("q").itemsize == 8
+)
+
 
 def _chunk(kind: int, worker: int, payload: bytes) -> bytes:
     return _CHUNK.pack(kind, worker, 0, len(payload), zlib.crc32(payload)) + payload
@@ -134,8 +145,10 @@ class ResultsWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._ids: dict[str, int] = {}
         self._new_strings: list[str] = []
-        self._rows: list[tuple[int, int, int, int, int, int, int, int, int]] = []
+        self._rows: list[InternedRow] = []
         self.written = 0
+        self.ids = self._ids
+        """The intern table (read-only for callers): ``ids.get(s) or intern(s)``."""
 
     def intern(self, value: str | None) -> int:
         if value is None:
@@ -176,12 +189,25 @@ class ResultsWriter:
         if len(self._rows) >= self.capacity:
             self.flush()
 
+    def add_interned(self, row: InternedRow) -> None:
+        """:meth:`add` for a record whose strings are already ids from :meth:`intern`."""
+        rows = self._rows
+        rows.append(row)
+        if len(rows) >= self.capacity:
+            self.flush()
+
     def flush(self) -> None:
         if not self._rows:
             return
-        records = np.array(self._rows, dtype=RECORD_DTYPE)
-        parts = [struct.pack("<I", len(records))]
-        parts.extend(np.ascontiguousarray(records[name]).tobytes() for name in CSV_COLUMNS)
+        parts = [struct.pack("<I", len(self._rows))]
+        if _NATIVE_LITTLE:
+            parts.extend(
+                array.array(code, column).tobytes()
+                for code, column in zip(_ARRAY_CODES, zip(*self._rows, strict=True), strict=True)
+            )
+        else:
+            records = np.array(self._rows, dtype=RECORD_DTYPE)
+            parts.extend(np.ascontiguousarray(records[name]).tobytes() for name in CSV_COLUMNS)
         data = b""
         if self._new_strings:
             data += _chunk(ChunkKind.STRINGS, self.worker, _json_bytes(self._new_strings))

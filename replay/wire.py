@@ -53,8 +53,7 @@ _COUNTED_TAGS = frozenset(
 )
 
 
-def rows_from_status(status: str | bytes | None) -> int:
-    """Rows affected/returned according to a command tag, or -1 when it has no count."""
+def _rows_of_tag(status: str | bytes | None) -> int:
     if status is None:
         return -1
     if isinstance(status, bytes):
@@ -63,6 +62,22 @@ def rows_from_status(status: str | bytes | None) -> int:
     if head and count.isdigit() and head.split(" ", 1)[0] in _COUNTED_TAGS:
         return int(count)
     return -1
+
+
+_TAG_ROWS: dict[str | bytes | None, int] = {}
+"""Command tags seen so far and their row counts (a replay sees few distinct tags)."""
+_TAG_ROWS_MAX = 4096
+
+
+def rows_from_status(status: str | bytes | None) -> int:
+    """Rows affected/returned according to a command tag, or -1 when it has no count."""
+    rows = _TAG_ROWS.get(status)
+    if rows is None:
+        rows = _rows_of_tag(status)
+        if len(_TAG_ROWS) >= _TAG_ROWS_MAX:
+            _TAG_ROWS.clear()
+        _TAG_ROWS[status] = rows
+    return rows
 
 
 def _identity(value: Any) -> Any:
