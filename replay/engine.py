@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import gzip
+import itertools
 import json
 import re
 import time
@@ -150,9 +152,7 @@ def _statement_lines(workload: Workload) -> Iterator[str]:
     skip = 1 + len(workload.classes) + len(workload.sessions)
     try:
         with gzip.open(workload.path, "rt", encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if number > skip:
-                    yield line
+            yield from itertools.islice(fh, skip, None)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise WorkloadFormatError(
             f"{workload.path}: the statements are not readable ({exc})",
@@ -297,6 +297,9 @@ class Replayer:
         """
         workers = self.options.workers
         loads = _loads
+        if workers <= 1:
+            yield from map(loads, _statement_lines(self.workload))
+            return
         mine: dict[str, bool] = {}
         for line in _statement_lines(self.workload):
             match = _SESSION_RE.match(line) if workers > 1 else None
@@ -341,26 +344,38 @@ class Replayer:
             if s.connect_us is not None and session_worker(s.id, workers) == self.worker
         )
         next_connect = 0
+        next_connect_us = connects[0][0] if connects else None
+        budget = self._budget
+        limit = budget.limit
+        room = budget._room
+        queues = self._queues
+        remaining = self._remaining
+        progress = self.progress
         for n, obj in enumerate(self._mine(), start=1):
             offset = obj["offset_us"]
-            while next_connect < len(connects) and connects[next_connect][0] <= offset:
+            while next_connect_us is not None and next_connect_us <= offset:
                 connect_us, sid = connects[next_connect]
                 if timed:
                     await self.clock.sleep_until(schedule.intended_us(connect_us) - lookahead_us)
-                if sid not in self._queues:
+                if sid not in queues:
                     self._start_session(sid)
                 next_connect += 1
+                next_connect_us = (
+                    connects[next_connect][0] if next_connect < len(connects) else None
+                )
             if timed:
                 due = schedule.intended_us(offset) - lookahead_us
                 if due > self.clock.now_us():
                     await self.clock.sleep_until(due)
-            if self._budget.pending >= self._budget.limit:
-                await self._budget.wait(self.counters)
-            if n % 512 == 0:
+            if budget.pending >= limit:
+                await budget.wait(self.counters)
+            if not n & 511:
                 await asyncio.sleep(0)
             sid = obj["session"]
-            queue = self._queues.get(sid) or self._start_session(sid)
-            self._budget.take()
+            queue = queues.get(sid) or self._start_session(sid)
+            budget.pending += 1  # budget.take(), inlined
+            if budget.pending >= limit:
+                room.clear()
             queue.put(
                 (
                     obj["seq"],
@@ -373,9 +388,9 @@ class Replayer:
                     obj.get("sqlstate"),
                 )
             )
-            self.progress.dispatched_offset_us = offset
-            left = self._remaining.get(sid, 0) - 1
-            self._remaining[sid] = left
+            progress.dispatched_offset_us = offset
+            left = remaining.get(sid, 0) - 1
+            remaining[sid] = left
             if left == 0:
                 queue.put(_END)
                 self._ended.add(sid)
@@ -421,6 +436,8 @@ class Replayer:
         mono = time.monotonic_ns
         start_ns = clock.start_ns
         budget = self._budget
+        resume_at = budget.resume_at
+        room_set = budget._room.set
         # Records go in with their strings already interned: the session's id once,
         # fingerprints and SQLSTATEs through the writer's table (a dict lookup).
         add = writer.add_interned
@@ -435,7 +452,10 @@ class Replayer:
                 item = pending.popleft() if pending else await queue.get()
                 if item is None:
                     break
-                budget.give()
+                budget.pending -= 1  # budget.give(), inlined
+                budget.started += 1
+                if budget.pending <= resume_at:
+                    room_set()
                 seq, offset, kind, sql, fingerprint, params, name, original = item
                 if kind == copy_kind:
                     self.counters.skipped[kind] += 1
@@ -569,11 +589,19 @@ def run_worker(
     writer = ResultsWriter(results_path, worker=worker)
     replayer = Replayer(workload, options, writer, types=types, start_ns=start_ns, worker=worker)
     completed = False
+    # The hot path allocates a few short-lived objects per statement: collect the
+    # youngest generation less often, and keep what exists now (the workload's
+    # sessions and classes, the imports) out of every collection.
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], 20_000), *thresholds[1:])
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(options.event_loop)) as runner:
             runner.run(replayer.run(on_progress))
         completed = True
     finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
         summary = {
             "worker": worker,
             "completed": completed,
