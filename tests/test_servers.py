@@ -267,3 +267,44 @@ def test_owner_interrupted_stops_its_server(
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "postmaster outlived its interrupted owner"
     assert not Path(root_text).exists()
+
+
+def test_harness_reports_a_postmaster_killed_by_a_test(tmp_path: Path, repo_root: Path) -> None:
+    """A test that kills its cluster's postmaster and walks away: the harness's own
+    teardown cleans up and its terminal summary says what happened."""
+    inner = tmp_path / "test_inner.py"
+    inner.write_text(
+        "import os, signal\n"
+        "def test_kill(make_cluster):\n"
+        "    cluster = make_cluster(16)\n"
+        "    print('ROOT', cluster.root)\n"
+        "    os.kill(cluster.postmaster_pid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path / "state"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(inner),
+            "-p",
+            "tests.conftest",
+            "-s",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={tmp_path / 'inner'}",
+        ],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = re.search(r"^ROOT (\S+)", result.stdout, re.M)
+    assert root is not None, result.stdout
+    assert "postmaster had died before stop was asked" in result.stdout
+    assert not Path(root.group(1)).exists()
+    assert list(_processes_in(Path(root.group(1)) / "data")) == []
