@@ -232,3 +232,21 @@ def test_plan_shape_ignores_costs() -> None:
         "  Seq Scan on a",
         "  Index Scan on b using b_pkey",
     ]
+
+
+def test_ratio_chart_survives_an_interval_beside_the_estimate() -> None:
+    """Bootstrap intervals come from resamples and may miss the full-sample ratio."""
+    import dataclasses
+
+    from replay.compare import charts
+    from replay.compare.stats import Interval
+
+    c = compare_runs(make_run(seed=1), make_run(seed=2, slow_class=3, factor=1.6))
+    first = c.classes[0]
+    assert first.ci_p50 is not None
+    odd = dataclasses.replace(
+        first, ci_p50=Interval(first.ratio_p50 * 1.01, first.ratio_p50 * 1.05)
+    )
+    svg = charts.ratios(dataclasses.replace(c, classes=(odd, *c.classes[1:])))
+    assert svg is not None
+    assert svg.startswith("<svg")

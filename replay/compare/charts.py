@@ -89,8 +89,10 @@ def ratios(c: Comparison, limit: int = 20) -> str | None:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(classes) + 1))
     ys = np.arange(len(classes))
     mids = [cls.ratio_p50 for cls in classes]
-    lows = [cls.ratio_p50 - cls.ci_p50.low for cls in classes if cls.ci_p50]
-    highs = [cls.ci_p50.high - cls.ratio_p50 for cls in classes if cls.ci_p50]
+    # The interval comes from resamples and may not straddle the full-sample ratio:
+    # an error bar cannot be negative, so such a side is drawn as zero.
+    lows = [max(0.0, cls.ratio_p50 - cls.ci_p50.low) for cls in classes if cls.ci_p50]
+    highs = [max(0.0, cls.ci_p50.high - cls.ratio_p50) for cls in classes if cls.ci_p50]
     colors = [
         CAND_COLOR
         if cls.verdict.value == "regressed"
