@@ -180,13 +180,12 @@ def _mirror(inst: Installation, account: Account) -> Installation:
 
 
 def _make_world_readable(top: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(top):
+    """Directories 755; files readable by all, and executable by all if by their owner."""
+    for dirpath, _dirnames, filenames in os.walk(top):
         base = Path(dirpath)
         base.chmod(0o755)
         for name in filenames:
             path = base / name
             if not path.is_symlink():
-                path.chmod(
-                    path.stat().st_mode | 0o444 | (0o111 if path.stat().st_mode & 0o100 else 0)
-                )
-        del dirnames  # walked by os.walk itself
+                mode = path.stat().st_mode
+                path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
