@@ -108,7 +108,7 @@ def parse_chunk(
     before = 0
     ends_without_newline = not text.endswith("\n")
     total = _line_count(text) if (truncated_tail or ends_without_newline) else -1
-    add = decoder.add
+    add = decoder.add_csv_row
     while True:
         try:
             row = next(reader)
@@ -140,22 +140,7 @@ def parse_chunk(
         if check_encoding and not _is_clean(row):
             decoder.problem(source, line, "not UTF-8", "the record holds bytes that are not UTF-8")
             continue
-        add(
-            source,
-            line,
-            row[0],
-            row[5],
-            row[11],
-            row[12],
-            row[13],
-            row[14],
-            row[19],
-            row[1],
-            row[2],
-            row[22],
-            row[4],
-            row[23] if ncols > 23 else "",
-        )
+        add(source, line, row, ncols)
     decoder.result.lines += before
 
 

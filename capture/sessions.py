@@ -27,6 +27,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from capture.events import EventKind, LogEvent, SessionInfo
 from capture.filters import Filters
@@ -54,6 +55,8 @@ COPY = StatementKind.COPY_FROM_STDIN
 
 _SAFE = re.compile(r"[0-9A-Za-z._:-]*")
 """Session ids PostgreSQL writes (hex.hex) need no JSON escaping."""
+_SESSION_JSON: dict[str, str] = {}
+"""Session id to its JSON string (a few hundred sessions, millions of statements)."""
 
 SLACK_US = 2_000_000
 """Log lines of different backends reach the log up to this much out of order."""
@@ -121,7 +124,12 @@ class OpenStatement:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
         sql_json = self.sql_json or _dumps(self.sql)
         session = self.session
-        session_json = f'"{session}"' if _SAFE.fullmatch(session) else _dumps(session)
+        session_json = _SESSION_JSON.get(session)
+        if session_json is None:
+            session_json = f'"{session}"' if _SAFE.fullmatch(session) else _dumps(session)
+            if len(_SESSION_JSON) >= 100_000:
+                _SESSION_JSON.clear()
+            _SESSION_JSON[session] = session_json
         out = (
             f'{{"type":"statement","session":{session_json},"seq":{self.seq},'
             f'"offset_us":{offset_us},"kind":"{self.kind._value_}","sql":{sql_json},'
@@ -208,18 +216,79 @@ class StatementTracker:
             if known is None or (not known.application and info.application):
                 mine[sid] = info
 
-    def feed(self, event: LogEvent) -> None:
-        ts_us = event.ts_us
+    def feed(self, event: LogEvent | tuple[Any, ...]) -> None:
+        """Take one event: a :class:`LogEvent`, or a plain tuple in its field order."""
+        ts_us = event[2]
         if ts_us > self.log_now:
             self.log_now = ts_us
-        state = self.sessions.get(event.session)
+        session = event[1]
+        state = self.sessions.get(session)
         if state is None:
-            info = self.infos.get(event.session, _NO_INFO)
+            info = self.infos.get(session, _NO_INFO)
             reason = self.filters.keeps_session(info)
             if reason is not None:
                 self.counts.filtered_sessions += 1
                 self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
-            state = self.sessions[event.session] = _SessionState(info, reason is None)
+            state = self.sessions[session] = _SessionState(info, reason is None)
+        kind = event[0]
+        fp = event[10]
+        if kind in (_STATEMENT, _EXECUTE) and fp is not None and state.kept and not self._filtering:
+            # The fast path for the usual event: what _open() does for these
+            # arguments, without building a LogEvent and without the keywords.
+            raw_sql = event[4]
+            sql = raw_sql or ""
+            if kind == _STATEMENT:
+                stmt_kind = (
+                    COPY
+                    if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
+                    else SIMPLE
+                )
+                params = name = params_json = None
+                truncated = False
+            else:
+                stmt_kind = EXECUTE
+                params = event[6]
+                params_json = event[13]
+                if params is None:
+                    params = ()
+                name = event[5] or ""
+                truncated = event[7]
+            start_us = ts_us
+            prev = state.last
+            if prev is not None:
+                prev.closed = True
+                prev_start = prev.start_us
+                prev_end = prev_start + (prev.duration_us or 0)
+                if start_us < prev_end:
+                    start_us = max(prev_start, min(prev_end, ts_us))
+            stmt = OpenStatement(
+                session,
+                state.statements,
+                start_us,
+                stmt_kind,
+                sql,
+                fp,
+                event[11],
+                params,
+                name,
+                truncated,
+            )
+            if raw_sql is not None:
+                stmt.sql_json = event[12]
+            stmt.params_json = params_json
+            state.statements += 1
+            state.last = stmt
+            self.statements += 1
+            order = self._order = self._order + 1
+            tail = self._tail
+            if not tail or start_us >= tail[-1][0]:
+                tail.append((start_us, order, stmt))
+            else:
+                heapq.heappush(self._heap, (start_us, order, stmt))
+            return
+        if type(event) is not LogEvent:
+            event = tuple.__new__(LogEvent, event)
+        assert isinstance(event, LogEvent)
         kind = event.kind
         if kind == _STATEMENT:
             sql = event.sql or ""
