@@ -129,7 +129,7 @@ class Fingerprinter:
             self.unparsed += 1
         return result
 
-    def _remember(self, cache: dict[str, Any], key: str, value: object) -> None:
+    def _remember(self, cache: dict[Any, Any], key: object, value: object) -> None:
         if len(cache) >= self._limit:
             cache.clear()
         cache[key] = value
