@@ -17,6 +17,7 @@ import gc
 import marshal
 import multiprocessing
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -182,7 +183,9 @@ def _unpack(blob: bytes) -> ChunkResult:
     )
 
 
-_Job = tuple[LogFormat, bytes, str, int, bool]
+_Job = tuple[LogFormat, bytes, str, int, bool, int]
+"""format, data, source, first line, truncated tail, offset of data in the source file
+(-1 when the data is not a plain byte range of it: stdin, gzip)."""
 
 
 class _Chunks:
@@ -212,6 +215,8 @@ class _Chunks:
             fmt: LogFormat | None = self.fmt
             chunker: CsvChunker | JsonChunker | None = None
             consumed = 0
+            offset = 0
+            ranged = info.name != "-" and not info.gzipped
             for data, consumed in read_blocks(info):
                 if chunker is None:
                     if fmt is None:
@@ -224,7 +229,8 @@ class _Chunks:
                     )
                 assert fmt is not None
                 for chunk, line in chunker.feed(data):
-                    yield fmt, chunk, info.name, line, False
+                    yield fmt, chunk, info.name, line, False, offset if ranged else -1
+                    offset += len(chunk)
                 self.bytes_read = done_before + consumed
                 if self.progress is not None:
                     self.progress(self.bytes_read, self.total)
@@ -233,29 +239,39 @@ class _Chunks:
             assert fmt is not None
             rest = chunker.finish()
             if rest is not None:
-                yield fmt, rest[0], info.name, rest[1], rest[2]
+                yield fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1
             done_before += consumed
 
 
-def _results(jobs: Iterator[_Job], workers: int) -> Iterator[ChunkResult]:
-    """Decode jobs, in order, with at most a few in flight (bounded memory)."""
+def _results(jobs: Iterator[_Job], workers: int, ranged: bool) -> Iterator[ChunkResult]:
+    """Decode jobs, in order, with at most a few in flight (bounded memory).
+
+    ``ranged``: every source is a plain file, which workers can read themselves.
+    """
     if workers <= 1:
         for job in jobs:
-            yield parse_job(*job)
+            yield parse_job(*job[:5])
         return
     context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
     if os.name == "posix":
         context.set_forkserver_preload(["capture.pipeline"])
+    if not ranged:
+        yield from _pool_results(jobs, workers, context)
+        return
+    with _without_main_module(), _Workers(context, workers) as pool:
+        yield from pool.run(jobs)
+
+
+def _pool_results(jobs: Iterator[_Job], workers: int, context: Any) -> Iterator[ChunkResult]:
+    """Decode jobs whose data must be sent (stdin, gzip) in a process pool, in order."""
     with (
         _without_main_module(),
-        futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_start_workers_now
-        ) as pool,
+        futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
     ):
         pending: collections.deque[futures.Future[bytes]] = collections.deque()
         try:
             for job in jobs:
-                pending.append(pool.submit(parse_job_packed, *job))
+                pending.append(pool.submit(parse_job_packed, *job[:5]))
                 if len(pending) >= workers * 4:
                     yield _unpack(pending.popleft().result())
             while pending:
@@ -265,8 +281,149 @@ def _results(jobs: Iterator[_Job], workers: int) -> Iterator[ChunkResult]:
                 future.cancel()
 
 
-def _start_workers_now() -> None:
-    """Pool initializer: nothing to do; workers import capture.pipeline themselves."""
+def _unit(job: _Job) -> tuple[Any, ...] | None:
+    """A job as a worker reads it itself: (format, path, offset, length, edges...)."""
+    fmt, data, source, line, truncated, offset = job
+    if offset < 0:
+        return None
+    path = str(Path(source).resolve())
+    return (
+        fmt.value,
+        source,
+        path,
+        offset,
+        len(data),
+        data[:_EDGE],
+        data[-_EDGE:],
+        line,
+        truncated,
+    )
+
+
+_EDGE = 256
+"""Bytes at each end of a chunk a worker compares with what the main process read."""
+
+
+class _Workers:
+    """Decoding processes fed through one pipe each, without threads in this process.
+
+    A chunk of a plain file is not sent: the worker reads that byte range itself
+    (``os.pread``) and checks its ends against what this process read, so the
+    main process only cuts the input and merges results. Data of stdin or gzip
+    sources, and a range whose bytes changed on disk, is sent or decoded here.
+    Each worker answers its jobs in order, jobs go round-robin, so results come
+    back in input order.
+    """
+
+    def __init__(self, context: Any, count: int) -> None:
+        self._context = context
+        self._count = count
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+
+    def __enter__(self) -> _Workers:
+        for _ in range(self._count):
+            mine, theirs = self._context.Pipe(duplex=True)
+            proc = self._context.Process(target=_serve, args=(theirs,), daemon=True)
+            proc.start()
+            theirs.close()
+            self._conns.append(mine)
+            self._procs.append(proc)
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        clean = kind is None
+        for conn in self._conns:
+            if clean:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            conn.close()
+        for proc in self._procs:
+            if not clean:
+                proc.terminate()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def run(self, jobs: Iterator[_Job]) -> Iterator[ChunkResult]:
+        conns = self._conns
+        count = len(conns)
+        pending: collections.deque[tuple[int, _Job]] = collections.deque()
+        n = 0
+        for job in jobs:
+            unit = _unit(job)
+            if unit is None:
+                # not a byte range of a file: send the data, one job at a time, so
+                # neither side can block writing while the other does
+                while pending:
+                    yield self._receive(*pending.popleft())
+                conns[0].send(("data", *job[:5]))
+                pending.append((0, job))
+                yield self._receive(*pending.popleft())
+                continue
+            worker = n % count
+            n += 1
+            conns[worker].send(unit)
+            pending.append((worker, job))
+            if len(pending) >= count * 4:
+                yield self._receive(*pending.popleft())
+        while pending:
+            yield self._receive(*pending.popleft())
+
+    def _receive(self, worker: int, job: _Job) -> ChunkResult:
+        try:
+            reply = self._conns[worker].recv_bytes()
+        except EOFError:
+            raise RuntimeError(f"capture worker process {worker} died") from None
+        tag = reply[:1]
+        if tag == b"R":
+            return _unpack(reply[1:])
+        if tag == b"M":  # the file changed under us: decode what this process read
+            return parse_job(*job[:5])
+        raise pickle.loads(reply[1:])
+
+
+def _serve(conn: Any) -> None:
+    """A worker process: decode jobs from ``conn`` until it sends None."""
+    files: dict[str, int] = {}
+    try:
+        while True:
+            try:
+                unit = conn.recv()
+            except EOFError:
+                return
+            if unit is None:
+                return
+            try:
+                conn.send_bytes(_serve_one(unit, files))
+            except Exception as exc:
+                try:
+                    payload = pickle.dumps(exc)
+                except Exception:
+                    payload = pickle.dumps(RuntimeError(repr(exc)))
+                conn.send_bytes(b"E" + payload)
+    finally:
+        for fd in files.values():
+            os.close(fd)
+
+
+def _serve_one(unit: tuple[Any, ...], files: dict[str, int]) -> bytes:
+    if unit[0] == "data":
+        return b"R" + parse_job_packed(*unit[1:])
+    fmt, source, path, offset, length, head, tail, line, truncated = unit
+    fd = files.get(path)
+    if fd is None:
+        fd = files[path] = os.open(path, os.O_RDONLY)
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    if len(data) != length or data[:_EDGE] != head or data[-_EDGE:] != tail:
+        return b"M"
+    return b"R" + parse_job_packed(LogFormat(fmt), data, source, line, truncated)
 
 
 @contextlib.contextmanager
@@ -293,30 +450,31 @@ def _without_main_module() -> Iterator[None]:
 
 
 class _Classes:
-    __slots__ = ("_data",)
+    __slots__ = ("data",)
 
     def __init__(self) -> None:
-        self._data: dict[str, list[object]] = {}
+        self.data: dict[str, list[Any]] = {}
+        """fingerprint: [count, total duration, first SQL, parsed]"""
 
     def add(self, stmt: OpenStatement) -> None:
-        entry = self._data.get(stmt.fingerprint)
+        entry = self.data.get(stmt.fingerprint)
         if entry is None:
-            self._data[stmt.fingerprint] = [1, stmt.duration_us or 0, stmt.sql, stmt.parsed]
+            self.data[stmt.fingerprint] = [1, stmt.duration_us or 0, stmt.sql, stmt.parsed]
         else:
-            entry[0] = int(entry[0]) + 1  # type: ignore[call-overload]
+            entry[0] += 1
             if stmt.duration_us:
-                entry[1] = int(entry[1]) + stmt.duration_us  # type: ignore[call-overload]
+                entry[1] += stmt.duration_us
 
     def records(self) -> list[QueryClass]:
         out = []
-        for fp, (count, total, sql, parsed) in self._data.items():
+        for fp, (count, total, sql, parsed) in self.data.items():
             out.append(
                 QueryClass(
                     fingerprint=fp,
                     normalized=normalized_text(str(sql)) if parsed else str(sql),
                     parsed=bool(parsed),
-                    count=int(count),  # type: ignore[call-overload]
-                    total_duration_us=int(total),  # type: ignore[call-overload]
+                    count=int(count),
+                    total_duration_us=int(total),
                 )
             )
         out.sort(key=lambda c: -c.count)
@@ -396,8 +554,10 @@ def _capture(
             first = stmts[0].start_us
             start_us = min(first, first_ts if first_ts is not None else first)
         origin, last = start_us, last_offset
-        add_offset, add_line, add_class = batch_offsets.append, batch_lines.append, classes.add
+        add_offset, add_line = batch_offsets.append, batch_lines.append
         kinds = kind_counts
+        class_data = classes.data
+        find_class = class_data.get
         for stmt in stmts:
             offset = stmt.start_us - origin
             if offset < last:
@@ -408,7 +568,15 @@ def _capture(
             add_line(stmt.encode(offset))
             kind = stmt.kind
             kinds[kind] = kinds.get(kind, 0) + 1
-            add_class(stmt)
+            # _Classes.add, inlined
+            duration = stmt.duration_us
+            entry = find_class(stmt.fingerprint)
+            if entry is None:
+                class_data[stmt.fingerprint] = [1, duration or 0, stmt.sql, stmt.parsed]
+            else:
+                entry[0] += 1
+                if duration:
+                    entry[1] += duration
             if stmt.sqlstate is not None:
                 failed += 1
             if not stmt.parsed:
@@ -418,7 +586,8 @@ def _capture(
         last_offset = last
 
     try:
-        for result in _results(iter(chunks), workers):
+        ranged = all(i.name != "-" and not i.gzipped for i in infos)
+        for result in _results(iter(chunks), workers, ranged):
             lines += result.lines
             records += result.records
             non_english += result.non_english
