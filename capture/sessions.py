@@ -21,9 +21,11 @@ can bring an earlier start (see :class:`StatementTracker.pop_ready`).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import json
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ COPY = StatementKind.COPY_FROM_STDIN
 
 _SAFE = re.compile(r"[0-9A-Za-z._:-]*")
 """Session ids PostgreSQL writes (hex.hex) need no JSON escaping."""
+_start_of = operator.itemgetter(0)
 _SESSION_JSON: dict[str, str] = {}
 """Session id to its JSON string (a few hundred sessions, millions of statements)."""
 
@@ -218,10 +221,24 @@ class StatementTracker:
 
     def feed(self, event: LogEvent | tuple[Any, ...]) -> None:
         """Take one event: a :class:`LogEvent`, or a plain tuple in its field order."""
-        ts_us = event[2]
+        (
+            kind,
+            session,
+            ts_us,
+            _,
+            raw_sql,
+            name,
+            params,
+            truncated,
+            _,
+            _,
+            fp,
+            parsed,
+            sql_json,
+            params_json,
+        ) = event
         if ts_us > self.log_now:
             self.log_now = ts_us
-        session = event[1]
         state = self.sessions.get(session)
         if state is None:
             info = self.infos.get(session, _NO_INFO)
@@ -230,12 +247,9 @@ class StatementTracker:
                 self.counts.filtered_sessions += 1
                 self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
             state = self.sessions[session] = _SessionState(info, reason is None)
-        kind = event[0]
-        fp = event[10]
         if kind in (_STATEMENT, _EXECUTE) and fp is not None and state.kept and not self._filtering:
             # The fast path for the usual event: what _open() does for these
             # arguments, without building a LogEvent and without the keywords.
-            raw_sql = event[4]
             sql = raw_sql or ""
             if kind == _STATEMENT:
                 stmt_kind = (
@@ -247,12 +261,9 @@ class StatementTracker:
                 truncated = False
             else:
                 stmt_kind = EXECUTE
-                params = event[6]
-                params_json = event[13]
                 if params is None:
                     params = ()
-                name = event[5] or ""
-                truncated = event[7]
+                name = name or ""
             start_us = ts_us
             prev = state.last
             if prev is not None:
@@ -268,13 +279,13 @@ class StatementTracker:
                 stmt_kind,
                 sql,
                 fp,
-                event[11],
+                parsed,
                 params,
                 name,
                 truncated,
             )
             if raw_sql is not None:
-                stmt.sql_json = event[12]
+                stmt.sql_json = sql_json
             stmt.params_json = params_json
             state.statements += 1
             state.last = stmt
@@ -499,6 +510,29 @@ class StatementTracker:
         need_closed = self.durations_seen
         out: list[OpenStatement] = []
         append = out.append
+        if not heap and not need_closed:
+            # the usual case: every buffered statement is in the in-order run, sorted
+            # by start, so the ready ones are a prefix of it (and at least as many as
+            # needed to get back under MAX_BUFFERED)
+            ready = max(bisect.bisect_right(tail, horizon, key=_start_of), len(tail) - MAX_BUFFERED)
+            popleft = tail.popleft
+            out = [popleft()[2] for _ in range(ready)]
+            for stmt in out:
+                stmt.emitted = True
+            return out
+        if not heap:
+            popleft = tail.popleft
+            while tail:
+                start, _, stmt = tail[0]
+                if len(tail) <= MAX_BUFFERED:
+                    if start > horizon:
+                        break
+                    if need_closed and not stmt.closed and start > long_horizon:
+                        break
+                popleft()
+                stmt.emitted = True
+                append(stmt)
+            return out
         while heap or tail:
             from_heap = bool(heap) and (not tail or heap[0] < tail[0])
             start, _, stmt = heap[0] if from_heap else tail[0]
