@@ -530,7 +530,7 @@ def _capture(
         workers = 1  # starting worker processes costs more than decoding a small log
     tracker = StatementTracker(options.filters)
     classes = _Classes()
-    writer = WorkloadWriter(output)
+    writer = WorkloadWriter(output, background=workers > 1)
     skipped: collections.Counter[str] = collections.Counter()
     examples: dict[str, list[str]] = {}
     by_kind: collections.Counter[str] = collections.Counter()

@@ -14,11 +14,14 @@ needs the final counts, written at the end. Any gzip reader sees one stream.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
 import json
+import queue
 import shutil
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +49,12 @@ class WorkloadWriter:
     Statements must come in non-decreasing ``offset_us`` order.
     """
 
-    def __init__(self, path: Path, *, compresslevel: int = 1) -> None:
+    def __init__(self, path: Path, *, compresslevel: int = 1, background: bool = False) -> None:
+        """``background``: compress and hash batches (:meth:`write_batch`) in a thread.
+
+        zlib and blake2 release the GIL on large buffers, so the caller keeps
+        working meanwhile; errors surface at the next call or at :meth:`close`.
+        """
         self.path = path
         self._body_path = path.with_name(path.name + ".body.tmp")
         self._body: IO[str] = gzip.open(  # noqa: SIM115 - closed in close()/abort()
@@ -56,12 +64,54 @@ class WorkloadWriter:
         self._digest = hashlib.blake2b(digest_size=16)
         self._last_offset = -(2**63)
         self.statements = 0
+        self._queue: queue.Queue[list[str] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=8)
+            self._thread = threading.Thread(target=self._drain, name="workload-writer", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            lines = self._queue.get()
+            if lines is None:
+                return
+            if self._failure is not None:
+                continue
+            try:
+                self._write_lines(lines)
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._failure = exc
+
+    def _write_lines(self, lines: list[str]) -> None:
+        self._digest.update("".join(lines).encode())  # same digest as line by line
+        self._body.write("\n".join(lines))
+        self._body.write("\n")
+
+    def _stop(self) -> None:
+        """Wait for the background thread (if any) to write what it was given."""
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
     def write(self, statement: Statement) -> None:
         self.write_encoded(statement.offset_us, _dumps(statement.to_json()))
 
     def write_encoded(self, offset_us: int, line: str) -> None:
         """Write one statement already encoded as a JSON object without newline."""
+        if self._thread is not None:
+            self.write_batch([offset_us], [line])
+            return
         if offset_us < self._last_offset:
             raise ValueError(
                 "statements must be written in offset order "
@@ -85,10 +135,12 @@ class WorkloadWriter:
                 )
             previous = offset
         self._last_offset = previous
-        self._digest.update("".join(lines).encode())  # same digest as line by line
-        self._body.write("\n".join(lines))
-        self._body.write("\n")
         self.statements += len(lines)
+        if self._queue is not None:
+            self._raise_failure()
+            self._queue.put(list(lines))
+        else:
+            self._write_lines(lines)
 
     def close(
         self,
@@ -103,6 +155,11 @@ class WorkloadWriter:
         counts: Mapping[str, int] | None = None,
     ) -> WorkloadHeader:
         """Finish the file atomically and return its header."""
+        try:
+            self._stop()
+        except BaseException:
+            self.abort()
+            raise
         self._body.close()
         session_list = list(sessions)
         class_list = list(classes)
@@ -139,6 +196,8 @@ class WorkloadWriter:
 
     def abort(self) -> None:
         """Drop the partial file."""
+        with contextlib.suppress(Exception):
+            self._stop()
         self._body.close()
         self._body_path.unlink(missing_ok=True)
 
