@@ -18,6 +18,7 @@ import marshal
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -333,14 +334,15 @@ class _Workers:
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         clean = kind is None
+        if not clean:
+            for proc in self._procs:
+                proc.terminate()
         for conn in self._conns:
             if clean:
                 with contextlib.suppress(OSError):
                     conn.send(None)
             conn.close()
         for proc in self._procs:
-            if not clean:
-                proc.terminate()
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
@@ -386,6 +388,9 @@ class _Workers:
 
 def _serve(conn: Any) -> None:
     """A worker process: decode jobs from ``conn`` until it sends None."""
+    # Ctrl-C reaches the whole process group: the main process handles it and
+    # stops the workers, which should not print tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     files: dict[str, int] = {}
     try:
         while True:
@@ -396,13 +401,16 @@ def _serve(conn: Any) -> None:
             if unit is None:
                 return
             try:
-                conn.send_bytes(_serve_one(unit, files))
+                reply = _serve_one(unit, files)
             except Exception as exc:
                 try:
-                    payload = pickle.dumps(exc)
+                    reply = b"E" + pickle.dumps(exc)
                 except Exception:
-                    payload = pickle.dumps(RuntimeError(repr(exc)))
-                conn.send_bytes(b"E" + payload)
+                    reply = b"E" + pickle.dumps(RuntimeError(repr(exc)))
+            try:
+                conn.send_bytes(reply)
+            except OSError:  # the main process is gone or stopped reading
+                return
     finally:
         for fd in files.values():
             os.close(fd)
