@@ -14,6 +14,7 @@ import io
 import re
 import sys
 
+from capture.chunking import Chunker
 from capture.decode import RecordDecoder
 
 COLUMNS = {23: "PostgreSQL 12 or older", 24: "PostgreSQL 13", 26: "PostgreSQL 14 or newer"}
@@ -23,7 +24,7 @@ _LOOKS_LIKE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 csv.field_size_limit(sys.maxsize)  # statements and parameter lists can be huge
 
 
-class CsvChunker:
+class CsvChunker(Chunker):
     """Feed bytes, get chunks that end at record boundaries.
 
     Each chunk comes with the 1-based line number of its first line. A stray quote
@@ -33,37 +34,13 @@ class CsvChunker:
     """
 
     def __init__(self, target: int = 4 << 20, max_pending: int = 64 << 20) -> None:
-        self._buf = bytearray()
-        self._target = target
+        super().__init__(target)
         self._max_pending = max_pending
-        self._line = 1
 
-    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
-        self._buf += data
-        chunks: list[tuple[bytes, int]] = []
-        while len(self._buf) >= self._target:
-            cut = self._boundary()
-            if cut is None:
-                break
-            chunks.append(self._emit(cut))
-        return chunks
+    def _ends_inside_record(self) -> bool:
+        return self._buf.count(b'"') % 2 == 1
 
-    def finish(self) -> tuple[bytes, int, bool] | None:
-        """The rest, and whether it ends inside a quoted field (a truncated record)."""
-        if not self._buf:
-            return None
-        truncated = self._buf.count(b'"') % 2 == 1
-        chunk, line = self._emit(len(self._buf))
-        return chunk, line, truncated
-
-    def _emit(self, cut: int) -> tuple[bytes, int]:
-        chunk = bytes(self._buf[:cut])
-        del self._buf[:cut]
-        line = self._line
-        self._line += chunk.count(b"\n")
-        return chunk, line
-
-    def _boundary(self) -> int | None:
+    def _cut(self) -> int | None:
         buf = self._buf
         cut = self._search(min(len(buf), self._target))
         if cut is None and len(buf) > self._target:

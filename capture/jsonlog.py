@@ -5,39 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from capture.chunking import Chunker
 from capture.decode import RecordDecoder
 
 
-class JsonChunker:
-    """Feed bytes, get chunks of whole lines with the line number of their first line."""
+class JsonChunker(Chunker):
+    """Chunks of whole lines: a jsonlog record is one line."""
 
-    def __init__(self, target: int = 4 << 20) -> None:
-        self._buf = bytearray()
-        self._target = target
-        self._line = 1
-
-    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
-        self._buf += data
-        if len(self._buf) < self._target:
-            return []
+    def _cut(self) -> int | None:
         cut = self._buf.rfind(b"\n") + 1
-        if cut == 0:
-            return []
-        return [self._emit(cut)]
+        return cut or None
 
-    def finish(self) -> tuple[bytes, int, bool] | None:
-        if not self._buf:
-            return None
-        truncated = not self._buf.endswith(b"\n")
-        chunk, line = self._emit(len(self._buf))
-        return chunk, line, truncated
-
-    def _emit(self, cut: int) -> tuple[bytes, int]:
-        chunk = bytes(self._buf[:cut])
-        del self._buf[:cut]
-        line = self._line
-        self._line += chunk.count(b"\n")
-        return chunk, line
+    def _ends_inside_record(self) -> bool:
+        return not self._buf.endswith(b"\n")
 
 
 def _client(obj: dict[str, Any]) -> str:
