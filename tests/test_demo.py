@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
+
+import psycopg
 
 from replay.compare import Verdict
 from replay.rehearsal import DemoSettings, demo
@@ -43,10 +46,13 @@ def test_demo_flags_skip_scan_as_improved_with_a_changed_plan(tmp_path: Path) ->
     assert mine == []
 
 
-def test_demo_cli_writes_the_report(tmp_path: Path, pgtraffic_cmd: list[str]) -> None:
+def test_demo_cli_writes_the_report_and_keeps_servers(
+    tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
     require_version(16)
     require_version(18)
     work = tmp_path / "demo"
+    env = dict(os.environ, COLUMNS="120", PGTRAFFIC_STATE_DIR=str(tmp_path / "state"))
     result = subprocess.run(
         [
             *pgtraffic_cmd,
@@ -59,12 +65,13 @@ def test_demo_cli_writes_the_report(tmp_path: Path, pgtraffic_cmd: list[str]) ->
             "40",
             "--workdir",
             str(work),
+            "--keep",
         ],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        env=dict(os.environ, COLUMNS="120"),
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (work / "report.html").exists()
@@ -76,3 +83,21 @@ def test_demo_cli_writes_the_report(tmp_path: Path, pgtraffic_cmd: list[str]) ->
         "Compare the two replays",
     ):
         assert f"✓ {step}" in result.stdout, step
+    # --keep: the three servers are still running, their DSNs printed, until stopped.
+    dsns = re.findall(r"^  (pg\d+-\d+): (postgresql://\S+)$", result.stdout, re.M)
+    assert len(dsns) == 3, result.stdout[-2000:]
+    try:
+        for _, dsn in dsns:
+            with psycopg.connect(dsn, connect_timeout=10) as conn:
+                assert conn.execute("SELECT count(*) FROM projects").fetchone() is not None
+    finally:
+        stopped = subprocess.run(
+            [*pgtraffic_cmd, "servers", "stop", "--all"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.count("stopped (fast)") == 3
