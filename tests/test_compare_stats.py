@@ -124,6 +124,8 @@ def test_new_errors_and_row_mismatches() -> None:
     assert err.fingerprint == "class4"
     assert len(err.examples) == 3
     assert c.new_errors == err.count > 0
+    assert c.candidate.error_rate == pytest.approx(err.count / 8000)
+    assert c.baseline.error_rate == 0
     failing = next(x for x in c.classes if x.fingerprint == "class4")
     assert failing.verdict is Verdict.TOO_FEW
     assert failing.candidate_errors == err.count

@@ -140,6 +140,14 @@ class RunSummary:
     faithful: bool
     fidelity_note: str
 
+    @property
+    def error_rate(self) -> float:
+        """Share of statements that failed (0 for an empty run)."""
+        return self.errors / self.statements if self.statements else 0.0
+
+    def errors_text(self) -> str:
+        return f"{self.errors:,} ({self.error_rate:.2%})"
+
 
 @dataclass(frozen=True, slots=True)
 class PlanDiff:

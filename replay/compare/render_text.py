@@ -66,7 +66,7 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
     runs.add_row("results", b.path, k.path)
     runs.add_row("server", b.label, k.label)
     runs.add_row("statements", f"{b.statements:,}", f"{k.statements:,}")
-    runs.add_row("errors", f"{b.errors:,}", f"{k.errors:,}")
+    runs.add_row("errors", b.errors_text(), k.errors_text())
     runs.add_row("throughput (stmt/s)", f"{b.throughput:,.0f}", f"{k.throughput:,.0f}")
     runs.add_row(
         "total service time (s)",
@@ -194,6 +194,8 @@ def to_json(c: Comparison) -> str:
         "unchanged": len(c.by_verdict(Verdict.UNCHANGED)),
         "too_few_samples": len(c.by_verdict(Verdict.TOO_FEW)),
         "new_errors": c.new_errors,
+        "baseline_error_rate": c.baseline.error_rate,
+        "candidate_error_rate": c.candidate.error_rate,
         "row_mismatches": sum(m.count for m in c.rows),
         "changed_plans": sum(1 for p in c.plans if p.changed),
     }
@@ -215,7 +217,7 @@ def to_markdown(c: Comparison, *, limit: int = 30) -> str:
         "|---|---|---|",
         f"| server | {_md(b.label)} | {_md(k.label)} |",
         f"| statements | {b.statements:,} | {k.statements:,} |",
-        f"| errors | {b.errors:,} | {k.errors:,} |",
+        f"| errors | {b.errors_text()} | {k.errors_text()} |",
         f"| throughput (stmt/s) | {b.throughput:,.0f} | {k.throughput:,.0f} |",
         f"| lag p99 (ms) | {b.lag_p99_ms:.1f} | {k.lag_p99_ms:.1f} |",
         f"| fidelity | {_md(b.fidelity_note)} | {_md(k.fidelity_note)} |",
