@@ -274,11 +274,15 @@ def test_harness_reports_a_postmaster_killed_by_a_test(tmp_path: Path, repo_root
     teardown cleans up and its terminal summary says what happened."""
     inner = tmp_path / "test_inner.py"
     inner.write_text(
-        "import os, signal\n"
+        "import os, signal, time\n"
         "def test_kill(make_cluster):\n"
         "    cluster = make_cluster(16)\n"
         "    print('ROOT', cluster.root)\n"
         "    os.kill(cluster.postmaster_pid(), signal.SIGKILL)\n"
+        "    deadline = time.monotonic() + 10\n"
+        "    while cluster.is_running() and time.monotonic() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    assert not cluster.is_running()\n"
     )
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path / "state"))
     result = subprocess.run(
