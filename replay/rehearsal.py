@@ -10,6 +10,7 @@ decides how it looks; nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import subprocess
 import tempfile
@@ -89,7 +90,6 @@ class RehearsalResult:
     candidate_results: Path
     comparison: Comparison
     replay_summaries: tuple[dict[str, Any], dict[str, Any]]
-    report: Path | None = None
     servers: dict[str, str] = field(default_factory=dict)
     """DSNs of servers left running (demo --keep)."""
 
@@ -266,15 +266,7 @@ def demo(
             for cluster in clusters:
                 cluster.detach()
                 servers[cluster.name] = cluster.dsn(DEMO_DB)
-        return RehearsalResult(
-            workload=result.workload,
-            capture=result.capture,
-            baseline_results=result.baseline_results,
-            candidate_results=result.candidate_results,
-            comparison=result.comparison,
-            replay_summaries=result.replay_summaries,
-            servers=servers,
-        )
+        return dataclasses.replace(result, servers=servers)
     finally:
         if not cfg.keep:
             for cluster in clusters:
