@@ -312,3 +312,17 @@ def test_harness_reports_a_postmaster_killed_by_a_test(tmp_path: Path, repo_root
     assert "postmaster had died before stop was asked" in result.stdout
     assert not Path(root.group(1)).exists()
     assert list(_processes_in(Path(root.group(1)) / "data")) == []
+
+
+def test_restarted_cluster_is_still_stopped_by_its_owner(make_cluster: ClusterFactory) -> None:
+    """stop(remove=False) then start() again: the harness must still stop it at the end."""
+    from replay.servers.cluster import _LIVE
+
+    cluster = make_cluster(16)
+    first = cluster.stop(remove=False)
+    assert first.was_running
+    assert cluster.name not in _LIVE
+    cluster.start()
+    assert cluster.is_running()
+    assert cluster.stop_report is None, "a new run has no stop report yet"
+    assert _LIVE.get(cluster.name) is cluster, "stopped at exit like a new cluster"

@@ -229,8 +229,15 @@ class Cluster:
         give_to(self.account, conf)
 
     def start(self, *, retry_ports: bool = False) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections.
+
+        A cluster started again after :meth:`stop` (``remove=False``) is owned again:
+        it is stopped at exit like a new one, and its last stop report is cleared.
+        """
         self._remove_stale_pid_file()
+        if self.owner_pid is not None:
+            _LIVE[self.name] = self
+        self.stop_report = None
         for attempt in range(3):
             result = self._run_server_tool(
                 [
