@@ -53,6 +53,13 @@ def _setup(cluster: Cluster, dbname: str = "postgres") -> None:
     run_quiet(cluster, "pgbench", "-i", "-q", "-s", "1", dbname)
 
 
+def _fresh_database(cluster: Cluster, dbname: str) -> None:
+    """``dbname`` recreated in the state the capture started from."""
+    cluster.psql(f"DROP DATABASE IF EXISTS {dbname}")
+    cluster.psql(f"CREATE DATABASE {dbname}")
+    _setup(cluster, dbname)
+
+
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workload, Cluster]]:
     """A workload captured on PostgreSQL 16 from psql, psycopg and pgbench (3 modes)."""
@@ -98,9 +105,7 @@ def test_replay_matches_original(
 ) -> None:
     workload, source = captured
     db = "rt_timed"
-    target.psql(f"DROP DATABASE IF EXISTS {db}")
-    target.psql(f"CREATE DATABASE {db}")
-    _setup(target, db)
+    _fresh_database(target, db)
     results = replay(
         workload, target, tmp_path / "r.pgtr", speed=1.0, map_database={"postgres": db}
     )
@@ -127,9 +132,7 @@ def test_max_speed_runs_everything_once(
 ) -> None:
     workload, _ = captured
     db = "rt_fast"
-    pg16.psql(f"DROP DATABASE IF EXISTS {db}")
-    pg16.psql(f"CREATE DATABASE {db}")
-    _setup(pg16, db)
+    _fresh_database(pg16, db)
     results = replay(
         workload,
         pg16,
@@ -155,9 +158,7 @@ def test_speed_two_halves_the_captured_time(
 ) -> None:
     workload, _ = captured
     db = "rt_speed2"
-    pg16.psql(f"DROP DATABASE IF EXISTS {db}")
-    pg16.psql(f"CREATE DATABASE {db}")
-    _setup(pg16, db)
+    _fresh_database(pg16, db)
     scan = scan_workload(workload)
     at_one = build_schedule(scan, speed=1.0, max_speed=False, jump_idle=False)
     span_us = max(end for _, end in scan.spans.values()) - at_one.origin_us
