@@ -153,19 +153,7 @@ def main() -> None:
         rate_src = Cluster.create(major=args.major, profile=Profile.CAPTURE)
         try:
             pgbench_init(rate_src, args.scale)
-            rate_cmd = [
-                "-n",
-                "-b",
-                "simple-update",
-                "-c",
-                str(args.clients),
-                "-j",
-                "2",
-                "-T",
-                str(args.seconds),
-                "-R",
-                str(args.rate),
-            ]
+            rate_cmd = [*bench_cmd, "-R", str(args.rate)]
             run([pgbench_src, *rate_cmd], env=rate_src.env())
             time.sleep(1.0)
             rate_path = work / "rate.pgtw"
