@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from pglast.parser import scan
+
 from capture.events import EventKind
 
 ENGLISH_SEVERITIES = frozenset(
@@ -142,6 +144,18 @@ def parse_parameters(detail: str) -> tuple[tuple[str | None, ...], bool] | None:
 
 
 def placeholder_count(sql: str) -> int:
-    """The highest ``$n`` in ``sql`` (0 when none): how many parameters it takes."""
-    found = [int(n) for n in re.findall(r"\$(\d+)", sql)]
-    return max(found, default=0)
+    """The highest ``$n`` in ``sql`` (0 when none): how many parameters it takes.
+
+    PostgreSQL's own scanner (through pglast) finds them, so a ``$1`` inside a
+    string literal, a dollar-quoted body or a comment is not counted; text it
+    cannot scan falls back to every ``$n`` in it.
+    """
+    if "$" not in sql:
+        return 0
+    try:
+        return max(
+            (int(sql[t.start + 1 : t.end + 1]) for t in scan(sql) if t.name == "PARAM"),
+            default=0,
+        )
+    except Exception:  # the scanner failed: count every $n
+        return max((int(n) for n in re.findall(r"\$(\d+)", sql)), default=0)

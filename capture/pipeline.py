@@ -618,9 +618,7 @@ def _capture(
             if chunk_count % 64 == 0:
                 gc.collect(0)
             tracker.add_sessions(result.sessions)
-            feed = tracker.feed
-            for raw in result.events:
-                feed(raw)
+            tracker.feed_all(result.events)
             write(tracker.pop_ready())
             writer.write_batch(batch_offsets, batch_lines)
             batch_offsets.clear()

@@ -27,7 +27,7 @@ import heapq
 import json
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,77 @@ class StatementTracker:
             known = mine.get(sid)
             if known is None or (not known.application and info.application):
                 mine[sid] = info
+
+    def feed_all(self, events: Iterable[tuple[Any, ...]]) -> None:
+        """Take many events (plain tuples), as :meth:`feed` would one by one.
+
+        The usual event, a plain ``statement:`` of a known, kept session, is
+        handled here with the tracker's state in local variables: a busy log is
+        millions of them.
+        """
+        if self._filtering:
+            for event in events:
+                self.feed(event)
+            return
+        sessions = self.sessions.get
+        feed = self.feed
+        tail = self._tail
+        append = tail.append
+        log_now = self.log_now
+        order = self._order
+        count = 0
+        for event in events:
+            if event[0] != _STATEMENT or event[10] is None:
+                self.log_now, self._order = log_now, order
+                self.statements += count
+                count = 0
+                feed(event)
+                log_now, order = self.log_now, self._order
+                continue
+            session = event[1]
+            state = sessions(session)
+            if state is None or not state.kept:
+                self.log_now, self._order = log_now, order
+                self.statements += count
+                count = 0
+                feed(event)
+                log_now, order = self.log_now, self._order
+                continue
+            ts_us = event[2]
+            if ts_us > log_now:
+                log_now = ts_us
+            sql = event[4] or ""
+            start_us = ts_us
+            prev = state.last
+            if prev is not None:
+                prev.closed = True
+                prev_start = prev.start_us
+                prev_end = prev_start + (prev.duration_us or 0)
+                if start_us < prev_end:
+                    start_us = max(prev_start, min(prev_end, ts_us))
+            stmt = OpenStatement(
+                session,
+                state.statements,
+                start_us,
+                COPY
+                if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
+                else SIMPLE,
+                sql,
+                event[10],
+                event[11],
+            )
+            if event[4] is not None:
+                stmt.sql_json = event[12]
+            state.statements += 1
+            state.last = stmt
+            count += 1
+            order += 1
+            if not tail or start_us >= tail[-1][0]:
+                append((start_us, order, stmt))
+            else:
+                heapq.heappush(self._heap, (start_us, order, stmt))
+        self.log_now, self._order = log_now, order
+        self.statements += count
 
     def feed(self, event: LogEvent | tuple[Any, ...]) -> None:
         """Take one event: a :class:`LogEvent`, or a plain tuple in its field order."""

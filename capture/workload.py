@@ -10,6 +10,12 @@ A workload file is gzip-compressed JSON Lines (``zcat w.pgtw | jq`` reads it):
 The file is two concatenated gzip members (preamble, then statements), so the
 statements can be streamed to disk while capture runs and the preamble, which
 needs the final counts, written at the end. Any gzip reader sees one stream.
+The statements are compressed with zlib-ng when it is installed (a dependency:
+about 2.5 times faster than zlib at level 1, same gzip format).
+
+``workload_id`` is the first 16 bytes (hex) of the SHA-256 of the statement
+lines exactly as stored (each with its newline): results files name it, so
+two replays of one workload can be told apart from replays of different ones.
 """
 
 from __future__ import annotations
@@ -34,6 +40,25 @@ from capture import __version__
 from capture.errors import WorkloadFormatError
 from capture.records import QueryClass, Session, Statement, WorkloadHeader
 
+_fast_gzip: Any
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, UnicodeDecodeError, zlib.error)
+"""What reading a damaged or truncated workload file can raise."""
+try:
+    from zlib_ng import gzip_ng as _fast_gzip
+    from zlib_ng import zlib_ng as _zlib_ng
+
+    _ZLIB_NG_ERROR: Any = _zlib_ng.error  # its stub types the class as an instance
+    READ_ERRORS += (_ZLIB_NG_ERROR,)
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; stdlib gzip works too
+    _fast_gzip = gzip
+
+
+def open_text(path: Path) -> IO[str]:
+    """A workload file opened for reading its JSON lines (see ``READ_ERRORS``)."""
+    fh: IO[str] = _fast_gzip.open(path, "rt", encoding="utf-8")
+    return fh
+
+
 FORMAT = "pgtraffic-workload"
 FORMAT_VERSION = 1
 SUFFIX = ".pgtw"
@@ -52,16 +77,16 @@ class WorkloadWriter:
     def __init__(self, path: Path, *, compresslevel: int = 1, background: bool = False) -> None:
         """``background``: compress and hash batches (:meth:`write_batch`) in a thread.
 
-        zlib and blake2 release the GIL on large buffers, so the caller keeps
+        zlib and SHA-256 release the GIL on large buffers, so the caller keeps
         working meanwhile; errors surface at the next call or at :meth:`close`.
         """
         self.path = path
         self._body_path = path.with_name(path.name + ".body.tmp")
-        self._body: IO[str] = gzip.open(  # noqa: SIM115 - closed in close()/abort()
-            self._body_path, "wt", compresslevel=compresslevel, encoding="utf-8"
+        self._body: IO[bytes] = _fast_gzip.open(  # closed in close()/abort()
+            self._body_path, "wb", compresslevel=compresslevel
         )
         self._compresslevel = compresslevel
-        self._digest = hashlib.blake2b(digest_size=16)
+        self._digest = hashlib.sha256()
         self._last_offset = -(2**63)
         self.statements = 0
         self._queue: queue.Queue[list[str] | None] | None = None
@@ -86,9 +111,9 @@ class WorkloadWriter:
                 self._failure = exc
 
     def _write_lines(self, lines: list[str]) -> None:
-        self._digest.update("".join(lines).encode())  # same digest as line by line
-        self._body.write("\n".join(lines))
-        self._body.write("\n")
+        data = ("\n".join(lines) + "\n").encode()
+        self._digest.update(data)
+        self._body.write(data)
 
     def _stop(self) -> None:
         """Wait for the background thread (if any) to write what it was given."""
@@ -118,9 +143,9 @@ class WorkloadWriter:
                 f"({offset_us} after {self._last_offset})"
             )
         self._last_offset = offset_us
-        self._digest.update(line.encode())
-        self._body.write(line)
-        self._body.write("\n")
+        data = (line + "\n").encode()
+        self._digest.update(data)
+        self._body.write(data)
         self.statements += 1
 
     def write_batch(self, offsets: list[int], lines: list[str]) -> None:
@@ -179,7 +204,7 @@ class WorkloadWriter:
                 "classes": len(class_list),
                 **dict(counts or {}),
             },
-            workload_id=self._digest.hexdigest(),
+            workload_id=self._digest.hexdigest()[:32],
         )
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as out:
@@ -244,7 +269,7 @@ class Workload:
 def _open(path: Path) -> _GuardedText:
     if not path.is_file():
         raise WorkloadFormatError(f"{path}: no such file")
-    return _GuardedText(gzip.open(path, "rt", encoding="utf-8"), path)
+    return _GuardedText(open_text(path), path)
 
 
 class _GuardedText:
@@ -263,7 +288,7 @@ class _GuardedText:
     def __iter__(self) -> Iterator[str]:
         try:
             yield from self._fh
-        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             raise WorkloadFormatError(
                 f"{self._path}: not a readable pgtraffic workload ({exc})",
                 hint="the file is truncated or not gzip; capture it again with pgtraffic capture",

@@ -23,12 +23,10 @@ import asyncio
 import collections
 import contextlib
 import gc
-import gzip
 import itertools
 import json
 import re
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from typing import Any
 
 from capture.errors import UsageError, WorkloadFormatError
 from capture.records import Session, StatementKind
-from capture.workload import Workload, read_workload
+from capture.workload import READ_ERRORS, Workload, open_text, read_workload
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
 from replay.wire import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
@@ -151,9 +149,9 @@ def _statement_lines(workload: Workload) -> Iterator[str]:
     """The raw JSON lines of the statements (the file layout is in capture.workload)."""
     skip = 1 + len(workload.classes) + len(workload.sessions)
     try:
-        with gzip.open(workload.path, "rt", encoding="utf-8") as fh:
+        with open_text(workload.path) as fh:
             yield from itertools.islice(fh, skip, None)
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         raise WorkloadFormatError(
             f"{workload.path}: the statements are not readable ({exc})",
             hint="the file is truncated or damaged; capture it again",

@@ -14,7 +14,7 @@ from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
 from capture.events import EventKind, LogEvent
 from capture.inspect import peak_concurrency, rate_buckets
-from capture.messages import classify, parse_parameters
+from capture.messages import classify, parse_parameters, placeholder_count
 from capture.normalize import fingerprint
 from capture.records import Statement, StatementKind
 from capture.sessions import OpenStatement
@@ -188,3 +188,13 @@ def test_peak_concurrency_and_rates() -> None:
     buckets = rate_buckets([0, 500_000, 1_500_000, 2_999_999], 3_000_000, buckets=3)
     assert [b.statements for b in buckets] == [2, 1, 1]
     assert buckets[0].per_second == 2.0
+
+
+def test_placeholder_count_skips_literals_comments_and_dollar_quotes() -> None:
+    """Missing parameter values are counted from real placeholders only."""
+    assert placeholder_count("SELECT '$1'") == 0
+    assert placeholder_count("SELECT $1, $12 /* $40 */") == 12
+    assert placeholder_count("SELECT $$ $4 $$, 'é', $2") == 2
+    assert placeholder_count("SELECT 1") == 0
+    # text the scanner cannot read: every $n counts, rather than none
+    assert placeholder_count("SELECT 'unterminated $5") == 5
