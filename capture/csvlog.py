@@ -37,32 +37,37 @@ class CsvChunker(Chunker):
         super().__init__(target)
         self._max_pending = max_pending
 
-    def _ends_inside_record(self) -> bool:
-        return self._buf.count(b'"') % 2 == 1
+    def _ends_inside_record(self, start: int) -> bool:
+        return self._buf.count(b'"', start) % 2 == 1
 
-    def _cut(self) -> int | None:
-        buf = self._buf
-        cut = self._search(min(len(buf), self._target))
-        if cut is None and len(buf) > self._target:
-            cut = self._search(len(buf))  # a record longer than the target
+    def _cut(self, start: int) -> int | None:
+        size = len(self._buf) - start
+        cut = self._search(start, start + min(size, self._target))
+        if cut is None and size > self._target:
+            cut = self._search(start, len(self._buf))  # a record longer than the target
         return cut
 
-    def _search(self, end: int) -> int | None:
-        """The last record boundary in ``buf[:end]``, if any."""
+    def _search(self, start: int, end: int) -> int | None:
+        """The last record boundary in ``buf[start:end]``, if any."""
         buf = self._buf
-        odd = buf.count(b'"', 0, end) % 2
-        pos = buf.rfind(b"\n", 0, end)
-        while pos >= 0:
-            # parity of the prefix buf[:pos+1] = total parity minus the suffix's
+        limit = end
+        odd = buf.count(b'"', start, end) % 2
+        pos = buf.rfind(b"\n", start, end)
+        while pos >= start:
+            # parity of buf[start:pos+1] = parity of buf[start:end] minus the suffix's
             odd ^= buf.count(b'"', pos + 1, end) % 2
             if not odd:
                 return pos + 1
             end = pos + 1
-            pos = buf.rfind(b"\n", 0, pos)
-        if end == len(buf) and len(buf) > self._max_pending:
-            starts = list(_RECORD_START.finditer(buf))
-            if starts and starts[-1].start() > 0:
-                return starts[-1].start() + 1
+            pos = buf.rfind(b"\n", start, pos)
+        if limit == len(buf) and limit - start > self._max_pending:
+            # no boundary in max_pending bytes: a stray quote; cut before the last
+            # line that starts like a record
+            last = None
+            for last in _RECORD_START.finditer(buf, start):  # noqa: B007
+                pass
+            if last is not None and last.start() > start:
+                return last.start() + 1
             return len(buf)
         return None
 

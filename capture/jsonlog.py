@@ -12,11 +12,11 @@ from capture.decode import RecordDecoder
 class JsonChunker(Chunker):
     """Chunks of whole lines: a jsonlog record is one line."""
 
-    def _cut(self) -> int | None:
-        cut = self._buf.rfind(b"\n") + 1
-        return cut or None
+    def _cut(self, start: int) -> int | None:
+        newline = self._buf.rfind(b"\n", start)
+        return newline + 1 if newline >= 0 else None
 
-    def _ends_inside_record(self) -> bool:
+    def _ends_inside_record(self, start: int) -> bool:
         return not self._buf.endswith(b"\n")
 
 

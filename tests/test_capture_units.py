@@ -198,3 +198,34 @@ def test_placeholder_count_skips_literals_comments_and_dollar_quotes() -> None:
     assert placeholder_count("SELECT 1") == 0
     # text the scanner cannot read: every $n counts, rather than none
     assert placeholder_count("SELECT 'unterminated $5") == 5
+
+
+def test_csv_chunker_resynchronizes_after_a_stray_quote() -> None:
+    """A garbage line with one quote makes every later newline look quoted; after
+    max_pending bytes the chunker cuts at a record start again, and every record
+    after the garbage is still decoded."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for i in range(3000):
+        writer.writerow(_csv_record(i, f"statement: SELECT {i}", ""))
+    records = out.getvalue()
+    cut = records[:20_000].rfind("\n") + 1
+    data = (records[:cut] + 'garbage "line\n' + records[cut:]).encode()
+    chunker = CsvChunker(target=4096, max_pending=50_000)
+    pieces = []
+    for start in range(0, len(data), 1000):
+        pieces.extend(chunker.feed(data[start : start + 1000]))
+    assert len(chunker._buf) - chunker._start < 60_000  # bounded, not the whole log
+    rest = chunker.finish()
+    if rest is not None:
+        pieces.append(rest[:2])
+    assert b"".join(p for p, _ in pieces) == data
+    assert len(pieces) > 10
+    assert max(len(p) for p, _ in pieces) <= 50_000 + 1000 + 4096
+    decoder = RecordDecoder()
+    for piece, line in pieces:
+        parse_csv(decoder, piece.decode(), source="t.csv", first_line=line)
+    result = decoder.take()
+    assert [e[4] for e in result.events] == [f"SELECT {i}" for i in range(3000)]
+    garbage_line = data[: data.index(b"garbage")].count(b"\n") + 1
+    assert [(p.line, p.reason) for p in result.problems] == [(garbage_line, "not a csvlog record")]
