@@ -29,7 +29,7 @@ import queue
 import shutil
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -295,9 +295,23 @@ class _GuardedText:
             ) from exc
 
 
+def _json_loads() -> Callable[[str], Any]:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        return json.loads
+    loads: Callable[[str], Any] = orjson.loads
+    return loads
+
+
+loads_record = _json_loads()
+"""Decode one JSON line: orjson (a dependency, about four times faster), else json.
+Both raise ``json.JSONDecodeError`` (orjson's error is a subclass)."""
+
+
 def _decode(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = loads_record(line)
     except json.JSONDecodeError as exc:
         raise WorkloadFormatError(f"{path}:{number}: not JSON ({exc.msg})") from exc
     if not isinstance(obj, dict):
