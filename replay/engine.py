@@ -38,6 +38,7 @@ from capture.records import Session, StatementKind
 from capture.workload import READ_ERRORS, Workload, loads_record, open_text, read_workload
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
+from replay.simple_query import ChannelLost
 from replay.wire import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
 
 # Pseudo-SQLSTATEs for failures the server did not report itself (class 08 is
@@ -70,6 +71,9 @@ class ReplayOptions:
     default_database: str | None = None
     event_loop: str = "auto"
     """"auto" (uvloop when installed), "uvloop" or "asyncio"."""
+    direct_simple: bool = True
+    """Send simple-protocol statements on the wire directly (replay.simple_query);
+    False: through asyncpg's query path, as before that existed."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:
         user = session.user or self.default_user
@@ -396,7 +400,9 @@ class Replayer:
 
     async def _connect(self, spec: ConnectSpec) -> ReplayConnection | None:
         try:
-            conn = await ReplayConnection.open(spec, self.types)
+            conn = await ReplayConnection.open(
+                spec, self.types, direct_simple=self.options.direct_simple
+            )
         except Exception as exc:  # any failure to connect is a recorded outcome
             self.counters.connect_failures[_sqlstate_of(exc)] += 1
             return None
@@ -416,6 +422,7 @@ class Replayer:
         conn: ReplayConnection | None = None
         last_attempt_us: int | None = None
         progress = self.progress
+        counters = self.counters
         if session.connect_us is not None:
             if timed:
                 await clock.sleep_until(schedule.intended_us(session.connect_us))
@@ -423,6 +430,7 @@ class Replayer:
             conn = await self._connect(spec)
         mono = time.monotonic_ns
         start_ns = clock.start_ns
+        intended_us = schedule.intended_us
         budget = self._budget
         resume_at = budget.resume_at
         room_set = budget._room.set
@@ -435,6 +443,64 @@ class Replayer:
         pending = queue.items
         copy_kind = StatementKind.COPY_FROM_STDIN.value
         execute_kind = StatementKind.EXECUTE.value
+        simple_kind = StatementKind.SIMPLE.value
+
+        def record(
+            item: _Item, intended: int, start: int, end: int, rows: int, state: str | None
+        ) -> None:
+            seq, offset, _, _, fingerprint, _, _, original = item
+            add(
+                (
+                    session_ref,
+                    seq,
+                    ids.get(fingerprint) or intern(fingerprint),
+                    intended,
+                    start,
+                    end - start,
+                    rows,
+                    0 if state is None else intern(state),
+                    0 if original is None else intern(original),
+                )
+            )
+            if state is not None:
+                progress.errors += 1
+            progress.statements += 1
+            progress.last_lag_us = start - intended
+            if offset > progress.max_offset_us:
+                progress.max_offset_us = offset
+
+        # The statement in flight on the direct simple-query channel: (item,
+        # intended start, actual start). The channel's step callback records it
+        # when it completes and starts the next simple statement that is due.
+        flight: list[Any] = [None, 0, 0]
+
+        def step(tag: bytes | None, state: str | None) -> str | None:
+            end = (mono() - start_ns) // 1000
+            record(
+                flight[0],
+                flight[1],
+                flight[2],
+                end,
+                -1 if state is not None else rows_from_status(tag),
+                state,
+            )
+            if not pending:
+                return None
+            item = pending[0]
+            if item is None or item[2] != simple_kind:
+                return None
+            intended = intended_us(item[1]) if timed else 0
+            if intended > end:
+                return None  # not due yet: the session sleeps first
+            pending.popleft()
+            budget.pending -= 1  # budget.give(), inlined
+            budget.started += 1
+            if budget.pending <= resume_at:
+                room_set()
+            flight[0], flight[1] = item, intended
+            flight[2] = (mono() - start_ns) // 1000
+            return item[3]
+
         try:
             while True:
                 item = pending.popleft() if pending else await queue.get()
@@ -444,12 +510,12 @@ class Replayer:
                 budget.started += 1
                 if budget.pending <= resume_at:
                     room_set()
-                seq, offset, kind, sql, fingerprint, params, name, original = item
+                kind = item[2]
                 if kind == copy_kind:
-                    self.counters.skipped[kind] += 1
+                    counters.skipped[kind] += 1
                     continue
                 if timed:
-                    intended = schedule.intended_us(offset)
+                    intended = intended_us(item[1])
                     if intended > (mono() - start_ns) // 1000:
                         await clock.sleep_until(intended)
                 else:
@@ -458,51 +524,43 @@ class Replayer:
                     last_attempt_us is None or clock.now_us() - last_attempt_us >= reconnect_us
                 ):
                     if last_attempt_us is not None:
-                        self.counters.reconnects += 1
+                        counters.reconnects += 1
                     last_attempt_us = clock.now_us()
                     conn = await self._connect(spec)
                 start = (mono() - start_ns) // 1000
+                if conn is None:
+                    record(item, intended, start, start, -1, NO_CONNECTION)
+                    continue
+                channel = conn.channel
                 rows = -1
                 state: str | None = None
-                if conn is None:
-                    state = NO_CONNECTION
-                else:
-                    try:
-                        if kind == execute_kind:
-                            rows = await conn.execute(sql, params or (), name)
-                        else:
-                            rows = rows_from_status(await conn.query(sql, None))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        state = _sqlstate_of(exc)
-                        if conn.is_closed():
-                            if state == CLIENT_ERROR:
-                                state = CONNECTION_LOST
-                            self.counters.connections_lost[state] += 1
-                            progress.open_connections -= 1
-                            conn.conn.terminate()
-                            conn = None
-                end = (mono() - start_ns) // 1000
-                if state is not None:
-                    progress.errors += 1
-                add(
-                    (
-                        session_ref,
-                        seq,
-                        ids.get(fingerprint) or intern(fingerprint),
-                        intended,
-                        start,
-                        end - start,
-                        rows,
-                        0 if state is None else intern(state),
-                        0 if original is None else intern(original),
-                    )
-                )
-                progress.statements += 1
-                progress.last_lag_us = start - intended
-                if offset > progress.max_offset_us:
-                    progress.max_offset_us = offset
+                try:
+                    if kind == execute_kind:
+                        rows = await conn.execute(item[3], item[5] or (), item[6])
+                    elif channel is not None:
+                        flight[0], flight[1], flight[2] = item, intended, start
+                        try:
+                            await channel.run(item[3], step)
+                        except asyncio.CancelledError:
+                            channel.abandon()
+                            raise
+                        continue  # step() recorded every statement of the run
+                    else:
+                        rows = rows_from_status(await conn.query(item[3], None))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if kind != execute_kind and channel is not None:
+                        item, intended, start = flight  # the statement then in flight
+                    state = exc.sqlstate if isinstance(exc, ChannelLost) else _sqlstate_of(exc)
+                    if conn.is_closed():
+                        if state == CLIENT_ERROR:
+                            state = CONNECTION_LOST
+                        counters.connections_lost[state] += 1
+                        progress.open_connections -= 1
+                        conn.conn.terminate()
+                        conn = None
+                record(item, intended, start, (mono() - start_ns) // 1000, rows, state)
             if timed and session.disconnect_us is not None:
                 await clock.sleep_until(schedule.intended_us(session.disconnect_us))
         finally:

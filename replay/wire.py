@@ -24,6 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from replay.simple_query import SimpleQueryChannel
+
 TypeEntry = tuple[int, str, str]
 """(oid, name, schema) of a server data type."""
 
@@ -114,12 +116,18 @@ class ReplayConnection:
     unnamed_cache_size: int = 64
     query: Any = None
     """The protocol's simple-query coroutine function: ``await query(sql, None)``."""
+    channel: SimpleQueryChannel | None = None
+    """Sends simple-protocol statements without asyncpg (None: asyncpg sends them)."""
 
     def __post_init__(self) -> None:
         self.query = self.conn._protocol.query
 
     @classmethod
-    async def open(cls, spec: ConnectSpec, types: Sequence[TypeEntry]) -> ReplayConnection:
+    async def open(
+        cls, spec: ConnectSpec, types: Sequence[TypeEntry], *, direct_simple: bool = True
+    ) -> ReplayConnection:
+        """Connect; ``direct_simple``: send simple-protocol statements through a
+        :class:`SimpleQueryChannel` (else through asyncpg's query path)."""
         settings = {"application_name": spec.application} if spec.application else {}
         conn = await asyncpg.connect(
             spec.dsn,
@@ -134,18 +142,31 @@ class ReplayConnection:
         except BaseException:
             conn.terminate()
             raise
-        return cls(conn=conn, text_oids=oids)
+        return cls(
+            conn=conn,
+            text_oids=oids,
+            channel=SimpleQueryChannel.for_connection(conn) if direct_simple else None,
+        )
 
     def is_closed(self) -> bool:
-        return bool(self.conn.is_closed())
+        channel = self.channel
+        return bool(self.conn.is_closed()) or (channel is not None and channel.lost)
 
     async def simple(self, sql: str) -> int:
         """Send ``sql`` as one simple-protocol Query; rows of its last command."""
+        self._to_asyncpg()
         status = await self.conn._protocol.query(sql, None)
         return rows_from_status(status)
 
+    def _to_asyncpg(self) -> None:
+        """Before asyncpg sends anything: the transport is its own again."""
+        channel = self.channel
+        if channel is not None and channel.installed:
+            channel.release()
+
     async def execute(self, sql: str, params: Sequence[str | None], name: str | None) -> int:
         """Parse (if needed), bind text parameters, execute; rows from the command tag."""
+        self._to_asyncpg()
         if name:
             entry = self.named.get(name)
             if entry is None or entry[0] != sql:
@@ -195,7 +216,12 @@ class ReplayConnection:
         self.text_oids |= install_text_codecs(self.conn, new)
 
     async def close(self, timeout_s: float = 5.0) -> None:
+        channel = self.channel
+        if channel is not None and (channel.busy or channel.lost):
+            self.conn.terminate()  # a statement in flight (cancelled replay) or gone
+            return
         try:
+            self._to_asyncpg()
             await self.conn.close(timeout=timeout_s)
         except Exception:
             self.conn.terminate()

@@ -156,6 +156,14 @@ def replay_command(
     loop: Annotated[
         str, typer.Option(help="Event loop: auto (uvloop when installed), uvloop or asyncio.")
     ] = "auto",
+    simple_via_asyncpg: Annotated[
+        bool,
+        typer.Option(
+            "--simple-via-asyncpg",
+            help="Send simple-protocol statements through asyncpg's query path instead of "
+            "pgtraffic's leaner direct path (slower; for comparison or as a fallback).",
+        ),
+    ] = False,
 ) -> None:
     """Replay a workload onto a PostgreSQL server with the original timing and concurrency."""
     out = Console()
@@ -180,6 +188,7 @@ def replay_command(
         workers=workers,
         reconnect_interval_s=reconnect_interval,
         event_loop=loop,
+        direct_simple=not simple_via_asyncpg,
     )
     plan = plan_replay(scan, schedule, wl, base)
     if dry_run:

@@ -1,0 +1,234 @@
+"""Simple-protocol statements sent straight on the wire, run back to back.
+
+asyncpg opens each replay connection (authentication, TLS, start-up) and sends
+the extended-protocol statements. For simple-protocol statements, by far the
+most common kind in a captured log, its query path costs more client CPU than
+the statement needs: a future, a task wake-up and a Python frame per result.
+:class:`SimpleQueryChannel` takes the connection's transport over while such
+statements run (``transport.set_protocol``) and speaks the simple-query
+protocol itself: one ``Query`` message out, and from the replies it keeps only
+the command tag and the SQLSTATE; result rows are dropped as they arrive, never
+held. When a statement completes (``ReadyForQuery``), the caller's *step*
+callback records it and hands over the next one at once, so a run of
+statements costs no coroutine switch at all.
+
+The transport goes back to asyncpg (:meth:`SimpleQueryChannel.release`) before
+asyncpg sends anything, and only between statements. The server's
+``ParameterStatus`` messages are passed on to asyncpg, so it keeps track of
+settings such as ``client_encoding``; a lost connection is reported to asyncpg
+too, so ``Connection.is_closed()`` stays right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from struct import Struct
+from typing import Any
+
+Step = Callable[[bytes | None, str | None], str | None]
+"""Called when a statement completes, with its command tag (None when it has none
+or failed) and SQLSTATE (None on success); returns the next SQL to send, or None
+to end the run."""
+
+_LENGTH = Struct("!I")
+_unpack_length = _LENGTH.unpack_from
+
+_COMMAND_COMPLETE = ord("C")
+_READY = ord("Z")
+_ERROR = ord("E")
+_DATA_ROW = ord("D")
+_PARAMETER_STATUS = ord("S")
+_COPY_IN = ord("G")
+_COPY_BOTH = ord("W")
+_COPY_DATA = ord("d")
+_SQLSTATE_FIELD = ord("C")
+
+_NOT_REPLAYABLE = b"COPY FROM STDIN data is not in the log\0"
+_COPY_FAIL = b"f" + _LENGTH.pack(4 + len(_NOT_REPLAYABLE)) + _NOT_REPLAYABLE
+
+CONNECTION_LOST = "08006"
+
+
+class ChannelLost(ConnectionError):
+    """The connection ended; ``sqlstate`` is what the server said last, if anything."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"connection lost ({sqlstate})")
+        self.sqlstate = sqlstate
+
+
+def query_message(sql: str) -> bytes:
+    """A simple-protocol ``Query`` message (the connection's encoding is UTF-8)."""
+    body = sql.encode("utf-8", "surrogateescape")
+    return b"Q" + _LENGTH.pack(len(body) + 5) + body + b"\0"
+
+
+def error_sqlstate(body: bytes) -> str:
+    """The SQLSTATE field of an ErrorResponse body."""
+    pos, size = 0, len(body)
+    while pos < size and body[pos]:
+        end = body.find(b"\0", pos + 1)
+        if end < 0:
+            break
+        if body[pos] == _SQLSTATE_FIELD:
+            return body[pos + 1 : end].decode("ascii", "replace")
+        pos = end + 1
+    return "XX000"
+
+
+class SimpleQueryChannel(asyncio.Protocol):
+    """The simple-query protocol over the transport of an open asyncpg connection."""
+
+    def __init__(self, transport: Any, owner: Any) -> None:
+        self._transport = transport
+        self._owner = owner
+        """asyncpg's protocol for this connection: it gets the transport back."""
+        self._loop = asyncio.get_running_loop()
+        self._pending = bytearray()
+        """The start of a message whose end has not arrived yet."""
+        self._wanted = 0
+        """Bytes ``_pending`` must hold before it is worth parsing again."""
+        self._skip = 0
+        """Bytes still to drop of a result row (rows are never held)."""
+        self._tag: bytes | None = None
+        self._error: str | None = None
+        self._step: Step | None = None
+        self._done: asyncio.Future[None] | None = None
+        self.installed = False
+        self.lost = False
+        self.lost_sqlstate = CONNECTION_LOST
+
+    @classmethod
+    def for_connection(cls, conn: Any) -> SimpleQueryChannel | None:
+        """A channel for an asyncpg connection, or None if its transport cannot be
+        handed over (then asyncpg sends everything)."""
+        transport = getattr(conn, "_transport", None)
+        owner = getattr(conn, "_protocol", None)
+        if (
+            transport is None
+            or owner is None
+            or not hasattr(transport, "set_protocol")
+            or transport.get_protocol() is not owner
+        ):
+            return None
+        return cls(transport, owner)
+
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight."""
+        return self._done is not None
+
+    def run(self, sql: str, step: Step) -> asyncio.Future[None]:
+        """Send ``sql``; at each completion call ``step`` and send what it returns.
+
+        The future is done when ``step`` returns None; it fails with
+        :class:`ChannelLost` if the connection ends first (the statement then in
+        flight is the caller's to record).
+        """
+        if self.lost:
+            raise ChannelLost(self.lost_sqlstate)
+        if self._done is not None:
+            raise RuntimeError("a statement is already in flight on this connection")
+        if not self.installed:
+            self._transport.set_protocol(self)
+            self.installed = True
+        done = self._done = self._loop.create_future()
+        self._step = step
+        self._transport.write(query_message(sql))
+        return done
+
+    def release(self) -> None:
+        """Give the transport back to asyncpg (between statements only)."""
+        if not self.installed:
+            return
+        if self._done is not None or self._pending or self._skip:
+            raise RuntimeError("cannot give the connection back in the middle of a statement")
+        self.installed = False
+        if not self.lost:
+            self._transport.set_protocol(self._owner)
+
+    def abandon(self) -> None:
+        """Stop after the statement in flight (the caller was cancelled): send nothing
+        more; the connection should be terminated, not closed politely."""
+        self._step = None
+        done, self._done = self._done, None
+        if done is not None and not done.done():
+            done.cancel()
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.lost_sqlstate = self._error or CONNECTION_LOST
+        self._step = None
+        done, self._done = self._done, None
+        if done is not None and not done.done():
+            done.set_exception(ChannelLost(self.lost_sqlstate))
+        self._owner.connection_lost(exc)
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close: connection_lost follows
+
+    def data_received(self, data: bytes) -> None:
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return
+            data = data[skip:]
+            self._skip = 0
+        if self._pending:
+            self._pending += data
+            if len(self._pending) < self._wanted:
+                return
+            data = bytes(self._pending)
+            self._pending.clear()
+        size = len(data)
+        pos = 0
+        while size - pos >= 5:
+            kind = data[pos]
+            end = pos + 1 + _unpack_length(data, pos + 1)[0]
+            if end > size:
+                if kind in (_DATA_ROW, _COPY_DATA):
+                    self._skip = end - size  # drop the rest of the row as it comes
+                    pos = size
+                break
+            if kind == _READY:
+                self._ready()
+            elif kind == _COMMAND_COMPLETE:
+                self._tag = data[pos + 5 : end - 1]
+            elif kind == _ERROR:
+                self._error = error_sqlstate(data[pos + 5 : end])
+            elif kind == _PARAMETER_STATUS:
+                self._owner.data_received(data[pos:end])  # asyncpg tracks settings
+            elif kind in (_COPY_IN, _COPY_BOTH):
+                self._transport.write(_COPY_FAIL)  # the server answers with an error
+            # rows, row descriptions, notices, notifications, copy-out: dropped
+            pos = end
+        if pos < size:
+            rest = data[pos:]
+            self._pending += rest
+            self._wanted = 1 + _unpack_length(rest, 1)[0] if len(rest) >= 5 else 5
+
+    def _ready(self) -> None:
+        tag, error = self._tag, self._error
+        self._tag = self._error = None
+        step = self._step
+        if step is None:
+            return  # abandoned, or nothing was asked (a stray ReadyForQuery)
+        try:
+            sql = step(None if error is not None else tag, error)
+        except BaseException as exc:  # the caller's bug: fail its future, not the loop
+            self._step = None
+            done, self._done = self._done, None
+            if done is not None and not done.done():
+                done.set_exception(exc)
+            return
+        if sql is not None:
+            self._transport.write(query_message(sql))
+            return
+        self._step = None
+        done, self._done = self._done, None
+        if done is not None and not done.done():
+            done.set_result(None)
