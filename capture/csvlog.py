@@ -86,12 +86,18 @@ def parse_chunk(
     ``check_encoding``: the chunk was decoded with ``surrogateescape`` because it
     is not valid UTF-8; records holding such bytes are reported and skipped.
     """
-    reader = csv.reader(io.StringIO(text))
-    before = 0
     ends_without_newline = not text.endswith("\n")
+    if not (truncated_tail or ends_without_newline or check_encoding):
+        rows = _one_line_rows(text)
+        if rows is not None:
+            check = _RowCheck(decoder, source, -1, truncated_tail=False, check_encoding=False)
+            decoder.add_csv_rows(source, first_line, rows, check)
+            decoder.result.lines += len(rows)
+            return
+    reader = csv.reader(io.StringIO(text))
     total = _line_count(text) if (truncated_tail or ends_without_newline) else -1
-    add = decoder.add_csv_row
-    checked = ""  # the last YYYY-MM-DD HH:MM:SS prefix seen to match _LOOKS_LIKE_TIME
+    check = _RowCheck(decoder, source, total, truncated_tail, check_encoding)
+    before = 0
     while True:
         try:
             row = next(reader)
@@ -103,19 +109,62 @@ def parse_chunk(
             continue
         line = first_line + before
         before = reader.line_num
+        check(line, row, before)
+    decoder.result.lines += before
+
+
+def _one_line_rows(text: str) -> list[list[str]] | None:
+    """Every row of ``text`` when it is valid csv and each record is one line, else None.
+
+    The usual chunk: then the whole chunk is split by the csv module at once, and
+    a record's line number is its index.
+    """
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error:
+        return None
+    return rows if reader.line_num == len(rows) else None
+
+
+class _RowCheck:
+    """Checks one row of a chunk and hands it to the decoder, or reports a problem."""
+
+    __slots__ = ("check_encoding", "checked", "decoder", "source", "total", "truncated_tail")
+
+    def __init__(
+        self,
+        decoder: RecordDecoder,
+        source: str,
+        total: int,
+        truncated_tail: bool,
+        check_encoding: bool,
+    ) -> None:
+        self.decoder = decoder
+        self.source = source
+        self.total = total
+        """Lines in the chunk, or -1 when it ends with a complete record."""
+        self.truncated_tail = truncated_tail
+        self.check_encoding = check_encoding
+        self.checked = ""
+        """The last YYYY-MM-DD HH:MM:SS prefix seen to match _LOOKS_LIKE_TIME."""
+
+    def __call__(self, line: int, row: list[str], before: int = -1) -> None:
+        """``before``: lines of the chunk up to the end of this row (-1: not needed)."""
+        decoder, source, total = self.decoder, self.source, self.total
         ncols = len(row)
         good = False
         if ncols in COLUMNS:
             # log times repeat for many records: match the pattern once per second
             head = row[0][:19]
-            if head == checked or _LOOKS_LIKE_TIME.match(head) is not None:
-                checked = head
+            if head == self.checked or _LOOKS_LIKE_TIME.match(head) is not None:
+                self.checked = head
                 good = True
         if not good:
             if total >= 0 and before >= total:
                 decoder.problem(source, line, "truncated record at end of file")
             elif ncols <= 1 and not "".join(row).strip():
-                continue
+                pass
             else:
                 decoder.problem(
                     source,
@@ -123,15 +172,12 @@ def parse_chunk(
                     "not a csvlog record",
                     f"{ncols} fields; csvlog has 23, 24 or 26: {','.join(row)[:80]!r}",
                 )
-            continue
-        if truncated_tail and before >= total:
+        elif self.truncated_tail and before >= total:
             decoder.problem(source, line, "truncated record at end of file")
-            continue
-        if check_encoding and not _is_clean(row):
+        elif self.check_encoding and not _is_clean(row):
             decoder.problem(source, line, "not UTF-8", "the record holds bytes that are not UTF-8")
-            continue
-        add(source, line, row, ncols)
-    decoder.result.lines += before
+        else:
+            decoder.add_csv_row(source, line, row, ncols)
 
 
 def _line_count(text: str) -> int:

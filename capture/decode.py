@@ -8,7 +8,9 @@ problems into a :class:`ChunkResult`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
+from sys import intern
 
 from capture.events import ChunkResult, EventKind, Problem, SessionInfo
 from capture.messages import (
@@ -22,6 +24,9 @@ from capture.normalize import Fingerprinter
 from capture.timestamps import TimestampError, TimestampParser
 
 CLIENT_BACKEND = "client backend"
+_CLIENT_TYPES = frozenset({"", CLIENT_BACKEND})
+_COLUMNS = frozenset({23, 24, 26})
+"""csvlog field counts (PostgreSQL 12 or older, 13, 14 or newer)."""
 _WITH_SQL = frozenset(
     {
         EventKind.STATEMENT,
@@ -46,87 +51,113 @@ class RecordDecoder:
         self._times: dict[str, int] = {}
         """Log time text to microseconds: a log time repeats across records."""
 
-    def add_csv_row(self, source: str, line: int, row: list[str], ncols: int) -> None:
-        """Decode one csvlog row (23, 24 or 26 fields), as :meth:`add` would.
+    def add_csv_rows(
+        self,
+        source: str,
+        first_line: int,
+        rows: Iterable[list[str]],
+        other: Callable[[int, list[str]], None],
+    ) -> None:
+        """Decode csvlog rows of one line each, the first on line ``first_line``.
 
-        The fast path covers the overwhelmingly common record, a client backend's
-        ``statement: SQL``; everything else (and anything odd) goes to :meth:`add`.
+        The overwhelmingly common record, a client backend's ``statement: SQL`` at
+        a log time already seen (so already checked), is decoded here in one loop;
+        ``other(line, row)`` gets every other row, in order.
         """
-        message = row[13]
-        session = row[5]
-        backend_type = row[23] if ncols > 23 else ""
-        if (
-            row[11] == "LOG"
-            and message.startswith("statement: ")
-            and session
-            and (not backend_type or backend_type == CLIENT_BACKEND)
-        ):
-            log_time = row[0]
-            times = self._times
-            ts_us = times.get(log_time)
+        result = self.result
+        times = self._times
+        sessions = result.sessions
+        append = result.events.append
+        fingerprinter = self.fingerprinter
+        records = 0
+        line = first_line - 1
+        for row in rows:
+            line += 1
+            ncols = len(row)
+            if not (
+                ncols in _COLUMNS
+                and row[11] == "LOG"
+                and row[13].startswith("statement: ")
+                and row[5]
+                and (ncols == 23 or row[23] in _CLIENT_TYPES)
+            ):
+                other(line, row)
+                continue
+            ts_us = times.get(row[0])
             if ts_us is None:
-                try:
-                    ts_us = self.parse_time(log_time)
-                except TimestampError:
-                    ts_us = None
-                if ts_us is not None:
-                    if len(times) >= 100_000:
-                        times.clear()
-                    times[log_time] = ts_us
-            if ts_us is not None:
-                result = self.result
-                result.records += 1
-                if result.first_ts_us is None:
-                    result.first_ts_us = ts_us
-                result.last_ts_us = ts_us
-                application = row[22]
-                sessions = result.sessions
-                known = sessions.get(session)
-                if known is None or (not known.application and application):
-                    sessions[session] = SessionInfo(
-                        row[1] or None,
-                        row[2] or None,
-                        application or None,
-                        row[4] or None,
-                        backend_type,
-                    )
-                sql = message[11:]
-                fingerprinter = self.fingerprinter
-                fp, parsed = (None, True) if fingerprinter is None else fingerprinter(sql)
-                result.events.append(
-                    (
-                        _STATEMENT,
-                        session,
-                        ts_us,
-                        line,
-                        sql,
-                        None,
-                        None,
-                        False,
-                        None,
-                        None,
-                        fp,
-                        parsed,
-                        encode_basestring(sql),
-                        None,
-                    )
+                other(line, row)
+                continue
+            records += 1
+            if result.first_ts_us is None:
+                result.first_ts_us = ts_us
+            result.last_ts_us = ts_us
+            # marshal writes a repeated object once: one session id object per session
+            session = intern(row[5])
+            application = row[22]
+            known = sessions.get(session)
+            if known is None or (not known.application and application):
+                sessions[session] = SessionInfo(
+                    row[1] or None,
+                    row[2] or None,
+                    application or None,
+                    row[4] or None,
+                    row[23] if ncols > 23 else "",
                 )
-                return
+            sql = row[13][11:]
+            fp, parsed = (None, True) if fingerprinter is None else fingerprinter(sql)
+            append(
+                (
+                    _STATEMENT,
+                    session,
+                    ts_us,
+                    line,
+                    sql,
+                    None,
+                    None,
+                    False,
+                    None,
+                    None,
+                    fp,
+                    parsed,
+                    encode_basestring(sql),
+                    None,
+                )
+            )
+        result.records += records
+
+    def add_csv_row(self, source: str, line: int, row: list[str], ncols: int) -> None:
+        """Decode one csvlog row (23, 24 or 26 fields), as :meth:`add` would."""
+        log_time = row[0]
+        times = self._times
+        if log_time not in times:
+            try:
+                ts_us = self.parse_time(log_time)
+            except TimestampError:
+                pass  # add() reports it
+            else:
+                if len(times) >= 100_000:
+                    times.clear()
+                times[log_time] = ts_us
+        self.add_csv_rows(
+            source, line, (row,), lambda n, fields: self._add_fields(source, n, fields)
+        )
+
+    def _add_fields(self, source: str, line: int, row: list[str]) -> None:
         self.add(
             source,
             line,
             row[0],
-            session,
+            row[5],
             row[11],
             row[12],
-            message,
+            row[13],
             row[14],
             row[19],
             row[1],
             row[2],
             row[22],
             row[4],
-            backend_type,
+            row[23] if len(row) > 23 else "",
         )
 
     def take(self) -> ChunkResult:
@@ -175,6 +206,7 @@ class RecordDecoder:
             return
         if not session:
             return
+        session = intern(session)
         try:
             ts_us = self.parse_time(log_time)
         except TimestampError as exc:

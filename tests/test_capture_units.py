@@ -229,3 +229,46 @@ def test_csv_chunker_resynchronizes_after_a_stray_quote() -> None:
     assert [e[4] for e in result.events] == [f"SELECT {i}" for i in range(3000)]
     garbage_line = data[: data.index(b"garbage")].count(b"\n") + 1
     assert [(p.line, p.reason) for p in result.problems] == [(garbage_line, "not a csvlog record")]
+
+
+def test_bulk_and_per_row_csv_decoding_agree() -> None:
+    """A chunk of one-line records (decoded in one loop) gives the same events,
+    sessions, problems and counts as the record-by-record path."""
+    rows = [_csv_record(i, f"statement: SELECT {i % 7}", "") for i in range(200)]
+    rows[3][23] = "autovacuum worker"  # not a client backend
+    rows[5][11] = "ERROR"
+    rows[5][19] = "SELECT 5"
+    rows[8][5] = ""  # no session id
+    rows[9][0] = "2024-05-06 09:00:09.000 Mars/Olympus"  # unreadable log time
+    rows[10][13] = "duration: 1.5 ms"
+    rows[11][13] = "connection authorized: user=u database=d application_name=x"
+    rows[12][22] = ""  # an application name filled in later
+    rows[13][5] = "s.2"
+    rows[14] = rows[14][:23]  # PostgreSQL 12: no backend_type
+    rows[15] = rows[15][:25]  # not a csvlog record
+    rows[16][0] = "garbage"
+    rows[17][13] = "statement: SELECT \"x\", 'é\\'"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerows(rows[:100])
+    out.write("\n")  # a blank line
+    writer.writerows(rows[100:])
+    text = out.getvalue()
+    results = []
+    for per_row in (False, True):
+        decoder = RecordDecoder()
+        # check_encoding makes parse_chunk take the record-by-record path
+        parse_csv(decoder, text, source="t.csv", first_line=7, check_encoding=per_row)
+        results.append(decoder.take())
+    bulk, single = results
+    assert bulk.events == single.events
+    assert len(bulk.events) == 200 - 5
+    assert bulk.sessions == single.sessions
+    assert bulk.problems == single.problems
+    assert [p.line for p in bulk.problems] == [16, 22, 23]
+    assert (bulk.records, bulk.lines, bulk.first_ts_us, bulk.last_ts_us) == (
+        single.records,
+        single.lines,
+        single.first_ts_us,
+        single.last_ts_us,
+    )
