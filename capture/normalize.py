@@ -74,7 +74,7 @@ class Fingerprinter:
     disagrees is never trusted again.
     """
 
-    __slots__ = ("_exact", "_keys", "_limit", "_shapes", "calls", "unparsed")
+    __slots__ = ("_exact", "_keys", "_limit", "_shapes", "_trusted", "calls", "unparsed")
 
     def __init__(self, limit: int = 50_000) -> None:
         self._exact: dict[str, tuple[str, bool]] = {}
@@ -87,6 +87,9 @@ class Fingerprinter:
         spans in both; when no digit is left outside those spans the keys are
         equal. Far cheaper than the regex for the usual numeric-literal DML.
         """
+        self._trusted: dict[bytes, tuple[str, bool]] = {}
+        """A shape in ``_shapes`` whose key is trusted, to the key's result: the
+        usual statement in one lookup. Cleared with any other cache."""
         self._limit = limit
         self.calls = 0
         self.unparsed = 0
@@ -96,11 +99,16 @@ class Fingerprinter:
         if hit is not None:
             return hit
         shape = sql.encode("utf-8", "surrogatepass").translate(_SHAPE)
+        hit = self._trusted.get(shape)
+        if hit is not None:
+            return hit
         key = self._shapes.get(shape)
+        shaped = key is not None
         if key is None:
             key = literal_key(sql)
             if key is not None and _ASCII_DIGIT.search(key) is None:
                 self._remember(self._shapes, shape, key)
+                shaped = True
         if key is None:
             result = self._full(sql)
             self._remember(self._exact, sql, result)
@@ -111,7 +119,10 @@ class Fingerprinter:
         if entry:
             assert isinstance(entry, list)
             if int(entry[2]) >= VERIFY:  # type: ignore[call-overload]
-                return str(entry[0]), bool(entry[1])
+                hit = str(entry[0]), bool(entry[1])
+                if shaped:
+                    self._remember(self._trusted, shape, hit)
+                return hit
             result = self._full(sql)
             if (result[0], result[1]) != (entry[0], entry[1]):
                 self._keys[key] = None
@@ -132,4 +143,5 @@ class Fingerprinter:
     def _remember(self, cache: dict[Any, Any], key: object, value: object) -> None:
         if len(cache) >= self._limit:
             cache.clear()
+            self._trusted.clear()
         cache[key] = value

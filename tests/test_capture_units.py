@@ -15,7 +15,7 @@ from capture.decode import RecordDecoder
 from capture.events import EventKind, LogEvent
 from capture.inspect import peak_concurrency, rate_buckets
 from capture.messages import classify, parse_parameters, placeholder_count
-from capture.normalize import fingerprint
+from capture.normalize import Fingerprinter, fingerprint
 from capture.records import Statement, StatementKind
 from capture.sessions import OpenStatement
 from capture.timestamps import TimestampParser
@@ -272,3 +272,19 @@ def test_bulk_and_per_row_csv_decoding_agree() -> None:
         single.first_ts_us,
         single.last_ts_us,
     )
+
+
+def test_fingerprinter_caches_agree_with_pglast() -> None:
+    """Repeated shapes (served from the trusted-shape cache), digits in names (never
+    keyed by shape) and cache clears all give pglast's own fingerprint."""
+    fingerprinter = Fingerprinter(limit=7)
+    sqls = []
+    for i in range(60):
+        sqls += [
+            f"UPDATE accounts SET balance = balance + {i * 37 - 500} WHERE aid = {i};",
+            f"SELECT a FROM t{i % 3} WHERE a = {i % 10}",
+            f"SELECT * FROM accounts WHERE aid = '{i}' AND x = {i}.5",
+            "BEGIN;",
+        ]
+    for sql in sqls:
+        assert fingerprinter(sql) == fingerprint(sql), sql
