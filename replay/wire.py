@@ -154,19 +154,21 @@ class ReplayConnection:
 
     async def simple(self, sql: str) -> int:
         """Send ``sql`` as one simple-protocol Query; rows of its last command."""
-        self._to_asyncpg()
+        self.use_asyncpg()
         status = await self.conn._protocol.query(sql, None)
         return rows_from_status(status)
 
-    def _to_asyncpg(self) -> None:
-        """Before asyncpg sends anything: the transport is its own again."""
+    def use_asyncpg(self) -> asyncpg.Connection:
+        """The asyncpg connection, ready for asyncpg to send on: call this before
+        any direct use of ``conn`` (the channel may hold its transport)."""
         channel = self.channel
         if channel is not None and channel.installed:
             channel.release()
+        return self.conn
 
     async def execute(self, sql: str, params: Sequence[str | None], name: str | None) -> int:
         """Parse (if needed), bind text parameters, execute; rows from the command tag."""
-        self._to_asyncpg()
+        self.use_asyncpg()
         if name:
             entry = self.named.get(name)
             if entry is None or entry[0] != sql:
@@ -221,7 +223,7 @@ class ReplayConnection:
             self.conn.terminate()  # a statement in flight (cancelled replay) or gone
             return
         try:
-            self._to_asyncpg()
+            self.use_asyncpg()
             await self.conn.close(timeout=timeout_s)
         except Exception:
             self.conn.terminate()
