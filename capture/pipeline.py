@@ -16,6 +16,7 @@ import datetime as dt
 import gc
 import marshal
 import multiprocessing
+import operator
 import os
 import pickle
 import signal
@@ -489,6 +490,9 @@ class _Classes:
         return out
 
 
+_KIND_OF = operator.attrgetter("kind")
+
+
 def _strict_error(problem: Problem) -> LogParseError:
     hint = HINTS.get(problem.reason, "")
     if problem.detail:
@@ -552,7 +556,8 @@ def _capture(
     chunk_count = 0
     batch_offsets: list[int] = []
     batch_lines: list[str] = []
-    kind_counts: dict[StatementKind, int] = {}
+    kind_counts: collections.Counter[StatementKind] = collections.Counter()
+    count_kinds = kind_counts.update
 
     def write(stmts: list[OpenStatement]) -> None:
         nonlocal start_us, last_offset, reordered, failed, unparsed, truncated
@@ -563,7 +568,7 @@ def _capture(
             start_us = min(first, first_ts if first_ts is not None else first)
         origin, last = start_us, last_offset
         add_offset, add_line = batch_offsets.append, batch_lines.append
-        kinds = kind_counts
+        count_kinds(map(_KIND_OF, stmts))  # counted in C, in the order written
         class_data = classes.data
         find_class = class_data.get
         for stmt in stmts:
@@ -574,8 +579,6 @@ def _capture(
             last = offset
             add_offset(offset)
             add_line(stmt.encode(offset))
-            kind = stmt.kind
-            kinds[kind] = kinds.get(kind, 0) + 1
             # _Classes.add, inlined
             duration = stmt.duration_us
             entry = find_class(stmt.fingerprint)

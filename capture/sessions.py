@@ -238,14 +238,14 @@ class StatementTracker:
         order = self._order
         count = 0
         for event in events:
-            if event[0] != _STATEMENT or event[10] is None:
+            kind, session, ts_us, _, raw_sql, _, _, _, _, _, fp, parsed, sql_json, _ = event
+            if kind != _STATEMENT or fp is None:
                 self.log_now, self._order = log_now, order
                 self.statements += count
                 count = 0
                 feed(event)
                 log_now, order = self.log_now, self._order
                 continue
-            session = event[1]
             state = sessions(session)
             if state is None or not state.kept:
                 self.log_now, self._order = log_now, order
@@ -254,10 +254,9 @@ class StatementTracker:
                 feed(event)
                 log_now, order = self.log_now, self._order
                 continue
-            ts_us = event[2]
             if ts_us > log_now:
                 log_now = ts_us
-            sql = event[4] or ""
+            sql = raw_sql or ""
             start_us = ts_us
             prev = state.last
             if prev is not None:
@@ -274,11 +273,11 @@ class StatementTracker:
                 if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
                 else SIMPLE,
                 sql,
-                event[10],
-                event[11],
+                fp,
+                parsed,
             )
-            if event[4] is not None:
-                stmt.sql_json = event[12]
+            if raw_sql is not None:
+                stmt.sql_json = sql_json
             state.statements += 1
             state.last = stmt
             count += 1
