@@ -248,9 +248,12 @@ def test_bulk_and_per_row_csv_decoding_agree() -> None:
     rows[15] = rows[15][:25]  # not a csvlog record
     rows[16][0] = "garbage"
     rows[17][13] = "statement: SELECT \"x\", 'é\\'"
+    rows[18][13] = "statement: SELECT 'a\rb'"  # quoted, one line
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerows(rows[:100])
+    writer.writerows(rows[:18])
+    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(rows[18])
+    writer.writerows(rows[19:100])
     out.write("\n")  # a blank line
     writer.writerows(rows[100:])
     text = out.getvalue()
@@ -261,6 +264,7 @@ def test_bulk_and_per_row_csv_decoding_agree() -> None:
         parse_csv(decoder, text, source="t.csv", first_line=7, check_encoding=per_row)
         results.append(decoder.take())
     bulk, single = results
+    assert "\r" in text and text.count("\n") == 201
     assert bulk.events == single.events
     assert len(bulk.events) == 200 - 5
     assert bulk.sessions == single.sessions
