@@ -107,6 +107,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="tps of the --speed 1 capture")
     parser.add_argument("--major", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-replay-bench"))
+    parser.add_argument(
+        "--skip-asyncpg-path",
+        action="store_true",
+        help="do not also time --max-speed with --simple-via-asyncpg",
+    )
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -203,6 +208,32 @@ def main() -> None:
             f"pgtraffic replay simple-update.pgtw --target DSN -o max.pgtr --max-speed "
             f"--workers {args.workers}"
         )
+
+        # 2b. the same through asyncpg's query path (the replayer before the direct path)
+        if not args.skip_asyncpg_path:
+            pgbench_init(tgt, args.scale)
+            res_a = work / "max-asyncpg.pgtr"
+            run(
+                pgtraffic(
+                    "replay",
+                    str(workload_path),
+                    "--target",
+                    tgt.socket_dsn(),
+                    "-o",
+                    str(res_a),
+                    "--max-speed",
+                    "--json",
+                    "--no-progress",
+                    "--workers",
+                    str(args.workers),
+                    "--simple-via-asyncpg",
+                )
+            )
+            figures["pgtraffic_asyncpg_path_statements_per_s"] = round(window_rate(res_a))
+            figures["pgtraffic_asyncpg_path_client_cpu_us_per_statement"] = round(
+                LAST_CPU_S[0] * 1e6 / statements, 1
+            )
+            commands.append("the same with --simple-via-asyncpg (asyncpg's query path)")
 
         # 3. pgreplay -r -s 100
         pgbench_init(tgt, args.scale)
