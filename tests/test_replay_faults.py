@@ -66,12 +66,14 @@ def test_jump_idle_skips_the_quiet_stretch(pg16: Cluster, tmp_path: Path) -> Non
 @pytest.mark.parametrize("how", ["restart", "kill-9"])
 def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path, how: str) -> None:
     cluster: Cluster = make_cluster(16, Profile.TARGET)
-    stmts = _ticks(3, 50_000, 3_000_000)
+    # 6 s of ticks: a restart after kill -9 (crash recovery) takes seconds on a
+    # loaded machine, and the last statements must come after it
+    stmts = _ticks(3, 50_000, 6_000_000)
     workload = write_workload(
         tmp_path / "w.pgtw",
         stmts,
         connect={f"s{i}": 0 for i in range(3)},
-        disconnect={f"s{i}": 3_050_000 for i in range(3)},
+        disconnect={f"s{i}": 6_050_000 for i in range(3)},
     )
     box: dict[str, Any] = {}
 
