@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,18 @@ def test_protocol_reaches_server_as_original(make_cluster: Any, tmp_path: Path) 
     results = replay(workload, cluster, tmp_path / "r.pgtr", max_speed=True)
     assert len(results) == 7
     assert list(results.records["rows"][1:]) == [1] * 6
-    log = "\n".join(p.read_text() for p in cluster.log_files("*.log"))
+
+    def read_log() -> str:
+        return "\n".join(p.read_text() for p in cluster.log_files("*.log"))
+
+    # the logging collector writes asynchronously: wait for the last statements
+    deadline = time.monotonic() + 10
+    log = read_log()
+    while time.monotonic() < deadline and (
+        "simple-marker" not in log or len(re.findall(r"execute <unnamed>", log)) < 3
+    ):
+        time.sleep(0.1)
+        log = read_log()
 
     def count(pattern: str) -> int:
         return len(re.findall(pattern, log))
