@@ -98,6 +98,8 @@ class SimpleQueryChannel(asyncio.Protocol):
         self.installed = False
         self.lost = False
         self.lost_sqlstate = CONNECTION_LOST
+        self.abandoned = False
+        """A statement may still be running: the connection can only be terminated."""
 
     @classmethod
     def for_connection(cls, conn: Any) -> SimpleQueryChannel | None:
@@ -126,8 +128,12 @@ class SimpleQueryChannel(asyncio.Protocol):
         :class:`ChannelLost` if the connection ends first (the statement then in
         flight is the caller's to record).
         """
-        if self.lost:
+        if self.lost or self._transport.is_closing():
+            # lost while installed, or while asyncpg had the transport
+            self.lost = True
             raise ChannelLost(self.lost_sqlstate)
+        if self.abandoned:
+            raise RuntimeError("this channel was abandoned; terminate the connection")
         if self._done is not None:
             raise RuntimeError("a statement is already in flight on this connection")
         if not self.installed:
@@ -142,7 +148,7 @@ class SimpleQueryChannel(asyncio.Protocol):
         """Give the transport back to asyncpg (between statements only)."""
         if not self.installed:
             return
-        if self._done is not None or self._pending or self._skip:
+        if self._done is not None or self._pending or self._skip or self.abandoned:
             raise RuntimeError("cannot give the connection back in the middle of a statement")
         self.installed = False
         if not self.lost:
@@ -152,6 +158,7 @@ class SimpleQueryChannel(asyncio.Protocol):
         """Stop after the statement in flight (the caller was cancelled): send nothing
         more; the connection should be terminated, not closed politely."""
         self._step = None
+        self.abandoned = True
         done, self._done = self._done, None
         if done is not None and not done.done():
             done.cancel()

@@ -219,7 +219,7 @@ class ReplayConnection:
 
     async def close(self, timeout_s: float = 5.0) -> None:
         channel = self.channel
-        if channel is not None and (channel.busy or channel.lost):
+        if channel is not None and (channel.busy or channel.lost or channel.abandoned):
             self.conn.terminate()  # a statement in flight (cancelled replay) or gone
             return
         try:

@@ -93,7 +93,7 @@ def test_statements_errors_copy_and_big_rows(server: Cluster) -> None:
 
 
 def test_switching_to_asyncpg_and_back_keeps_session_state(server: Cluster) -> None:
-    async def main() -> tuple[list[Any], int, int, str, int]:
+    async def main() -> tuple[list[Any], int, str, str, int]:
         conn = await _open(server)
         try:
             first = await _run(
@@ -175,6 +175,32 @@ def test_connection_terminated_mid_statement_and_while_idle(server: Cluster) -> 
     assert closed_idle
 
 
+def test_connection_lost_while_asyncpg_had_it(server: Cluster) -> None:
+    """Lost during an extended-protocol statement's turn: the next simple one fails
+    at once with ChannelLost, it does not wait for a reply that cannot come."""
+
+    async def main() -> str:
+        conn = await _open(server)
+        await _run(conn, ["SELECT 1"])
+        pid = int(await conn.use_asyncpg().fetchval("SELECT pg_backend_pid()"))
+        await _terminate_later(server, pid, 0)
+        for _ in range(100):
+            if conn.conn.is_closed():
+                break
+            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(_run(conn, ["SELECT 1"]), 5)
+        except ChannelLost as exc:
+            state = exc.sqlstate
+        else:
+            raise AssertionError("a statement ran on a terminated connection")
+        assert conn.is_closed()
+        await conn.close()
+        return state
+
+    assert asyncio.run(main()) == "08006"
+
+
 # --- the parser alone ----------------------------------------------------------------
 
 
@@ -195,6 +221,9 @@ class _Transport:
 
     def get_protocol(self) -> Any:
         return self.protocol
+
+    def is_closing(self) -> bool:
+        return False
 
 
 class _Owner:
