@@ -105,24 +105,8 @@ class RecordDecoder:
                 )
             sql = row[13][11:]
             fp, parsed = (None, True) if fingerprinter is None else fingerprinter(sql)
-            append(
-                (
-                    _STATEMENT,
-                    session,
-                    ts_us,
-                    line,
-                    sql,
-                    None,
-                    None,
-                    False,
-                    None,
-                    None,
-                    fp,
-                    parsed,
-                    encode_basestring(sql),
-                    None,
-                )
-            )
+            # the first PLAIN_FIELDS fields: the others are at their defaults
+            append((_STATEMENT, session, ts_us, line, sql, fp, parsed, encode_basestring(sql)))
         result.records += records
 
     def add_csv_row(self, source: str, line: int, row: list[str], ncols: int) -> None:
@@ -233,14 +217,14 @@ class RecordDecoder:
                         ts_us,
                         line,
                         sql,
+                        fp,
+                        parsed,
+                        _dumps(sql) if sql else None,
                         None,
                         None,
                         False,
                         None,
                         sqlstate or None,
-                        fp,
-                        parsed,
-                        _dumps(sql) if sql else None,
                         None,
                     )
                 )
@@ -266,14 +250,14 @@ class RecordDecoder:
                 ts_us,
                 line,
                 sql,
+                fp,
+                parsed,
+                _dumps(sql) if sql is not None and kind in _WITH_SQL else None,
                 classified.name,
                 params,
                 truncated,
                 classified.duration_us,
                 None,
-                fp,
-                parsed,
-                _dumps(sql) if sql is not None and kind in _WITH_SQL else None,
                 _dumps(params) if params is not None and kind is not EventKind.BIND else None,
             )
         )

@@ -48,19 +48,31 @@ class LogEvent(NamedTuple):
     line: int
     """First line of the record in its file (1-based)."""
     sql: str | None = None
+    fingerprint: str | None = None
+    parsed: bool = True
+    """False when ``fingerprint`` is a fallback because pglast could not parse ``sql``."""
+    sql_json: str | None = None
+    """``sql`` already encoded as a JSON string (done in the worker, off the main process)."""
     name: str | None = None
     """Prepared-statement name ('' for the unnamed statement)."""
     params: tuple[str | None, ...] | None = None
     params_truncated: bool = False
     duration_us: int | None = None
     sqlstate: str | None = None
-    fingerprint: str | None = None
-    parsed: bool = True
-    """False when ``fingerprint`` is a fallback because pglast could not parse ``sql``."""
-    sql_json: str | None = None
-    """``sql`` already encoded as a JSON string (done in the worker, off the main process)."""
     params_json: str | None = None
     """``params`` already encoded as a JSON array."""
+
+
+PLAIN_FIELDS = 8
+"""A plain ``statement:`` event is sent as its first fields only (kind to sql_json):
+the rest are at their defaults."""
+_DEFAULTS = tuple(LogEvent._field_defaults.values())
+
+
+def full_event(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``raw`` (an event tuple) with the trailing fields it leaves out at their defaults."""
+    missing = len(LogEvent._fields) - len(raw)
+    return raw + _DEFAULTS[-missing:] if missing > 0 else raw
 
 
 class SessionInfo(NamedTuple):
@@ -90,8 +102,8 @@ class ChunkResult:
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
     """Events as plain tuples in :class:`LogEvent` field order, ``kind`` as a plain int:
-    they pickle and unpickle in C. ``LogEvent._make``-free: rebuild one with
-    ``tuple.__new__(LogEvent, raw)``."""
+    they marshal in C. Trailing fields at their defaults may be left out (see
+    :data:`PLAIN_FIELDS`): rebuild one with ``LogEvent(*raw)``."""
     sessions: dict[str, SessionInfo] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     records: int = 0

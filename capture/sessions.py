@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from capture.events import EventKind, LogEvent, SessionInfo
+from capture.events import PLAIN_FIELDS, EventKind, LogEvent, SessionInfo, full_event
 from capture.filters import Filters
 from capture.messages import placeholder_count
 from capture.normalize import fingerprint as compute_fingerprint
@@ -238,15 +238,10 @@ class StatementTracker:
         order = self._order
         count = 0
         for event in events:
-            kind, session, ts_us, _, raw_sql, _, _, _, _, _, fp, parsed, sql_json, _ = event
-            if kind != _STATEMENT or fp is None:
-                self.log_now, self._order = log_now, order
-                self.statements += count
-                count = 0
-                feed(event)
-                log_now, order = self.log_now, self._order
-                continue
-            state = sessions(session)
+            # a plain statement event (PLAIN_FIELDS long) always has its sql
+            state = None
+            if len(event) == PLAIN_FIELDS and event[0] == _STATEMENT and event[5] is not None:
+                state = sessions(event[1])
             if state is None or not state.kept:
                 self.log_now, self._order = log_now, order
                 self.statements += count
@@ -254,9 +249,9 @@ class StatementTracker:
                 feed(event)
                 log_now, order = self.log_now, self._order
                 continue
+            _, session, ts_us, _, sql, fp, parsed, sql_json = event
             if ts_us > log_now:
                 log_now = ts_us
-            sql = raw_sql or ""
             start_us = ts_us
             prev = state.last
             if prev is not None:
@@ -276,8 +271,7 @@ class StatementTracker:
                 fp,
                 parsed,
             )
-            if raw_sql is not None:
-                stmt.sql_json = sql_json
+            stmt.sql_json = sql_json
             state.statements += 1
             state.last = stmt
             count += 1
@@ -291,20 +285,21 @@ class StatementTracker:
 
     def feed(self, event: LogEvent | tuple[Any, ...]) -> None:
         """Take one event: a :class:`LogEvent`, or a plain tuple in its field order."""
+        event = full_event(event)
         (
             kind,
             session,
             ts_us,
             _,
             raw_sql,
+            fp,
+            parsed,
+            sql_json,
             name,
             params,
             truncated,
             _,
             _,
-            fp,
-            parsed,
-            sql_json,
             params_json,
         ) = event
         if ts_us > self.log_now:
