@@ -125,19 +125,25 @@ class OpenStatement:
 
     def encode(self, offset_us: int) -> str:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
-        sql_json = self.sql_json or _dumps(self.sql)
-        session = self.session
-        session_json = _SESSION_JSON.get(session)
-        if session_json is None:
-            session_json = f'"{session}"' if _SAFE.fullmatch(session) else _dumps(session)
-            if len(_SESSION_JSON) >= 100_000:
-                _SESSION_JSON.clear()
-            _SESSION_JSON[session] = session_json
-        out = (
+        session_json = _SESSION_JSON.get(self.session) or _session_json(self.session)
+        if (
+            self.params is None
+            and self.name is None
+            and self.duration_us is None
+            and self.sqlstate is None
+            and not self.params_truncated
+        ):
+            end = "}"  # the usual statement: no optional member
+        else:
+            end = self._optional_members() + "}"
+        return (
             f'{{"type":"statement","session":{session_json},"seq":{self.seq},'
-            f'"offset_us":{offset_us},"kind":"{self.kind._value_}","sql":{sql_json},'
-            f'"fingerprint":"{self.fingerprint}"'
+            f'"offset_us":{offset_us},"kind":"{self.kind._value_}",'
+            f'"sql":{self.sql_json or _dumps(self.sql)},"fingerprint":"{self.fingerprint}"{end}'
         )
+
+    def _optional_members(self) -> str:
+        out = ""
         if self.params is not None:
             out += ',"params":' + (self.params_json or _dumps(self.params))
         if self.name is not None:
@@ -148,10 +154,19 @@ class OpenStatement:
             out += ',"sqlstate":' + _dumps(self.sqlstate)
         if self.params_truncated:
             out += ',"params_truncated":true'
-        return out + "}"
+        return out
 
     def __lt__(self, other: OpenStatement) -> bool:
         return self.start_us < other.start_us
+
+
+def _session_json(session: str) -> str:
+    """A session id as a JSON string, remembered in _SESSION_JSON."""
+    encoded = f'"{session}"' if _SAFE.fullmatch(session) else _dumps(session)
+    if len(_SESSION_JSON) >= 100_000:
+        _SESSION_JSON.clear()
+    _SESSION_JSON[session] = encoded
+    return encoded
 
 
 class _SessionState:
