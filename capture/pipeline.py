@@ -286,12 +286,14 @@ def _pool_results(jobs: Iterator[_Job], workers: int, context: Any) -> Iterator[
                 future.cancel()
 
 
-def _unit(job: _Job) -> tuple[Any, ...] | None:
+def _unit(job: _Job, paths: dict[str, str]) -> tuple[Any, ...] | None:
     """A job as a worker reads it itself: (format, path, offset, length, edges...)."""
     fmt, data, source, line, truncated, offset = job
     if offset < 0:
         return None
-    path = str(Path(source).resolve())
+    path = paths.get(source)
+    if path is None:  # resolved once per source, not per chunk (it costs syscalls)
+        path = paths[source] = str(Path(source).resolve())
     return (
         fmt.value,
         source,
@@ -356,9 +358,10 @@ class _Workers:
         conns = self._conns
         count = len(conns)
         pending: collections.deque[tuple[int, _Job]] = collections.deque()
+        paths: dict[str, str] = {}
         n = 0
         for job in jobs:
-            unit = _unit(job)
+            unit = _unit(job, paths)
             if unit is None:
                 # not a byte range of a file: send the data, one job at a time, so
                 # neither side can block writing while the other does
