@@ -22,6 +22,7 @@ PostgreSQL 16 is used because pgreplay aborts on the ``Parameters:`` lines of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -62,18 +63,55 @@ def generate(log: Path, size_gb: float) -> None:
         cluster.stop()
 
 
-def run(cmd: list[str], label: str) -> dict[str, float]:
-    """Wall time, CPU seconds (user+sys) and peak memory (RSS and PSS) of cmd's process tree.
+def run(cmd: list[str], label: str, *, memory: bool = True) -> dict[str, float]:
+    """Wall time and CPU seconds of cmd's process tree, then (``memory``) its peak
+    memory, RSS and PSS, measured in a second run of the same command.
 
+    Timing and memory are separate runs because sampling memory is not free:
+    reading /proc/PID/smaps of every process ten times a second took CPU from the
+    tool being timed, most from the one with several processes on two cores.
     RSS summed over processes counts pages they share (forked workers) several
     times; PSS splits shared pages between them, so it is the memory really used.
     """
     print(f"$ {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cpu_of: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample_cpu() -> None:
+        # /proc/PID/stat only, four times a second: cheap, unlike the memory
+        # sampling (a process's last quarter second may be missed)
+        while not done.wait(0.25):
+            try:
+                for p in [proc, *proc.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        t = p.cpu_times()
+                        cpu_of[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+
+    thread = threading.Thread(target=sample_cpu, daemon=True)
+    thread.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - start
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    cpu = sum(cpu_of.values())
+    result = {"wall": wall, "cpu": cpu, "rss": 0.0, "pss": 0.0}
+    if memory:
+        result["rss"], result["pss"] = _peak_memory(cmd, label)
+    print(f"  {label}: {result}", flush=True)
+    return result
+
+
+def _peak_memory(cmd: list[str], label: str) -> tuple[float, float]:
+    """Peak RSS and PSS summed over cmd's process tree, sampled every 0.1 s."""
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     peak_pss = 0
-    cpu: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
@@ -88,8 +126,6 @@ def run(cmd: list[str], label: str) -> dict[str, float]:
                         info = p.memory_full_info()
                         total += info.rss
                         proportional += info.pss
-                        t = p.cpu_times()
-                        cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
                 peak = max(peak, total)
@@ -101,14 +137,11 @@ def run(cmd: list[str], label: str) -> dict[str, float]:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     _, err = proc.communicate()
-    wall = time.perf_counter() - start
     done.set()
     thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    result = {"wall": wall, "cpu": sum(cpu.values()), "rss": peak, "pss": peak_pss}
-    print(f"  {label}: {result}", flush=True)
-    return result
+    return float(peak), float(peak_pss)
 
 
 def count_statements(workload: Path) -> int:
@@ -124,6 +157,9 @@ def main() -> None:
     parser.add_argument("--log", type=Path, help="reuse this csvlog instead of generating one")
     parser.add_argument("--skip-pgbadger", action="store_true")
     parser.add_argument("--skip-peers", action="store_true", help="time only pgtraffic")
+    parser.add_argument(
+        "--skip-memory", action="store_true", help="no second run of each tool for its memory"
+    )
     args = parser.parse_args()
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -139,18 +175,22 @@ def main() -> None:
     results["pgtraffic capture"] = run(
         [sys.executable, "-m", "replay.cli", "capture", str(log), "-o", str(out), "-q"],
         "pgtraffic",
+        memory=not args.skip_memory,
     )
     statements = count_statements(out)
     if args.skip_peers:
         args.skip_pgbadger = True
     else:
         results["pgreplay -f -c"] = run(
-            ["pgreplay", "-f", "-c", "-o", str(work / "bench.replay"), str(log)], "pgreplay"
+            ["pgreplay", "-f", "-c", "-o", str(work / "bench.replay"), str(log)],
+            "pgreplay",
+            memory=not args.skip_memory,
         )
     if not args.skip_pgbadger:
         results["pgbadger -j 2"] = run(
             ["pgbadger", "-j", "2", "-f", "csv", "-q", "-o", str(work / "bench.html"), str(log)],
             "pgbadger",
+            memory=not args.skip_memory,
         )
     ours = results["pgtraffic capture"]["wall"]
     print(f"\nstatements: {statements:,}; log {size / (1 << 20):,.0f} MiB\n")
