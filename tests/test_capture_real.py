@@ -7,6 +7,7 @@ workload, in session order, with its parameters and its outcome (SQLSTATE).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -232,3 +233,68 @@ def test_many_concurrent_pgbench_clients(
                 "BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "END",
             ]  # fmt: skip
             assert all(s.duration_us is not None and s.sqlstate is None for s in stmts)
+
+
+@pytest.mark.parametrize("major", [16, 18])
+def test_cancelled_statements_keep_their_sqlstate(
+    make_cluster: Any, tmp_path: Path, major: int
+) -> None:
+    """A statement cancelled by pg_cancel_backend() from another session, and one
+    cancelled by the client's own cancel request (a separate connection carrying
+    only the request), are captured once each with SQLSTATE 57014; the session
+    goes on, and the cancel request's connection adds no statement."""
+    cluster = make_cluster(major, Profile.CAPTURE)
+
+    def wait_active(admin: psycopg.Connection[Any], pid: int) -> None:
+        for _ in range(200):
+            row = admin.execute(
+                "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if row is not None and row[0] == "active" and "pg_sleep" in row[1]:
+                return
+            time.sleep(0.02)
+        raise AssertionError("the statement to cancel never started")
+
+    with (
+        psycopg.connect(cluster.dsn(), application_name="inv-victim", autocommit=True) as victim,
+        psycopg.connect(cluster.dsn(), application_name="inv-admin", autocommit=True) as admin,
+    ):
+        pid = victim.info.backend_pid
+        for how in ("pg_cancel_backend", "cancel request"):
+            failure: list[str | None] = []
+
+            def sleep(sql: str, failure: list[str | None] = failure) -> None:
+                try:
+                    victim.execute(sql)
+                except psycopg.Error as exc:
+                    failure.append(exc.sqlstate)
+
+            thread = threading.Thread(target=sleep, args=(f"SELECT pg_sleep(30) /* {how} */",))
+            thread.start()
+            wait_active(admin, pid)
+            if how == "pg_cancel_backend":
+                admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            else:
+                victim.cancel()
+            thread.join(20)
+            assert not thread.is_alive()
+            assert failure == ["57014"]
+            victim.execute(f"SELECT 'after {how}'")
+    time.sleep(0.3)  # let the logging collector flush
+    out = tmp_path / "w.pgtw"
+    summary = capture([str(p) for p in cluster.log_files("*.csv")], out, CaptureOptions(jobs=1))
+    assert summary.skipped == {}
+    workload = read_workload(out)
+    (sid,) = sessions_of(workload, "inv-victim")
+    got = [(s.sql, s.sqlstate) for s in by_session(workload)[sid]]
+    assert got == [
+        ("SELECT pg_sleep(30) /* pg_cancel_backend */", "57014"),
+        ("SELECT 'after pg_cancel_backend'", None),
+        ("SELECT pg_sleep(30) /* cancel request */", "57014"),
+        ("SELECT 'after cancel request'", None),
+    ]
+    (admin_sid,) = sessions_of(workload, "inv-admin")
+    # the cancel request's own connection sent no statement
+    assert {s.session for s in workload.statements()} == {sid, admin_sid}
+    admin_sql = [s.sql for s in by_session(workload)[admin_sid]]
+    assert any("pg_cancel_backend" in sql for sql in admin_sql)
