@@ -177,24 +177,29 @@ def main() -> None:
         )
         commands.append(f"pgbench {' '.join(bench_cmd)}  (5 statements per transaction)")
 
-        # 2. pgtraffic --max-speed
-        pgbench_init(tgt, args.scale)
-        res = work / "max.pgtr"
-        out, wall, rss = run(
-            pgtraffic(
-                "replay",
-                str(workload_path),
-                "--target",
-                tgt.socket_dsn(),
-                "-o",
-                str(res),
-                "--max-speed",
-                "--json",
-                "--no-progress",
-                "--workers",
-                str(args.workers),
+        def replay_max(results: Path, *extra: str) -> tuple[str, float, int]:
+            """``pgtraffic replay --max-speed`` onto a fresh pgbench database."""
+            pgbench_init(tgt, args.scale)
+            return run(
+                pgtraffic(
+                    "replay",
+                    str(workload_path),
+                    "--target",
+                    tgt.socket_dsn(),
+                    "-o",
+                    str(results),
+                    "--max-speed",
+                    "--json",
+                    "--no-progress",
+                    "--workers",
+                    str(args.workers),
+                    *extra,
+                )
             )
-        )
+
+        # 2. pgtraffic --max-speed
+        res = work / "max.pgtr"
+        out, wall, rss = replay_max(res)
         report = json.loads(out[out.index("{") : out.rindex("}") + 1])
         figures["pgtraffic_max_statements_per_s"] = round(window_rate(res))
         figures["pgtraffic_max_statements_per_s_incl_startup"] = round(report["statements_per_s"])
@@ -211,24 +216,8 @@ def main() -> None:
 
         # 2b. the same through asyncpg's query path (the replayer before the direct path)
         if not args.skip_asyncpg_path:
-            pgbench_init(tgt, args.scale)
             res_a = work / "max-asyncpg.pgtr"
-            run(
-                pgtraffic(
-                    "replay",
-                    str(workload_path),
-                    "--target",
-                    tgt.socket_dsn(),
-                    "-o",
-                    str(res_a),
-                    "--max-speed",
-                    "--json",
-                    "--no-progress",
-                    "--workers",
-                    str(args.workers),
-                    "--simple-via-asyncpg",
-                )
-            )
+            replay_max(res_a, "--simple-via-asyncpg")
             figures["pgtraffic_asyncpg_path_statements_per_s"] = round(window_rate(res_a))
             figures["pgtraffic_asyncpg_path_client_cpu_us_per_statement"] = round(
                 LAST_CPU_S[0] * 1e6 / statements, 1

@@ -245,6 +245,9 @@ class StatementTracker:
             for event in events:
                 self.feed(event)
             return
+        # The statement-building steps below are those of feed()'s fast path,
+        # written out again on purpose: a call per statement would cost more than
+        # they do.
         sessions = self.sessions.get
         feed = self.feed
         tail = self._tail
