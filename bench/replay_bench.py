@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument(
         "--skip-asyncpg-path",
         action="store_true",
-        help="do not also time --max-speed with --simple-via-asyncpg",
+        help="do not also time --max-speed with --via-asyncpg",
     )
     args = parser.parse_args()
     work = args.workdir
@@ -217,12 +217,12 @@ def main() -> None:
         # 2b. the same through asyncpg's query path (the replayer before the direct path)
         if not args.skip_asyncpg_path:
             res_a = work / "max-asyncpg.pgtr"
-            replay_max(res_a, "--simple-via-asyncpg")
+            replay_max(res_a, "--via-asyncpg")
             figures["pgtraffic_asyncpg_path_statements_per_s"] = round(window_rate(res_a))
             figures["pgtraffic_asyncpg_path_client_cpu_us_per_statement"] = round(
                 LAST_CPU_S[0] * 1e6 / statements, 1
             )
-            commands.append("the same with --simple-via-asyncpg (asyncpg's query path)")
+            commands.append("the same with --via-asyncpg (asyncpg's query path)")
 
         # 3. pgreplay -r -s 100
         pgbench_init(tgt, args.scale)

@@ -72,8 +72,8 @@ class ReplayOptions:
     event_loop: str = "auto"
     """"auto" (uvloop when installed), "uvloop" or "asyncio"."""
     direct_simple: bool = True
-    """Send simple-protocol statements on the wire directly (replay.simple_query);
-    False: through asyncpg's query path, as before that existed."""
+    """Send statements on the wire directly (replay.simple_query), simple and
+    extended alike; False: through asyncpg's query paths (``--via-asyncpg``)."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:
         user = session.user or self.default_user
@@ -443,7 +443,6 @@ class Replayer:
         pending = queue.items
         copy_kind = StatementKind.COPY_FROM_STDIN.value
         execute_kind = StatementKind.EXECUTE.value
-        simple_kind = StatementKind.SIMPLE.value
 
         def record(
             item: _Item, intended: int, start: int, end: int, rows: int, state: str | None
@@ -469,15 +468,19 @@ class Replayer:
             if offset > progress.max_offset_us:
                 progress.max_offset_us = offset
 
-        # The statement in flight on the direct simple-query channel: (item,
-        # intended start, actual start). The channel's step callback records it
-        # when it completes and starts the next simple statement that is due.
-        flight: list[Any] = [None, 0, 0]
+        # The statement in flight on the direct channel: (item, intended start,
+        # actual start, connection). The channel's step callback records it when
+        # it completes and starts the session's next statement if it is due.
+        flight: list[Any] = [None, 0, 0, None]
 
-        def step(tag: bytes | None, state: str | None) -> str | None:
+        def step(tag: bytes | None, state: str | None) -> bytes | None:
             end = (mono() - start_ns) // 1000
+            done: _Item = flight[0]
+            on: ReplayConnection = flight[3]
+            if state is not None and done[2] == execute_kind:
+                on.failed(done[6])
             record(
-                flight[0],
+                done,
                 flight[1],
                 flight[2],
                 end,
@@ -487,7 +490,7 @@ class Replayer:
             if not pending:
                 return None
             item = pending[0]
-            if item is None or item[2] != simple_kind:
+            if item is None or item[2] == copy_kind:
                 return None
             intended = intended_us(item[1]) if timed else 0
             if intended > end:
@@ -498,8 +501,9 @@ class Replayer:
             if budget.pending <= resume_at:
                 room_set()
             flight[0], flight[1] = item, intended
+            message = on.message(item[2] == execute_kind, item[3], item[5], item[6])
             flight[2] = (mono() - start_ns) // 1000
-            return item[3]
+            return message
 
         try:
             while True:
@@ -535,23 +539,24 @@ class Replayer:
                 rows = -1
                 state: str | None = None
                 try:
-                    if kind == execute_kind:
-                        rows = await conn.execute(item[3], item[5] or (), item[6])
-                    elif channel is not None:
-                        flight[0], flight[1], flight[2] = item, intended, start
+                    if channel is not None:
+                        flight[0], flight[1], flight[2], flight[3] = item, intended, start, conn
+                        message = conn.message(kind == execute_kind, item[3], item[5], item[6])
                         try:
-                            await channel.run(item[3], step)
+                            await channel.run(message, step)
                         except asyncio.CancelledError:
                             channel.abandon()
                             raise
                         continue  # step() recorded every statement of the run
+                    if kind == execute_kind:
+                        rows = await conn.execute(item[3], item[5] or (), item[6])
                     else:
                         rows = rows_from_status(await conn.query(item[3], None))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if kind != execute_kind and channel is not None:
-                        item, intended, start = flight  # the statement then in flight
+                    if channel is not None:
+                        item, intended, start, _ = flight  # the statement then in flight
                     state = exc.sqlstate if isinstance(exc, ChannelLost) else _sqlstate_of(exc)
                     if conn.is_closed():
                         if state == CLIENT_ERROR:

@@ -22,14 +22,14 @@ too, so ``Connection.is_closed()`` stays right.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-Step = Callable[[bytes | None, str | None], str | None]
+Step = Callable[[bytes | None, str | None], bytes | None]
 """Called when a statement completes, with its command tag (None when it has none
-or failed) and SQLSTATE (None on success); returns the next SQL to send, or None
-to end the run."""
+or failed) and SQLSTATE (None on success); returns the next statement's messages
+(:func:`query_message` or :func:`extended_messages`), or None to end the run."""
 
 _LENGTH = Struct("!I")
 _unpack_length = _LENGTH.unpack_from
@@ -62,6 +62,52 @@ def query_message(sql: str) -> bytes:
     """A simple-protocol ``Query`` message (the connection's encoding is UTF-8)."""
     body = sql.encode("utf-8", "surrogateescape")
     return b"Q" + _LENGTH.pack(len(body) + 5) + body + b"\0"
+
+
+_INT16 = Struct("!h")
+_INT32 = Struct("!i")
+_NO_PARAMETER_TYPES = _INT16.pack(0)
+_EXECUTE_ALL = b"E" + _LENGTH.pack(9) + b"\0" + _INT32.pack(0)
+_SYNC = b"S" + _LENGTH.pack(4)
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + _LENGTH.pack(len(body) + 4) + body
+
+
+def _cstring(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def extended_messages(
+    sql: str, params: Sequence[str | None], name: str, *, parse: bool, close: bool
+) -> bytes:
+    """One extended-protocol statement, as libpq sends it: [Close] [Parse] Bind
+    Execute Sync.
+
+    Parse gives no parameter types, so the server infers them from the SQL as it
+    did for the original client; parameters and results travel as text, the
+    parameters exactly as the server logged them. ``close`` first drops a
+    prepared statement of that name (not an error when there is none).
+    """
+    out = []
+    encoded_name = _cstring(name)
+    if close:
+        out.append(_message(b"C", b"S" + encoded_name))
+    if parse:
+        out.append(_message(b"P", encoded_name + _cstring(sql) + _NO_PARAMETER_TYPES))
+    values = [_INT16.pack(0), _INT16.pack(len(params))]  # text format for all parameters
+    for value in params:
+        if value is None:
+            values.append(_INT32.pack(-1))
+        else:
+            data = value.encode("utf-8", "surrogateescape")
+            values.append(_INT32.pack(len(data)) + data)
+    values.append(_INT16.pack(0))  # results in text
+    out.append(_message(b"B", b"\0" + encoded_name + b"".join(values)))
+    out.append(_EXECUTE_ALL)
+    out.append(_SYNC)
+    return b"".join(out)
 
 
 def error_sqlstate(body: bytes) -> str:
@@ -121,8 +167,8 @@ class SimpleQueryChannel(asyncio.Protocol):
         """A statement is in flight."""
         return self._done is not None
 
-    def run(self, sql: str, step: Step) -> asyncio.Future[None]:
-        """Send ``sql``; at each completion call ``step`` and send what it returns.
+    def run(self, message: bytes, step: Step) -> asyncio.Future[None]:
+        """Send ``message``; at each completion call ``step`` and send what it returns.
 
         The future is done when ``step`` returns None; it fails with
         :class:`ChannelLost` if the connection ends first (the statement then in
@@ -141,7 +187,7 @@ class SimpleQueryChannel(asyncio.Protocol):
             self.installed = True
         done = self._done = self._loop.create_future()
         self._step = step
-        self._transport.write(query_message(sql))
+        self._transport.write(message)
         return done
 
     def release(self) -> None:
@@ -225,15 +271,15 @@ class SimpleQueryChannel(asyncio.Protocol):
         if step is None:
             return  # abandoned, or nothing was asked (a stray ReadyForQuery)
         try:
-            sql = step(None if error is not None else tag, error)
+            message = step(None if error is not None else tag, error)
         except BaseException as exc:  # the caller's bug: fail its future, not the loop
             self._step = None
             done, self._done = self._done, None
             if done is not None and not done.done():
                 done.set_exception(exc)
             return
-        if sql is not None:
-            self._transport.write(query_message(sql))
+        if message is not None:
+            self._transport.write(message)
             return
         self._step = None
         done, self._done = self._done, None

@@ -18,13 +18,14 @@ original client did; an unnamed one is sent as Parse/Bind/Execute/Sync every tim
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from replay.simple_query import SimpleQueryChannel
+from replay.simple_query import SimpleQueryChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
 """(oid, name, schema) of a server data type."""
@@ -49,6 +50,9 @@ KEY_SETTINGS = (
     "TimeZone",
     "DateStyle",
 )
+
+_FORGETS = re.compile(r"\b(?:deallocate|discard)\b", re.IGNORECASE)
+"""Simple statements that may drop prepared statements."""
 
 _COUNTED_TAGS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "FETCH", "MOVE", "COPY"}
@@ -117,7 +121,12 @@ class ReplayConnection:
     query: Any = None
     """The protocol's simple-query coroutine function: ``await query(sql, None)``."""
     channel: SimpleQueryChannel | None = None
-    """Sends simple-protocol statements without asyncpg (None: asyncpg sends them)."""
+    """Sends statements without asyncpg (None: asyncpg sends them)."""
+    prepared: dict[str, str] = field(default_factory=dict)
+    """Statement names the channel prepared on this connection, with their SQL."""
+    unsure: set[str] = field(default_factory=set)
+    """Names whose prepared statement may or may not exist now (after an error, a
+    DEALLOCATE or DISCARD): prepared again, after a Close, when next used."""
 
     def __post_init__(self) -> None:
         self.query = self.conn._protocol.query
@@ -126,8 +135,8 @@ class ReplayConnection:
     async def open(
         cls, spec: ConnectSpec, types: Sequence[TypeEntry], *, direct_simple: bool = True
     ) -> ReplayConnection:
-        """Connect; ``direct_simple``: send simple-protocol statements through a
-        :class:`SimpleQueryChannel` (else through asyncpg's query path)."""
+        """Connect; ``direct_simple``: send statements through a
+        :class:`SimpleQueryChannel` (else through asyncpg's query paths)."""
         settings = {"application_name": spec.application} if spec.application else {}
         conn = await asyncpg.connect(
             spec.dsn,
@@ -157,6 +166,29 @@ class ReplayConnection:
         self.use_asyncpg()
         status = await self.conn._protocol.query(sql, None)
         return rows_from_status(status)
+
+    def message(self, kind_execute: bool, sql: str, params: Any, name: Any) -> bytes:
+        """The messages that send one statement on the channel, as the original
+        client sent it: a named statement is parsed once and then only bound and
+        executed, an unnamed one parsed every time, a simple one as a Query."""
+        if not kind_execute:
+            if self.prepared and _FORGETS.search(sql):
+                self.unsure.update(self.prepared)
+                self.prepared.clear()
+            return query_message(sql)
+        if not name:
+            return extended_messages(sql, params or (), "", parse=True, close=False)
+        if self.prepared.get(name) == sql:
+            return extended_messages(sql, params or (), name, parse=False, close=False)
+        close = name in self.prepared or name in self.unsure
+        self.unsure.discard(name)
+        self.prepared[name] = sql
+        return extended_messages(sql, params or (), name, parse=True, close=close)
+
+    def failed(self, name: Any) -> None:
+        """A statement of ``name`` failed: whether it is still prepared is unknown."""
+        if name and self.prepared.pop(name, None) is not None:
+            self.unsure.add(name)
 
     def use_asyncpg(self) -> asyncpg.Connection:
         """The asyncpg connection, ready for asyncpg to send on: call this before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from replay.simple_query import (
     query_message,
 )
 from replay.wire import ConnectSpec, ReplayConnection, probe_target
+from tests.test_replay_helpers import execute, replay, simple, write_workload
 
 pytestmark = pytest.mark.pg
 
@@ -39,11 +41,12 @@ async def _run(
     results: list[tuple[bytes | None, str | None]] = []
     rest: Iterator[str] = iter(sqls[1:])
 
-    def step(tag: bytes | None, state: str | None) -> str | None:
+    def step(tag: bytes | None, state: str | None) -> bytes | None:
         results.append((tag, state))
-        return next(rest, None)
+        sql = next(rest, None)
+        return None if sql is None else query_message(sql)
 
-    await conn.channel.run(sqls[0], step)
+    await conn.channel.run(query_message(sqls[0]), step)
     return results
 
 
@@ -257,11 +260,11 @@ def test_parser_handles_any_split_and_never_holds_rows() -> None:
         largest = 0
         queue = ["SELECT b"]
 
-        def step(tag: bytes | None, state: str | None) -> str | None:
+        def step(tag: bytes | None, state: str | None) -> bytes | None:
             seen.append((tag, state))
-            return queue.pop() if queue else None
+            return query_message(queue.pop()) if queue else None
 
-        done = channel.run("SELECT a", step)
+        done = channel.run(query_message("SELECT a"), step)
         assert transport.get_protocol() is channel
         for stream in (reply, error):
             for start in range(0, len(stream), piece):
@@ -290,7 +293,7 @@ def test_release_refused_mid_statement_and_lost_connection_reported() -> None:
     async def main() -> tuple[bool, str, bool]:
         transport, owner = _Transport(), _Owner()
         channel = SimpleQueryChannel(transport, owner)
-        done = channel.run("SELECT pg_sleep(1)", lambda tag, state: None)
+        done = channel.run(query_message("SELECT pg_sleep(1)"), lambda tag, state: None)
         with pytest.raises(RuntimeError):
             channel.release()
         channel.data_received(_message(b"E", b"SFATAL\x00C57P01\x00Mbye\x00\x00"))
@@ -300,10 +303,42 @@ def test_release_refused_mid_statement_and_lost_connection_reported() -> None:
         except ChannelLost as exc:
             state = exc.sqlstate
         with pytest.raises(ChannelLost):
-            channel.run("SELECT 1", lambda tag, state: None)
+            channel.run(query_message("SELECT 1"), lambda tag, state: None)
         return channel.lost, state, owner.lost
 
     lost, state, owner_lost = asyncio.run(main())
     assert lost
     assert state == "57P01"
     assert owner_lost
+
+
+def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> None:
+    """Named statements keep their names across a failure, a DEALLOCATE ALL and a
+    new text under an old name; NULL and non-ASCII text parameters arrive intact."""
+    stmts = [
+        simple("s", 0, 0, "CREATE TEMP TABLE t (a int, b text)"),
+        execute("s", 1, 10, "INSERT INTO t VALUES ($1, $2)", ["1", "é ✓"], name="ins"),
+        execute("s", 2, 20, "INSERT INTO t VALUES ($1, $2)", ["oops", "x"], name="ins"),
+        execute("s", 3, 30, "INSERT INTO t VALUES ($1, $2)", ["2", None], name="ins"),
+        simple("s", 4, 40, "DEALLOCATE ALL"),
+        execute("s", 5, 50, "INSERT INTO t VALUES ($1, $2)", ["3", "three"], name="ins"),
+        execute("s", 6, 60, "SELECT count(*) FROM t WHERE b IS NULL OR b = $1", ["é ✓"], "ins"),
+        execute("s", 7, 70, "SELECT a FROM t WHERE a > $1", ["0"]),
+        execute("s", 8, 80, "SELECT 1/$1::int", ["0"]),
+        simple("s", 9, 90, "SELECT count(*) FROM t"),
+    ]
+    workload = write_workload(tmp_path / "w.pgtw", stmts)
+    results = replay(workload, server, tmp_path / "r.pgtr", max_speed=True)
+    got = {index: (rows, state) for _, index, _, _, _, _, rows, state, _ in results.rows()}
+    assert got == {
+        0: (-1, None),
+        1: (1, None),
+        2: (-1, "22P02"),  # "oops" is not an int: the server's own error
+        3: (1, None),
+        4: (-1, None),
+        5: (1, None),  # prepared again after DEALLOCATE ALL
+        6: (1, None),  # a new text under the name "ins"
+        7: (3, None),
+        8: (-1, "22012"),
+        9: (1, None),
+    }

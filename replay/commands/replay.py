@@ -156,12 +156,13 @@ def replay_command(
     loop: Annotated[
         str, typer.Option(help="Event loop: auto (uvloop when installed), uvloop or asyncio.")
     ] = "auto",
-    simple_via_asyncpg: Annotated[
+    via_asyncpg: Annotated[
         bool,
         typer.Option(
-            "--simple-via-asyncpg",
-            help="Send simple-protocol statements through asyncpg's query path instead of "
-            "pgtraffic's leaner direct path (slower; for comparison or as a fallback).",
+            "--via-asyncpg",
+            help="Send statements through asyncpg's query paths instead of pgtraffic's own "
+            "leaner wire path (slower, and named statements get asyncpg's names; for "
+            "comparison or as a fallback).",
         ),
     ] = False,
 ) -> None:
@@ -188,7 +189,7 @@ def replay_command(
         workers=workers,
         reconnect_interval_s=reconnect_interval,
         event_loop=loop,
-        direct_simple=not simple_via_asyncpg,
+        direct_simple=not via_asyncpg,
     )
     plan = plan_replay(scan, schedule, wl, base)
     if dry_run:
