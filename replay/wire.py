@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from replay.simple_query import SimpleQueryChannel, extended_messages, query_message
+from replay.channel import WireChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
 """(oid, name, schema) of a server data type."""
@@ -120,7 +120,7 @@ class ReplayConnection:
     unnamed_cache_size: int = 64
     query: Any = None
     """The protocol's simple-query coroutine function: ``await query(sql, None)``."""
-    channel: SimpleQueryChannel | None = None
+    channel: WireChannel | None = None
     """Sends statements without asyncpg (None: asyncpg sends them)."""
     prepared: dict[str, str] = field(default_factory=dict)
     """Statement names the channel prepared on this connection, with their SQL."""
@@ -136,7 +136,7 @@ class ReplayConnection:
         cls, spec: ConnectSpec, types: Sequence[TypeEntry], *, direct_simple: bool = True
     ) -> ReplayConnection:
         """Connect; ``direct_simple``: send statements through a
-        :class:`SimpleQueryChannel` (else through asyncpg's query paths)."""
+        :class:`WireChannel` (else through asyncpg's query paths)."""
         settings = {"application_name": spec.application} if spec.application else {}
         conn = await asyncpg.connect(
             spec.dsn,
@@ -154,7 +154,7 @@ class ReplayConnection:
         return cls(
             conn=conn,
             text_oids=oids,
-            channel=SimpleQueryChannel.for_connection(conn) if direct_simple else None,
+            channel=WireChannel.for_connection(conn) if direct_simple else None,
         )
 
     def is_closed(self) -> bool:

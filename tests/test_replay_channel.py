@@ -1,5 +1,5 @@
-"""The direct simple-query channel: wire behaviour against real servers, and its
-parser fed by hand (partial messages, rows that are dropped, not held)."""
+"""The replay's own wire channel: behaviour against real servers, and its parser
+fed by hand (partial messages, rows that are dropped, not held)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from replay.servers import Cluster
-from replay.simple_query import (
+from replay.channel import (
     ChannelLost,
-    SimpleQueryChannel,
+    WireChannel,
     error_sqlstate,
     query_message,
 )
+from replay.servers import Cluster
 from replay.wire import ConnectSpec, ReplayConnection, probe_target
 from tests.test_replay_helpers import execute, replay, simple, write_workload
 
@@ -254,7 +254,7 @@ def test_parser_handles_any_split_and_never_holds_rows() -> None:
 
     async def main(piece: int) -> tuple[list[Any], list[bytes], int, _Owner]:
         transport, owner = _Transport(), _Owner()
-        channel = SimpleQueryChannel(transport, owner)
+        channel = WireChannel(transport, owner)
         transport.protocol = owner
         seen: list[Any] = []
         largest = 0
@@ -292,7 +292,7 @@ def test_error_sqlstate_field() -> None:
 def test_release_refused_mid_statement_and_lost_connection_reported() -> None:
     async def main() -> tuple[bool, str, bool]:
         transport, owner = _Transport(), _Owner()
-        channel = SimpleQueryChannel(transport, owner)
+        channel = WireChannel(transport, owner)
         done = channel.run(query_message("SELECT pg_sleep(1)"), lambda tag, state: None)
         with pytest.raises(RuntimeError):
             channel.release()

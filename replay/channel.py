@@ -1,18 +1,19 @@
-"""Simple-protocol statements sent straight on the wire, run back to back.
+"""Statements sent straight on the wire, run back to back.
 
-asyncpg opens each replay connection (authentication, TLS, start-up) and sends
-the extended-protocol statements. For simple-protocol statements, by far the
-most common kind in a captured log, its query path costs more client CPU than
-the statement needs: a future, a task wake-up and a Python frame per result.
-:class:`SimpleQueryChannel` takes the connection's transport over while such
-statements run (``transport.set_protocol``) and speaks the simple-query
-protocol itself: one ``Query`` message out, and from the replies it keeps only
-the command tag and the SQLSTATE; result rows are dropped as they arrive, never
+asyncpg opens each replay connection (authentication, TLS, start-up). Its query
+paths then cost more client CPU than replaying a statement needs (a future, a
+task wake-up and a Python frame per result), hold the rows of an
+extended-protocol statement until it completes, and name prepared statements
+their own way. :class:`WireChannel` takes the connection's transport over
+(``transport.set_protocol``) and sends each statement as the original client
+did: a simple-protocol ``Query``, or libpq's Parse/Bind/Execute/Sync with text
+parameters (:func:`extended_messages`). From the replies it keeps only the
+command tag and the SQLSTATE; result rows are dropped as they arrive, never
 held. When a statement completes (``ReadyForQuery``), the caller's *step*
 callback records it and hands over the next one at once, so a run of
 statements costs no coroutine switch at all.
 
-The transport goes back to asyncpg (:meth:`SimpleQueryChannel.release`) before
+The transport goes back to asyncpg (:meth:`WireChannel.release`) before
 asyncpg sends anything, and only between statements. The server's
 ``ParameterStatus`` messages are passed on to asyncpg, so it keeps track of
 settings such as ``client_encoding``; a lost connection is reported to asyncpg
@@ -123,8 +124,9 @@ def error_sqlstate(body: bytes) -> str:
     return "XX000"
 
 
-class SimpleQueryChannel(asyncio.Protocol):
-    """The simple-query protocol over the transport of an open asyncpg connection."""
+class WireChannel(asyncio.Protocol):
+    """PostgreSQL's frontend protocol, for replaying statements, over the transport
+    of an open asyncpg connection."""
 
     def __init__(self, transport: Any, owner: Any) -> None:
         self._transport = transport
@@ -148,7 +150,7 @@ class SimpleQueryChannel(asyncio.Protocol):
         """A statement may still be running: the connection can only be terminated."""
 
     @classmethod
-    def for_connection(cls, conn: Any) -> SimpleQueryChannel | None:
+    def for_connection(cls, conn: Any) -> WireChannel | None:
         """A channel for an asyncpg connection, or None if its transport cannot be
         handed over (then asyncpg sends everything)."""
         transport = getattr(conn, "_transport", None)
