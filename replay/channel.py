@@ -66,6 +66,7 @@ def query_message(sql: str) -> bytes:
 
 
 _INT16 = Struct("!h")
+_COUNT = Struct("!H")  # the server reads parameter counts as unsigned: up to 65,535
 _INT32 = Struct("!i")
 _NO_PARAMETER_TYPES = _INT16.pack(0)
 _EXECUTE_ALL = b"E" + _LENGTH.pack(9) + b"\0" + _INT32.pack(0)
@@ -97,7 +98,7 @@ def extended_messages(
         out.append(_message(b"C", b"S" + encoded_name))
     if parse:
         out.append(_message(b"P", encoded_name + _cstring(sql) + _NO_PARAMETER_TYPES))
-    values = [_INT16.pack(0), _INT16.pack(len(params))]  # text format for all parameters
+    values = [_INT16.pack(0), _COUNT.pack(len(params))]  # text format for all parameters
     for value in params:
         if value is None:
             values.append(_INT32.pack(-1))

@@ -342,3 +342,16 @@ def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> 
         8: (-1, "22012"),
         9: (1, None),
     }
+
+
+def test_a_statement_with_forty_thousand_parameters(server: Cluster, tmp_path: Path) -> None:
+    """Bulk statements can carry more than 32,767 parameters (the protocol's count
+    is unsigned): they go through as the original client sent them."""
+    count = 40_000
+    values = ", ".join(f"(${i}::int)" for i in range(1, count + 1))
+    sql = f"SELECT count(*) FROM (VALUES {values}) AS v (a)"
+    workload = write_workload(
+        tmp_path / "w.pgtw", [execute("s", 0, 0, sql, ["1"] * count, name="bulk")]
+    )
+    results = replay(workload, server, tmp_path / "r.pgtr", max_speed=True)
+    assert [(rows, state) for *_, rows, state, _ in results.rows()] == [(1, None)]
