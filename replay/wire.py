@@ -127,6 +127,9 @@ class ReplayConnection:
     unsure: set[str] = field(default_factory=set)
     """Names whose prepared statement may or may not exist now (after an error, a
     DEALLOCATE or DISCARD): prepared again, after a Close, when next used."""
+    codecs_pending: Sequence[TypeEntry] | None = None
+    """Types whose text codecs are installed when asyncpg is first used: with a
+    channel, asyncpg may never send anything on this connection."""
 
     def __post_init__(self) -> None:
         self.query = self.conn._protocol.query
@@ -146,26 +149,19 @@ class ReplayConnection:
             statement_cache_size=0,
             server_settings=settings,
         )
+        channel = WireChannel.for_connection(conn) if direct_simple else None
+        if channel is not None:
+            return cls(conn=conn, text_oids=set(), channel=channel, codecs_pending=types)
         try:
             oids = install_text_codecs(conn, types)
         except BaseException:
             conn.terminate()
             raise
-        return cls(
-            conn=conn,
-            text_oids=oids,
-            channel=WireChannel.for_connection(conn) if direct_simple else None,
-        )
+        return cls(conn=conn, text_oids=oids)
 
     def is_closed(self) -> bool:
         channel = self.channel
         return bool(self.conn.is_closed()) or (channel is not None and channel.lost)
-
-    async def simple(self, sql: str) -> int:
-        """Send ``sql`` as one simple-protocol Query; rows of its last command."""
-        self.use_asyncpg()
-        status = await self.conn._protocol.query(sql, None)
-        return rows_from_status(status)
 
     def message(self, kind_execute: bool, sql: str, params: Any, name: Any) -> bytes:
         """The messages that send one statement on the channel, as the original
@@ -196,6 +192,9 @@ class ReplayConnection:
         channel = self.channel
         if channel is not None and channel.installed:
             channel.release()
+        if self.codecs_pending is not None:
+            self.text_oids = install_text_codecs(self.conn, self.codecs_pending)
+            self.codecs_pending = None
         return self.conn
 
     async def execute(self, sql: str, params: Sequence[str | None], name: str | None) -> int:
@@ -255,7 +254,8 @@ class ReplayConnection:
             self.conn.terminate()  # a statement in flight (cancelled replay) or gone
             return
         try:
-            self.use_asyncpg()
+            if channel is not None and channel.installed:
+                channel.release()  # asyncpg says goodbye (Terminate) on its own protocol
             await self.conn.close(timeout=timeout_s)
         except Exception:
             self.conn.terminate()
