@@ -111,31 +111,44 @@ def test_unreachable_target_fails_before_starting(pgtraffic_cmd: list[str], tmp_
     assert not out.exists()
 
 
+def _replay_cmd(
+    pgtraffic_cmd: list[str], workload: Path, target: Cluster, out: Path, *extra: str
+) -> list[str]:
+    return [
+        *pgtraffic_cmd,
+        "replay",
+        str(workload),
+        "--target",
+        target.dsn(),
+        "-o",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _wait_for_results(out: Path, statements: int, timeout_s: float = 30) -> None:
+    """Until a running replay's results file holds more than ``statements`` (or the
+    timeout passes: the caller's assertions then say what went wrong)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if out.exists() and len(read_results(out)) > statements:
+            return
+
+
 def test_results_readable_after_kill_9(
     pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
 ) -> None:
     wl = _workload(tmp_path, 6.0)
     out = tmp_path / "r.pgtr"
     proc = subprocess.Popen(
-        [
-            *pgtraffic_cmd,
-            "replay",
-            str(wl),
-            "--target",
-            pg16.dsn(),
-            "-o",
-            str(out),
-            "--no-progress",
-        ],
+        _replay_cmd(pgtraffic_cmd, wl, pg16, out),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if out.exists() and len(read_results(out)) > 60:
-                break
+        _wait_for_results(out, 60)
         time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -159,27 +172,13 @@ def test_ctrl_c_stops_cleanly(pgtraffic_cmd: list[str], pg16: Cluster, tmp_path:
     wl = _workload(tmp_path, 6.0)
     out = tmp_path / "r.pgtr"
     proc = subprocess.Popen(
-        [
-            *pgtraffic_cmd,
-            "replay",
-            str(wl),
-            "--target",
-            pg16.dsn(),
-            "-o",
-            str(out),
-            "--no-progress",
-            "--json",
-        ],
+        _replay_cmd(pgtraffic_cmd, wl, pg16, out, "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if out.exists() and len(read_results(out)) > 40:
-                break
+        _wait_for_results(out, 40)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
