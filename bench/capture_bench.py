@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def generate(log: Path, size_gb: float) -> None:
-    from replay.servers import Cluster, Profile
+    from pgtraffic.servers import Cluster, Profile
 
     cluster = Cluster.create(
         major=16,
@@ -173,7 +173,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     out = work / "bench.pgtw"
     results["pgtraffic capture"] = run(
-        [sys.executable, "-m", "replay.cli", "capture", str(log), "-o", str(out), "-q"],
+        [sys.executable, "-m", "pgtraffic.cli", "capture", str(log), "-o", str(out), "-q"],
         "pgtraffic",
         memory=not args.skip_memory,
     )

@@ -82,7 +82,7 @@ def main() -> None:
         f"wrote 2 x {args.statements:,} statements in {time.perf_counter() - t0:.1f}s "
         f"({a.stat().st_size / 1e6:.1f} MB + {b.stat().st_size / 1e6:.1f} MB)"
     )
-    cmd = [sys.executable, "-m", "replay.cli", "compare", str(a), str(b), "--json"]
+    cmd = [sys.executable, "-m", "pgtraffic.cli", "compare", str(a), str(b), "--json"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from capture.pipeline import CaptureOptions, capture  # noqa: E402
 from capture.workload import read_workload  # noqa: E402
+from pgtraffic.servers import Cluster, Profile  # noqa: E402
 from replay.results import read_results  # noqa: E402
-from replay.servers import Cluster, Profile  # noqa: E402
 
 QUIET = (
     "-c log_statement=none -c log_min_duration_statement=-1 -c log_connections=off "
@@ -80,7 +80,7 @@ def pgbench_init(cluster: Cluster, scale: int) -> None:
 
 
 LEAN_CLI = (
-    "import sys, typer; from replay.commands.replay import register; "
+    "import sys, typer; from pgtraffic.commands.replay import register; "
     "app = typer.Typer(); register(app); app()"
 )
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "capture": "capture.pipeline",
     "CaptureOptions": "capture.pipeline",
@@ -35,7 +33,6 @@ __all__ = [
     "LogFormat",
     "Workload",
     "WorkloadWriter",
-    "__version__",
     "capture",
     "read_workload",
     "workload_stats",

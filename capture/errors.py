@@ -1,4 +1,7 @@
-"""The one error tree of pgtraffic.
+"""The root of pgtraffic's one error tree, and the errors of reading inputs.
+
+The whole tree is drawn in :mod:`pgtraffic.errors`; its root lives here, in the
+lowest layer, because every layer raises it.
 
 Every error pgtraffic raises on purpose derives from :class:`PgTrafficError`, so a
 caller (and the CLI) can catch them all in one place. Subclasses carry the context
@@ -7,8 +10,6 @@ to start and where its log is.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 
 class PgTrafficError(Exception):
@@ -52,17 +53,3 @@ class LogParseError(InputError):
 
 class WorkloadFormatError(InputError):
     """A workload or results file is malformed or of a format version we do not read."""
-
-
-class ServerError(PgTrafficError):
-    """A PostgreSQL server could not be found, created, started or stopped."""
-
-    exit_code = 4
-
-    def __init__(
-        self, message: str, *, hint: str | None = None, log_path: Path | None = None
-    ) -> None:
-        if log_path is not None:
-            message = f"{message} (server log: {log_path})"
-        super().__init__(message, hint=hint)
-        self.log_path = log_path

@@ -36,9 +36,9 @@ from typing import IO, Any
 
 import pglast
 
-from capture import __version__
 from capture.errors import WorkloadFormatError
 from capture.records import QueryClass, Session, Statement, WorkloadHeader
+from capture.version import __version__
 
 _fast_gzip: Any
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, UnicodeDecodeError, zlib.error)

@@ -36,10 +36,10 @@ from typing import Any
 from capture.errors import UsageError, WorkloadFormatError
 from capture.records import Session, StatementKind
 from capture.workload import READ_ERRORS, Workload, loads_record, open_text, read_workload
-from replay.channel import ChannelLost
+from replay.connection import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
+from replay.protocol import ChannelLost
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
-from replay.wire import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
 
 # Pseudo-SQLSTATEs for failures the server did not report itself (class 08 is
 # PostgreSQL's own "connection exception" class).
@@ -72,7 +72,7 @@ class ReplayOptions:
     event_loop: str = "auto"
     """"auto" (uvloop when installed), "uvloop" or "asyncio"."""
     direct_simple: bool = True
-    """Send statements on the wire directly (replay.channel), simple and
+    """Send statements on the wire directly (replay.protocol), simple and
     extended alike; False: through asyncpg's query paths (``--via-asyncpg``)."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:

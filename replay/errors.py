@@ -1,15 +1,15 @@
-"""Errors raised by replay, all part of the one tree rooted at ``PgTrafficError``."""
+"""Errors raised by replay, all part of the one tree drawn in :mod:`pgtraffic.errors`."""
 
 from __future__ import annotations
 
-from capture.errors import PgTrafficError, ServerError, WorkloadFormatError
+from capture.errors import PgTrafficError, WorkloadFormatError
 
 
 class ResultsFormatError(WorkloadFormatError):
     """A results file is not one, is of an unknown format version, or is damaged."""
 
 
-class TargetError(ServerError):
+class TargetError(PgTrafficError):
     """The replay target could not be reached or inspected before the replay began."""
 
     exit_code = 5

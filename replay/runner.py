@@ -23,15 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from capture import __version__
 from capture.errors import UsageError
 from capture.records import StatementKind
+from capture.version import __version__
 from capture.workload import Workload
+from replay.connection import TargetInfo, TypeEntry, probe_target
 from replay.engine import Progress, ReplayOptions, run_worker
 from replay.errors import ReplayError, TargetError
 from replay.results import append_final_summary, create_results_file
 from replay.schedule import Schedule, idle_gaps, peak_concurrency
-from replay.wire import TargetInfo, TypeEntry, probe_target
 
 START_DELAY_S = 0.3
 

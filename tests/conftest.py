@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from capture.errors import ServerError
-from replay.servers import Cluster, Installation, Profile, StopReport, find_installations
-from replay.servers.cluster import reap_orphans
+from pgtraffic.errors import ServerError
+from pgtraffic.servers import Cluster, Installation, Profile, StopReport, find_installations
+from pgtraffic.servers.cluster import reap_orphans
 
 VERSIONS = (15, 16, 18)
 _STOP_REPORTS: list[StopReport] = []
@@ -159,7 +159,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def pgtraffic_cmd() -> list[str]:
     """How to invoke the CLI in a subprocess."""
-    return [sys.executable, "-m", "replay.cli"]
+    return [sys.executable, "-m", "pgtraffic.cli"]
 
 
 __all__ = ["ClusterFactory", "ServerError", "require_version"]

@@ -19,7 +19,7 @@ import pytest
 from capture.pipeline import CaptureOptions, capture
 from capture.records import Statement, StatementKind
 from capture.workload import Workload, read_workload
-from replay.servers import Cluster, Profile
+from pgtraffic.servers import Cluster, Profile
 
 pytestmark = pytest.mark.pg(">=15")
 

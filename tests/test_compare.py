@@ -16,10 +16,10 @@ from capture.filters import Filters
 from capture.pipeline import CaptureOptions, capture
 from capture.records import QueryClass, Session, Statement, StatementKind
 from capture.workload import WorkloadWriter
-from replay.compare import ExplainTargets, FailOn, Verdict, compare_files, exit_code
-from replay.compare.render_html import to_html
-from replay.rehearsal import ReplaySettings, SilentReporter, replay_once
-from replay.servers import Cluster, Profile
+from pgtraffic.compare import ExplainTargets, FailOn, Verdict, compare_files, exit_code
+from pgtraffic.compare.render_html import to_html
+from pgtraffic.rehearsal import ReplaySettings, SilentReporter, replay_once
+from pgtraffic.servers import Cluster, Profile
 from tests.conftest import require_version
 
 DB = "shop"
@@ -254,7 +254,7 @@ def _png_colours(path: Path) -> dict[str, int]:
 
 def test_cli_help_documents_exit_codes(pgtraffic_cmd: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "replay.cli", "compare", "--help"],
+        [sys.executable, "-m", "pgtraffic.cli", "compare", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

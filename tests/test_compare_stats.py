@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay.compare import FailOn, Verdict, exit_code
-from replay.compare.core import DifferentWorkloadsError, compare_runs
-from replay.compare.model import RunData, Thresholds
-from replay.compare.plans import plan_shape
-from replay.compare.render_text import to_json, to_junit, to_markdown
-from replay.compare.stats import (
+from pgtraffic.compare import FailOn, Verdict, exit_code
+from pgtraffic.compare.core import DifferentWorkloadsError, compare_runs
+from pgtraffic.compare.model import RunData, Thresholds
+from pgtraffic.compare.plans import plan_shape
+from pgtraffic.compare.render_text import to_json, to_junit, to_markdown
+from pgtraffic.compare.stats import (
     benjamini_hochberg,
     bootstrap_ratio_intervals,
     geometric_mean,
@@ -240,8 +240,8 @@ def test_ratio_chart_survives_an_interval_beside_the_estimate() -> None:
     """Bootstrap intervals come from resamples and may miss the full-sample ratio."""
     import dataclasses
 
-    from replay.compare import charts
-    from replay.compare.stats import Interval
+    from pgtraffic.compare import charts
+    from pgtraffic.compare.stats import Interval
 
     c = compare_runs(make_run(seed=1), make_run(seed=2, slow_class=3, factor=1.6))
     first = c.classes[0]

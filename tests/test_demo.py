@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psycopg
 
-from replay.compare import Verdict
-from replay.rehearsal import DemoSettings, demo
-from replay.scenario import get_scenario
-from replay.servers import registry
+from pgtraffic.compare import Verdict
+from pgtraffic.rehearsal import DemoSettings, demo
+from pgtraffic.scenario import get_scenario
+from pgtraffic.servers import registry
 from tests.conftest import require_version
 
 

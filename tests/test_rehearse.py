@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from replay.servers import Profile
+from pgtraffic.servers import Profile
 from tests.conftest import ClusterFactory
 from tests.test_compare import CLIENT, DB, _prepare
 

@@ -12,14 +12,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from replay.channel import (
+from pgtraffic.servers import Cluster
+from replay.connection import ConnectSpec, ReplayConnection, probe_target
+from replay.protocol import (
     ChannelLost,
     WireChannel,
     error_sqlstate,
     query_message,
 )
-from replay.servers import Cluster
-from replay.wire import ConnectSpec, ReplayConnection, probe_target
 from tests.test_replay_helpers import execute, replay, simple, write_workload
 
 pytestmark = pytest.mark.pg

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pgtraffic.servers import Cluster
+from pgtraffic.servers.cluster import free_port
 from replay.results import CSV_COLUMNS, read_results
-from replay.servers import Cluster
-from replay.servers.cluster import free_port
 from tests.test_replay_helpers import execute, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")

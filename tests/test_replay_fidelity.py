@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from replay.servers import Cluster, Profile
+from pgtraffic.servers import Cluster, Profile
 from tests.test_replay_helpers import (
     execute,
     outcomes,

@@ -12,10 +12,10 @@ from typing import Any
 
 from capture.records import Session, Statement, StatementKind
 from capture.workload import Workload, WorkloadWriter, read_workload
+from pgtraffic.servers import Cluster
 from replay.engine import ReplayOptions
 from replay.results import Results, read_results
 from replay.runner import build_schedule, inspect_target, run_replay, scan_workload, with_defaults
-from replay.servers import Cluster
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -14,9 +14,9 @@ import pytest
 from capture.pipeline import CaptureOptions, capture
 from capture.records import StatementKind
 from capture.workload import Workload, read_workload
+from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
 from replay.runner import build_schedule, scan_workload
-from replay.servers import Cluster, Profile
 from tests.conftest import require_version
 from tests.test_replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
-from replay.servers import Cluster, Profile
 from tests.test_replay_helpers import outcomes, replay, replayable_keys, simple, write_workload
 
 pytestmark = [pytest.mark.pg(">=16"), pytest.mark.slow]

@@ -17,8 +17,8 @@ import pytest
 
 from capture.pipeline import CaptureOptions, capture
 from capture.workload import Workload, read_workload
+from pgtraffic.servers import Cluster, Profile
 from replay.results import read_results
-from replay.servers import Cluster, Profile
 from tests.conftest import require_version
 from tests.test_replay_helpers import fetch, outcomes, replayable_keys, run_quiet
 

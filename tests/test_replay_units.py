@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capture.errors import UsageError
+from replay.connection import rows_from_status
 from replay.errors import ResultsFormatError
 from replay.report import build_report
 from replay.results import (
@@ -22,7 +23,6 @@ from replay.results import (
     read_results,
 )
 from replay.schedule import Schedule, idle_gaps, peak_concurrency, session_worker
-from replay.wire import rows_from_status
 
 
 def test_speed_scales_intended_times() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from capture.errors import UsageError
 from capture.normalize import fingerprint
-from replay.scenario import (
+from pgtraffic.scenario import (
     ClientScript,
     Scenario,
     client_command,
@@ -28,7 +28,7 @@ from replay.scenario import (
     run_client,
     scale_text,
 )
-from replay.servers import Cluster
+from pgtraffic.servers import Cluster
 
 SCALE = 0.02
 SCRIPTS = get_scenario().scripts

@@ -13,11 +13,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from capture.errors import ServerError
 from capture.settings import CAPTURE_SETTINGS
-from replay.servers import Cluster, Profile, find_installation, find_installations
-from replay.servers.cluster import _processes_in, reap_orphans
-from replay.servers.installations import parse_version
+from pgtraffic.errors import ServerError
+from pgtraffic.servers import Cluster, Profile, find_installation, find_installations
+from pgtraffic.servers.cluster import _processes_in, reap_orphans
+from pgtraffic.servers.installations import parse_version
 from tests.conftest import ClusterFactory
 
 
@@ -148,7 +148,7 @@ def test_orphan_of_a_killed_owner_is_reaped(tmp_path: Path, repo_root: Path) -> 
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
     script = (
         "import os, signal\n"
-        "from replay.servers import Cluster\n"
+        "from pgtraffic.servers import Cluster\n"
         "c = Cluster.create(major=16)\n"
         "print(c.root, c.postmaster_pid(), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -242,8 +242,8 @@ def test_owner_interrupted_stops_its_server(
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path))
     script = (
         "import signal, time\n"
-        "from replay.cli import _terminate\n"
-        "from replay.servers import Cluster\n"
+        "from pgtraffic.cli import _terminate\n"
+        "from pgtraffic.servers import Cluster\n"
         "signal.signal(signal.SIGTERM, _terminate)\n"
         "c = Cluster.create(major=16)\n"
         "print(c.root, c.postmaster_pid(), flush=True)\n"
@@ -316,7 +316,7 @@ def test_harness_reports_a_postmaster_killed_by_a_test(tmp_path: Path, repo_root
 
 def test_restarted_cluster_is_still_stopped_by_its_owner(make_cluster: ClusterFactory) -> None:
     """stop(remove=False) then start() again: the harness must still stop it at the end."""
-    from replay.servers.cluster import _LIVE
+    from pgtraffic.servers.cluster import _LIVE
 
     cluster = make_cluster(16)
     first = cluster.stop(remove=False)

@@ -1,4 +1,4 @@
-"""CLI commands for capture (registered on the root app by replay.cli).
+"""CLI commands for capture (registered on the root app by pgtraffic.cli).
 
 ``pgtraffic capture`` turns PostgreSQL logs into a workload file and
 ``pgtraffic inspect`` summarizes one. The handlers parse options, call

@@ -20,15 +20,15 @@ from rich.progress import (
 )
 from rich.status import Status
 
-from capture import __version__
 from capture.errors import UsageError
 from capture.filters import Filters
 from capture.pipeline import CaptureOptions
-from replay.commands.capture import _parse_time as parse_time
-from replay.commands.compare import _fail_on
-from replay.compare import Thresholds, exit_code
-from replay.compare.render_text import terminal
-from replay.rehearsal import (
+from pgtraffic import __version__
+from pgtraffic.commands.capture import _parse_time as parse_time
+from pgtraffic.commands.compare import _fail_on
+from pgtraffic.compare import Thresholds, exit_code
+from pgtraffic.compare.render_text import terminal
+from pgtraffic.rehearsal import (
     DemoSettings,
     RehearsalResult,
     ReplaySettings,
@@ -112,7 +112,7 @@ class ConsoleReporter:
 
 
 def _report(result: RehearsalResult, html: Path, out: Console) -> None:
-    from replay.compare.render_html import to_html  # matplotlib: only when a report is made
+    from pgtraffic.compare.render_html import to_html  # matplotlib: only when a report is made
 
     html.write_text(to_html(result.comparison, version=__version__), encoding="utf-8")
     out.print(terminal(result.comparison, width=out.width))

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from replay.compare.model import Comparison
-from replay.compare.render_text import short
+from pgtraffic.compare.model import Comparison
+from pgtraffic.compare.render_text import short
 
 BASE_COLOR = "#1f77b4"
 CAND_COLOR = "#d62728"

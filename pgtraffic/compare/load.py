@@ -9,7 +9,7 @@ from typing import Any
 
 from capture.records import Statement
 from capture.workload import Workload, read_workload
-from replay.compare.model import Comparison, Example, RunData
+from pgtraffic.compare.model import Comparison, Example, RunData
 from replay.results import read_results
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from capture.errors import InputError
-from replay.compare.model import (
+from pgtraffic.compare.model import (
     ClassComparison,
     Comparison,
     ErrorDivergence,
@@ -21,7 +21,7 @@ from replay.compare.model import (
     TimelinePoint,
     Verdict,
 )
-from replay.compare.stats import (
+from pgtraffic.compare.stats import (
     FloatArray,
     Summary,
     benjamini_hochberg,

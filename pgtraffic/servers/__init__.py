@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from replay.servers.cluster import Cluster, StopReport
-from replay.servers.installations import Installation, find_installation, find_installations
-from replay.servers.profiles import Profile
+from pgtraffic.servers.cluster import Cluster, StopReport
+from pgtraffic.servers.installations import Installation, find_installation, find_installations
+from pgtraffic.servers.profiles import Profile
 
 __all__ = [
     "Cluster",

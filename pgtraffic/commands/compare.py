@@ -9,10 +9,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from capture import __version__
 from capture.errors import UsageError
-from replay.compare import Comparison, ExplainTargets, FailOn, Thresholds, compare_files, exit_code
-from replay.compare.render_text import terminal, to_json, to_junit, to_markdown
+from pgtraffic import __version__
+from pgtraffic.compare import (
+    Comparison,
+    ExplainTargets,
+    FailOn,
+    Thresholds,
+    compare_files,
+    exit_code,
+)
+from pgtraffic.compare.render_text import terminal, to_json, to_junit, to_markdown
 
 
 def _fail_on(value: str | None) -> list[FailOn]:
@@ -30,7 +37,7 @@ def _fail_on(value: str | None) -> list[FailOn]:
 
 
 def _html(comparison: Comparison) -> str:
-    from replay.compare.render_html import to_html  # matplotlib: only when a report is made
+    from pgtraffic.compare.render_html import to_html  # matplotlib: only when a report is made
 
     return to_html(comparison, version=__version__)
 

@@ -1,4 +1,4 @@
-"""CLI commands for replay (registered on the root app by replay.cli)."""
+"""CLI commands for replay (registered on the root app by pgtraffic.cli)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from replay.compare.model import ClassComparison, Comparison, Verdict
+from pgtraffic.compare.model import ClassComparison, Comparison, Verdict
 
 VERDICT_STYLE = {
     Verdict.REGRESSED: "bold red",

@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from replay.channel import WireChannel, extended_messages, query_message
+from replay.protocol import WireChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
 """(oid, name, schema) of a server data type."""

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from capture.errors import ServerError
+from pgtraffic.errors import ServerError
 
 WHEELS: tuple[tuple[str, str], ...] = (
     ("pgserver", "pgserver wheel"),

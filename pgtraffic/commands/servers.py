@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from capture.errors import UsageError
-from replay.servers import Cluster, Profile, find_installation, find_installations, registry
-from replay.servers.cluster import reap_orphans, stop_record
+from pgtraffic.servers import Cluster, Profile, find_installation, find_installations, registry
+from pgtraffic.servers.cluster import reap_orphans, stop_record
 
 servers_app = typer.Typer(
     name="servers",

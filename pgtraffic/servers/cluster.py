@@ -23,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from capture.errors import ServerError
-from replay.servers import registry
-from replay.servers.installations import Installation, find_installation
-from replay.servers.privileges import (
+from pgtraffic.errors import ServerError
+from pgtraffic.servers import registry
+from pgtraffic.servers.installations import Installation, find_installation
+from pgtraffic.servers.privileges import (
     Account,
     accessible_installation,
     give_to,
     run_as,
     server_account,
 )
-from replay.servers.profiles import Profile, profile_settings, render_conf
+from pgtraffic.servers.profiles import Profile, profile_settings, render_conf
 
 SUPERUSER = "postgres"
 _LIVE: dict[str, Cluster] = {}

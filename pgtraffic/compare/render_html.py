@@ -6,16 +6,16 @@ import math
 
 import jinja2
 
-from replay.compare import charts
-from replay.compare.model import Comparison, Verdict
-from replay.compare.render_text import fmt_ratio, headline, ms
+from pgtraffic.compare import charts
+from pgtraffic.compare.model import Comparison, Verdict
+from pgtraffic.compare.render_text import fmt_ratio, headline, ms
 
 _TEMPLATE = "report.html.j2"
 
 
 def to_html(c: Comparison, *, version: str) -> str:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("replay.compare", "."),
+        loader=jinja2.PackageLoader("pgtraffic.compare", "."),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from capture.records import Statement, StatementKind
-from replay.compare.model import PlanDiff
+from pgtraffic.compare.model import PlanDiff
 
 _SHAPE_KEYS = ("Join Type", "Strategy", "Scan Direction")
 _EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from capture.errors import ServerError
 from capture.filters import Filters
 from capture.pipeline import CaptureOptions, CaptureSummary, capture
 from capture.workload import read_workload
-from replay import scenario as scenarios
-from replay.compare import Comparison, ExplainTargets, Thresholds, compare_files
+from pgtraffic import scenario as scenarios
+from pgtraffic.compare import Comparison, ExplainTargets, Thresholds, compare_files
+from pgtraffic.errors import ServerError
+from pgtraffic.servers import Cluster, Profile, find_installation
 from replay.engine import ReplayOptions
 from replay.runner import (
     LiveStatus,
@@ -34,7 +35,6 @@ from replay.runner import (
     scan_workload,
     with_defaults,
 )
-from replay.servers import Cluster, Profile, find_installation
 
 
 class Reporter(Protocol):

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from capture.errors import ServerError
-from replay.servers.installations import Installation
+from pgtraffic.errors import ServerError
+from pgtraffic.servers.installations import Installation
 
 SERVICE_USER = os.environ.get("PGTRAFFIC_SERVICE_USER", "pgtraffic")
 MIRROR_ROOT = Path(os.environ.get("PGTRAFFIC_MIRROR_DIR", "/var/cache/pgtraffic/pginstall"))

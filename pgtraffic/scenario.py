@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import scenarios
-from capture.errors import ServerError, UsageError
 from capture.normalize import fingerprint
-from replay.servers import Cluster
+from pgtraffic.errors import ServerError, UsageError
+from pgtraffic.servers import Cluster
 
 Protocol = Literal["simple", "extended", "prepared"]
 PROTOCOLS: tuple[Protocol, ...] = ("simple", "extended", "prepared")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from replay.compare.stats import Interval, Summary, TestResult
+from pgtraffic.compare.stats import Interval, Summary, TestResult
 
 IntArray = npt.NDArray[np.integer[Any]]
 

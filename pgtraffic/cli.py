@@ -1,6 +1,6 @@
 """The ``pgtraffic`` command line: options in, typed calls to the core, output out.
 
-Each command group lives in ``replay/commands/<name>.py`` and registers itself on
+Each command group lives in ``pgtraffic/commands/<name>.py`` and registers itself on
 the root app through its ``register(app)`` function.
 """
 
@@ -14,11 +14,11 @@ import typer
 from rich.console import Console
 
 from capture.errors import PgTrafficError
-from replay.commands import capture as capture_commands
-from replay.commands import compare as compare_commands
-from replay.commands import rehearse as rehearse_commands
-from replay.commands import replay as replay_commands
-from replay.commands import servers as server_commands
+from pgtraffic.commands import capture as capture_commands
+from pgtraffic.commands import compare as compare_commands
+from pgtraffic.commands import rehearse as rehearse_commands
+from pgtraffic.commands import replay as replay_commands
+from pgtraffic.commands import servers as server_commands
 
 app = typer.Typer(
     name="pgtraffic",

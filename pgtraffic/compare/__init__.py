@@ -1,7 +1,7 @@
 """Compare two replays of one workload: per-class latency, errors, rows and plans.
 
 ``compare_files`` is the one call: it loads both results files, compares them
-(pure, in :mod:`replay.compare.core`), and optionally fills in SQL examples from the
+(pure, in :mod:`pgtraffic.compare.core`), and optionally fills in SQL examples from the
 workload and EXPLAINs the top classes on both servers.
 """
 
@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from replay.compare.core import DifferentWorkloadsError, compare_runs
-from replay.compare.load import attach_sql, find_workload, load_run, representative_statements
-from replay.compare.model import Comparison, Thresholds, Verdict
-from replay.compare.plans import compare_plans
+from pgtraffic.compare.core import DifferentWorkloadsError, compare_runs
+from pgtraffic.compare.load import attach_sql, find_workload, load_run, representative_statements
+from pgtraffic.compare.model import Comparison, Thresholds, Verdict
+from pgtraffic.compare.plans import compare_plans
 
 __all__ = [
     "Comparison",
