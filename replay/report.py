@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from replay.fidelity import Fidelity, FidelityVerdict, judge_records, replayer_lag_us
 from replay.results import Results
+
+__all__ = ["Divergence", "Fidelity", "ReplayReport", "build_report", "replayer_lag_us"]
 
 CONNECTION_CLASS = "08"
 
@@ -78,6 +81,8 @@ class ReplayReport:
     divergence: Divergence
     damaged_bytes: int
     budget_overdrafts: int
+    fidelity: FidelityVerdict
+    """On schedule, or behind it and why: the judgement compare makes too."""
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -117,22 +122,6 @@ def divergence(results: Results) -> Divergence:
     )
 
 
-def replayer_lag_us(recs: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Per statement: send time minus the moment it could have been sent at the earliest,
-    the later of its intended start and the end of its session's previous statement."""
-    if recs.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((recs["index"], recs["session"]))
-    r = recs[order]
-    start = r["start_us"].astype(np.int64)
-    end = start + r["service_us"].astype(np.int64)
-    ready = r["intended_us"].astype(np.int64).copy()
-    same = r["session"][1:] == r["session"][:-1]
-    prev_end = np.where(same, end[:-1], np.iinfo(np.int64).min)
-    ready[1:] = np.maximum(ready[1:], prev_end)
-    return start - ready
-
-
 def _sum_counter(summaries: tuple[dict[str, Any], ...], key: str) -> dict[str, int]:
     total: Counter[str] = Counter()
     for summary in summaries:
@@ -168,17 +157,9 @@ def build_report(results: Results) -> ReplayReport:
         )
     lag_p99 = None if max_speed else _pct(lag, 99)
     own_lag = replayer_lag_us(sent)
-    own_p99 = None if max_speed else _pct(own_lag, 99)
-    if own_p99 is not None and own_p99 > 10:
-        report_warnings.append(
-            f"the replayer itself was {own_p99:.0f} ms late at p99: it could not keep up, so "
-            "timings describe the replayer as much as the server; try --workers or a lower --speed"
-        )
-    elif lag_p99 is not None and lag_p99 > 100:
-        report_warnings.append(
-            f"lag p99 is {lag_p99:.0f} ms, mostly statements waiting behind their session's "
-            "previous, slow statement: the target did not keep up with the captured pace"
-        )
+    fidelity = judge_records(recs, strings, max_speed=max_speed)
+    if fidelity.warning is not None:
+        report_warnings.append(fidelity.warning)
     overdrafts = sum(int(s.get("budget_overdrafts", 0)) for s in summaries)
     return ReplayReport(
         completed=bool(final.get("completed")),
@@ -205,5 +186,6 @@ def build_report(results: Results) -> ReplayReport:
         divergence=divergence(results),
         damaged_bytes=results.damaged_bytes,
         budget_overdrafts=overdrafts,
+        fidelity=fidelity.verdict,
         warnings=tuple(report_warnings),
     )

@@ -30,6 +30,7 @@ from pgtraffic.compare.stats import (
     ratio,
     significance,
 )
+from replay.fidelity import judge_fidelity, sent_mask
 
 MAX_EXAMPLES = 3
 BOOTSTRAP_CLASSES = 30
@@ -77,25 +78,16 @@ def _pair(a: RunData, b: RunData) -> tuple[IntArray, IntArray]:
 
 def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
     ok = run.sqlstate == 0
-    lag_ms = (run.start_us - run.intended_us) / 1000.0
-    if lag_ms.size:
-        p50, p95, p99 = (float(x) for x in np.percentile(lag_ms, [50, 95, 99]))
-        lag_max = float(lag_ms.max())
-    else:
-        p50 = p95 = p99 = lag_max = 0.0
-    if run.max_speed:
-        faithful = True
-        note = "replayed at maximum speed: latencies are measured under saturation, not timing"
-    elif p95 > thresholds.max_lag_p95_ms:
-        faithful = False
-        note = (
-            f"lag p95 {p95:.1f} ms exceeds {thresholds.max_lag_p95_ms:g} ms: the replayer fell "
-            "behind schedule, so its latencies describe the replayer as much as the server; "
-            "replay again with a lower --speed or more --workers"
-        )
-    else:
-        faithful = True
-        note = f"on schedule (lag p95 {p95:.1f} ms)"
+    fidelity = judge_fidelity(
+        session=run.session,
+        index=run.index,
+        intended_us=run.intended_us,
+        start_us=run.start_us,
+        service_us=run.service_us,
+        sent=sent_mask(run.sqlstate, run.sqlstates),
+        max_speed=run.max_speed,
+        limits=thresholds.fidelity,
+    )
     return RunSummary(
         label=run.label,
         path=run.path,
@@ -105,14 +97,15 @@ def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
         duration_s=run.duration_s,
         throughput=len(run) / run.duration_s if run.duration_s > 0 else math.nan,
         total_service_ms=float(run.service_us[ok].sum()) / 1000.0,
-        lag_p50_ms=p50,
-        lag_p95_ms=p95,
-        lag_p99_ms=p99,
-        lag_max_ms=lag_max,
+        lag_p50_ms=fidelity.lag_p50_ms,
+        lag_p95_ms=fidelity.lag_p95_ms,
+        lag_p99_ms=fidelity.lag_p99_ms,
+        lag_max_ms=fidelity.lag_max_ms,
         max_speed=run.max_speed,
         speed=run.speed,
-        faithful=faithful,
-        fidelity_note=note,
+        faithful=fidelity.faithful,
+        fidelity_note=fidelity.note,
+        fidelity=fidelity.verdict,
     )
 
 

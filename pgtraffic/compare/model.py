@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pgtraffic.compare.stats import Interval, Summary, TestResult
+from replay.fidelity import FidelityLimits, FidelityVerdict
 
 IntArray = npt.NDArray[np.integer[Any]]
 
@@ -68,8 +69,8 @@ class Thresholds:
     """False-discovery rate across classes (Benjamini-Hochberg q-value below this)."""
     min_samples: int = 10
     """Fewer successful executions on either side: *too few samples*."""
-    max_lag_p95_ms: float = 10.0
-    """A run whose lag p95 exceeds this measured the replayer, not the server."""
+    fidelity: FidelityLimits = field(default_factory=FidelityLimits)
+    """When a run was behind schedule (the replay report judges by the same limits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class RunSummary:
     speed: float
     faithful: bool
     fidelity_note: str
+    fidelity: FidelityVerdict = FidelityVerdict.ON_SCHEDULE
 
     @property
     def error_rate(self) -> float:
