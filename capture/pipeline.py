@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import contextlib
-import datetime as dt
 import gc
 import marshal
 import multiprocessing
@@ -22,7 +21,7 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
-from capture.records import QueryClass, StatementKind, WorkloadHeader
+from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
 from capture.settings import capture_recipe
 from capture.sources import LogFormat, SourceInfo, describe, detect_format, read_blocks
@@ -118,34 +117,53 @@ def _decode_bytes(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", "surrogateescape"), True
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One decode job: whole records of one source, in input order."""
+
+    format: LogFormat
+    data: bytes
+    source: str
+    first_line: int
+    truncated: bool
+    """The data ends inside a record (the last of a file that was cut short)."""
+    offset: int
+    """Where ``data`` starts in the source file; -1 when it is not a plain byte range of
+    it (stdin, gzip)."""
+
+
 _WORKER_DECODER: RecordDecoder | None = None
 
 
-def parse_job(
-    fmt: LogFormat, data: bytes, source: str, first_line: int, truncated: bool
-) -> ChunkResult:
-    """Decode one chunk (runs in a worker process; also callable in-process)."""
+def parse_job(chunk: Chunk, data: bytes | None = None) -> ChunkResult:
+    """Decode one chunk (runs in a worker process; also callable in-process).
+
+    ``data``: the chunk's bytes when ``chunk.data`` does not carry them (a worker
+    read them from the file).
+    """
     global _WORKER_DECODER
     if _WORKER_DECODER is None:
         _WORKER_DECODER = RecordDecoder()
 
     decoder = _WORKER_DECODER
-    text, dirty = _decode_bytes(data)
-    parse = parse_csv if fmt is LogFormat.CSVLOG else parse_json
+    text, dirty = _decode_bytes(chunk.data if data is None else data)
+    parse = parse_csv if chunk.format is LogFormat.CSVLOG else parse_json
     parse(
         decoder,
         text,
-        source=source,
-        first_line=first_line,
-        truncated_tail=truncated,
+        source=chunk.source,
+        first_line=chunk.first_line,
+        truncated_tail=chunk.truncated,
         check_encoding=dirty,
     )
     return decoder.take()
 
 
-def parse_job_packed(
-    fmt: LogFormat, data: bytes, source: str, first_line: int, truncated: bool
-) -> bytes:
+_SCALARS = ("records", "lines", "server_version", "non_english", "first_ts_us", "last_ts_us")
+"""The plain fields of a :class:`ChunkResult`, in the order a packed result holds them."""
+
+
+def parse_job_packed(chunk: Chunk, data: bytes | None = None) -> bytes:
     """:func:`parse_job` for a worker process: the result as one marshal blob.
 
     One bytes object crosses the process boundary instead of a pickled graph of
@@ -154,43 +172,26 @@ def parse_job_packed(
     would only walk the chunk's rows (2 % of a worker's instructions).
     """
     with _no_cyclic_gc():
-        r = parse_job(fmt, data, source, first_line, truncated)
+        r = parse_job(chunk, data)
     return marshal.dumps(
         (
             r.events,
             [(sid, tuple(info)) for sid, info in r.sessions.items()],
             [(p.source, p.line, p.reason, p.detail) for p in r.problems],
-            r.records,
-            r.lines,
-            r.server_version,
-            r.non_english,
-            r.first_ts_us,
-            r.last_ts_us,
+            tuple(getattr(r, name) for name in _SCALARS),
         )
     )
 
 
 def _unpack(blob: bytes) -> ChunkResult:
-    events, sessions, problems, records, lines, version, non_english, first, last = marshal.loads(
-        blob
-    )
+    events, sessions, problems, scalars = marshal.loads(blob)
     make_info = SessionInfo._make
-    return ChunkResult(
-        events=events,
-        sessions={sid: make_info(info) for sid, info in sessions},
-        problems=[Problem(*p) for p in problems],
-        records=records,
-        lines=lines,
-        server_version=version,
-        non_english=non_english,
-        first_ts_us=first,
-        last_ts_us=last,
+    result = ChunkResult(
+        events, {sid: make_info(info) for sid, info in sessions}, [Problem(*p) for p in problems]
     )
-
-
-_Job = tuple[LogFormat, bytes, str, int, bool, int]
-"""format, data, source, first line, truncated tail, offset of data in the source file
-(-1 when the data is not a plain byte range of it: stdin, gzip)."""
+    for name, value in zip(_SCALARS, scalars, strict=True):
+        setattr(result, name, value)
+    return result
 
 
 class _Chunks:
@@ -212,7 +213,7 @@ class _Chunks:
         sizes = [i.size for i in infos]
         self.total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
-    def __iter__(self) -> Iterator[_Job]:
+    def __iter__(self) -> Iterator[Chunk]:
         done_before = 0
         if self.progress is not None:
             self.progress(0, self.total)
@@ -234,7 +235,7 @@ class _Chunks:
                     )
                 assert fmt is not None
                 for chunk, line in chunker.feed(data):
-                    yield fmt, chunk, info.name, line, False, offset if ranged else -1
+                    yield Chunk(fmt, chunk, info.name, line, False, offset if ranged else -1)
                     offset += len(chunk)
                 self.bytes_read = done_before + consumed
                 if self.progress is not None:
@@ -244,18 +245,18 @@ class _Chunks:
             assert fmt is not None
             rest = chunker.finish()
             if rest is not None:
-                yield fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1
+                yield Chunk(fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1)
             done_before += consumed
 
 
-def _results(jobs: Iterator[_Job], workers: int, ranged: bool) -> Iterator[ChunkResult]:
+def _results(jobs: Iterator[Chunk], workers: int, ranged: bool) -> Iterator[ChunkResult]:
     """Decode jobs, in order, with at most a few in flight (bounded memory).
 
     ``ranged``: every source is a plain file, which workers can read themselves.
     """
     if workers <= 1:
         for job in jobs:
-            yield parse_job(*job[:5])
+            yield parse_job(job)
         return
     context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
     if os.name == "posix":
@@ -267,7 +268,7 @@ def _results(jobs: Iterator[_Job], workers: int, ranged: bool) -> Iterator[Chunk
         yield from pool.run(jobs)
 
 
-def _pool_results(jobs: Iterator[_Job], workers: int, context: Any) -> Iterator[ChunkResult]:
+def _pool_results(jobs: Iterator[Chunk], workers: int, context: Any) -> Iterator[ChunkResult]:
     """Decode jobs whose data must be sent (stdin, gzip) in a process pool, in order."""
     with (
         _without_main_module(),
@@ -276,7 +277,7 @@ def _pool_results(jobs: Iterator[_Job], workers: int, context: Any) -> Iterator[
         pending: collections.deque[futures.Future[bytes]] = collections.deque()
         try:
             for job in jobs:
-                pending.append(pool.submit(parse_job_packed, *job[:5]))
+                pending.append(pool.submit(parse_job_packed, job))
                 if len(pending) >= workers * 4:
                     yield _unpack(pending.popleft().result())
             while pending:
@@ -286,40 +287,39 @@ def _pool_results(jobs: Iterator[_Job], workers: int, context: Any) -> Iterator[
                 future.cancel()
 
 
-def _unit(job: _Job, paths: dict[str, str]) -> tuple[Any, ...] | None:
-    """A job as a worker reads it itself: (format, path, offset, length, edges...)."""
-    fmt, data, source, line, truncated, offset = job
-    if offset < 0:
-        return None
-    path = paths.get(source)
-    if path is None:  # resolved once per source, not per chunk (it costs syscalls)
-        path = paths[source] = str(Path(source).resolve())
-    return (
-        fmt.value,
-        source,
-        path,
-        offset,
-        len(data),
-        data[:_EDGE],
-        data[-_EDGE:],
-        line,
-        truncated,
-    )
-
-
 _EDGE = 256
 """Bytes at each end of a chunk a worker compares with what the main process read."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """A chunk of a plain file as a worker reads it itself (its data is not sent)."""
+
+    chunk: Chunk
+    """The chunk, with empty ``data``."""
+    path: str
+    length: int
+    head: bytes
+    """The first and last :data:`_EDGE` bytes the main process read."""
+    tail: bytes
+
+    @classmethod
+    def of(cls, job: Chunk, paths: dict[str, str]) -> _Range:
+        path = paths.get(job.source)
+        if path is None:  # resolved once per source, not per chunk (it costs syscalls)
+            path = paths[job.source] = str(Path(job.source).resolve())
+        data = job.data
+        return cls(replace(job, data=b""), path, len(data), data[:_EDGE], data[-_EDGE:])
 
 
 class _Workers:
     """Decoding processes fed through one pipe each, without threads in this process.
 
-    A chunk of a plain file is not sent: the worker reads that byte range itself
-    (``os.pread``) and checks its ends against what this process read, so the
-    main process only cuts the input and merges results. Data of stdin or gzip
-    sources, and a range whose bytes changed on disk, is sent or decoded here.
-    Each worker answers its jobs in order, jobs go round-robin, so results come
-    back in input order.
+    Only for plain files: a chunk is not sent, the worker reads that byte range
+    itself (``os.pread``) and checks its ends against what this process read, so
+    the main process only cuts the input and merges results. A range whose bytes
+    changed on disk is decoded here. Each worker answers its jobs in order, jobs
+    go round-robin, so results come back in input order.
     """
 
     def __init__(self, context: Any, count: int) -> None:
@@ -354,33 +354,21 @@ class _Workers:
                 proc.kill()
                 proc.join()
 
-    def run(self, jobs: Iterator[_Job]) -> Iterator[ChunkResult]:
+    def run(self, jobs: Iterator[Chunk]) -> Iterator[ChunkResult]:
         conns = self._conns
         count = len(conns)
-        pending: collections.deque[tuple[int, _Job]] = collections.deque()
+        pending: collections.deque[tuple[int, Chunk]] = collections.deque()
         paths: dict[str, str] = {}
-        n = 0
-        for job in jobs:
-            unit = _unit(job, paths)
-            if unit is None:
-                # not a byte range of a file: send the data, one job at a time, so
-                # neither side can block writing while the other does
-                while pending:
-                    yield self._receive(*pending.popleft())
-                conns[0].send(("data", *job[:5]))
-                pending.append((0, job))
-                yield self._receive(*pending.popleft())
-                continue
+        for n, job in enumerate(jobs):
             worker = n % count
-            n += 1
-            conns[worker].send(unit)
+            conns[worker].send(_Range.of(job, paths))
             pending.append((worker, job))
             if len(pending) >= count * 4:
                 yield self._receive(*pending.popleft())
         while pending:
             yield self._receive(*pending.popleft())
 
-    def _receive(self, worker: int, job: _Job) -> ChunkResult:
+    def _receive(self, worker: int, job: Chunk) -> ChunkResult:
         try:
             reply = self._conns[worker].recv_bytes()
         except EOFError:
@@ -389,12 +377,12 @@ class _Workers:
         if tag == b"R":
             return _unpack(reply[1:])
         if tag == b"M":  # the file changed under us: decode what this process read
-            return parse_job(*job[:5])
+            return parse_job(job)
         raise pickle.loads(reply[1:])
 
 
 def _serve(conn: Any) -> None:
-    """A worker process: decode jobs from ``conn`` until it sends None."""
+    """A worker process: decode ranges from ``conn`` until it sends None."""
     # Ctrl-C reaches the whole process group: the main process handles it and
     # stops the workers, which should not print tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -423,10 +411,8 @@ def _serve(conn: Any) -> None:
             os.close(fd)
 
 
-def _serve_one(unit: tuple[Any, ...], files: dict[str, int]) -> bytes:
-    if unit[0] == "data":
-        return b"R" + parse_job_packed(*unit[1:])
-    fmt, source, path, offset, length, head, tail, line, truncated = unit
+def _serve_one(unit: _Range, files: dict[str, int]) -> bytes:
+    path, length, offset = unit.path, unit.length, unit.chunk.offset
     fd = files.get(path)
     if fd is None:
         fd = files[path] = os.open(path, os.O_RDONLY)
@@ -436,9 +422,9 @@ def _serve_one(unit: tuple[Any, ...], files: dict[str, int]) -> bytes:
         if not more:
             break
         data += more
-    if len(data) != length or data[:_EDGE] != head or data[-_EDGE:] != tail:
+    if len(data) != length or data[:_EDGE] != unit.head or data[-_EDGE:] != unit.tail:
         return b"M"
-    return b"R" + parse_job_packed(LogFormat(fmt), data, source, line, truncated)
+    return b"R" + parse_job_packed(unit.chunk, data)
 
 
 @contextlib.contextmanager
@@ -464,36 +450,21 @@ def _without_main_module() -> Iterator[None]:
         namespace.update(saved)
 
 
-class _Classes:
-    __slots__ = ("data",)
-
-    def __init__(self) -> None:
-        self.data: dict[str, list[Any]] = {}
-        """fingerprint: [count, total duration, first SQL, parsed]"""
-
-    def add(self, stmt: OpenStatement) -> None:
-        entry = self.data.get(stmt.fingerprint)
-        if entry is None:
-            self.data[stmt.fingerprint] = [1, stmt.duration_us or 0, stmt.sql, stmt.parsed]
-        else:
-            entry[0] += 1
-            if stmt.duration_us:
-                entry[1] += stmt.duration_us
-
-    def records(self) -> list[QueryClass]:
-        out = []
-        for fp, (count, total, sql, parsed) in self.data.items():
-            out.append(
-                QueryClass(
-                    fingerprint=fp,
-                    normalized=normalized_text(str(sql)) if parsed else str(sql),
-                    parsed=bool(parsed),
-                    count=int(count),
-                    total_duration_us=int(total),
-                )
-            )
-        out.sort(key=lambda c: -c.count)
-        return out
+def _class_records(classes: dict[str, list[Any]]) -> list[QueryClass]:
+    """The query classes, most frequent first, from the entries :meth:`_Capture._write`
+    keeps per fingerprint: [count, total duration, first SQL, parsed]."""
+    out = [
+        QueryClass(
+            fingerprint=fp,
+            normalized=normalized_text(str(sql)) if parsed else str(sql),
+            parsed=bool(parsed),
+            count=int(count),
+            total_duration_us=int(total),
+        )
+        for fp, (count, total, sql, parsed) in classes.items()
+    ]
+    out.sort(key=lambda c: -c.count)
+    return out
 
 
 _KIND_OF = operator.attrgetter("kind")
@@ -519,10 +490,12 @@ def capture(
     progress: ProgressCallback | None = None,
 ) -> CaptureSummary:
     """Read PostgreSQL logs (in the order given) and write a workload file."""
+    if not sources:
+        raise InputError("no log files given", hint="pgtraffic capture postgresql.csv -o w.pgtw")
     # Hundreds of thousands of live statements in the reorder buffer make each
     # cyclic-GC pass expensive, and capture creates no cycles worth collecting.
     with _no_cyclic_gc():
-        return _capture(sources, output, options, progress)
+        return _Capture(sources, output, options or CaptureOptions(), progress).run()
 
 
 @contextlib.contextmanager
@@ -536,52 +509,111 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _capture(
-    sources: Sequence[str],
-    output: Path,
-    options: CaptureOptions | None,
-    progress: ProgressCallback | None,
-) -> CaptureSummary:
-    options = options or CaptureOptions()
-    if not sources:
-        raise InputError("no log files given", hint="pgtraffic capture postgresql.csv -o w.pgtw")
-    infos = [describe(name) for name in sources]
-    if sum(1 for i in infos if i.name == "-") > 1:
-        raise InputError("stdin (-) can be read only once")
-    workers = options.jobs or os.cpu_count() or 1
-    chunks = _Chunks(infos, options.format, options.chunk_bytes, progress)
-    if not options.jobs and chunks.total is not None and chunks.total < 8 << 20:
-        workers = 1  # starting worker processes costs more than decoding a small log
-    tracker = StatementTracker(options.filters)
-    classes = _Classes()
-    writer = WorkloadWriter(output, background=workers > 1)
-    skipped: collections.Counter[str] = collections.Counter()
-    examples: dict[str, list[str]] = {}
-    by_kind: collections.Counter[str] = collections.Counter()
-    lines = records = non_english = failed = unparsed = truncated = 0
-    first_ts: int | None = None
-    last_ts: int | None = None
-    server_version: str | None = None
-    start_us: int | None = None
-    last_offset = 0
-    reordered = 0
-    chunk_count = 0
-    batch_offsets: list[int] = []
-    batch_lines: list[str] = []
-    kind_counts: collections.Counter[StatementKind] = collections.Counter()
-    count_kinds = kind_counts.update
+class _Capture:
+    """One capture run: decoded chunks in, through the tracker, statements out.
 
-    def write(stmts: list[OpenStatement]) -> None:
-        nonlocal start_us, last_offset, reordered, failed, unparsed, truncated
+    Steps: :meth:`_take` merges a chunk's counts and problems, :meth:`_write`
+    numbers and encodes the statements the tracker released, :meth:`_close`
+    writes the workload's preamble, :meth:`_summary` says what was done.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        output: Path,
+        options: CaptureOptions,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.sources = sources
+        self.output = output
+        self.options = options
+        self.infos = [describe(name) for name in sources]
+        if sum(1 for i in self.infos if i.name == "-") > 1:
+            raise InputError("stdin (-) can be read only once")
+        self.chunks = _Chunks(self.infos, options.format, options.chunk_bytes, progress)
+        workers = options.jobs or os.cpu_count() or 1
+        total = self.chunks.total
+        if not options.jobs and total is not None and total < 8 << 20:
+            workers = 1  # starting worker processes costs more than decoding a small log
+        self.workers = workers
+        self.tracker = StatementTracker(options.filters)
+        self.writer = WorkloadWriter(output, background=workers > 1)
+        self.classes: dict[str, list[Any]] = {}
+        """fingerprint: [count, total duration, first SQL, parsed]"""
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.kind_counts: collections.Counter[StatementKind] = collections.Counter()
+        self.lines = self.records = self.non_english = 0
+        self.failed = self.unparsed = self.truncated = self.reordered = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.server_version: str | None = None
+        self.start_us: int | None = None
+        """Capture start: offsets count from it (set by the first statement written)."""
+        self.last_offset = 0
+        self.batch_offsets: list[int] = []
+        self.batch_lines: list[str] = []
+
+    def run(self) -> CaptureSummary:
+        tracker, writer = self.tracker, self.writer
+        try:
+            ranged = all(i.name != "-" and not i.gzipped for i in self.infos)
+            # Only the process pool (stdin, gzip) makes reference cycles; elsewhere a
+            # collection would just walk every buffered statement (0.2 us each).
+            collect_young = self.workers > 1 and not ranged
+            for n, result in enumerate(_results(iter(self.chunks), self.workers, ranged), 1):
+                self._take(result)
+                # The cyclic GC is off (see capture()); now and then collect the youngest
+                # objects, where the executor's short-lived reference cycles are.
+                if collect_young and n % 64 == 0:
+                    gc.collect(0)
+                tracker.add_sessions(result.sessions)
+                tracker.feed_all(result.events)
+                self._write(tracker.pop_ready())
+            self._write(list(tracker.drain()))
+            if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
+                raise _no_statements(  # noqa: TRY301
+                    self.sources, self.records, self.non_english, self.skipped
+                )
+            header, sessions, classes = self._close()
+        except BaseException:
+            writer.abort()
+            raise
+        return self._summary(header, sessions, classes)
+
+    def _take(self, result: ChunkResult) -> None:
+        """Add a decoded chunk's counts and problems to the run's."""
+        self.lines += result.lines
+        self.records += result.records
+        self.non_english += result.non_english
+        if result.server_version and self.server_version is None:
+            self.server_version = result.server_version
+        if result.first_ts_us is not None and self.first_ts is None:
+            self.first_ts = result.first_ts_us
+        if result.last_ts_us is not None:
+            self.last_ts = result.last_ts_us
+        options = self.options
+        for problem in result.problems:
+            if options.strict:
+                raise _strict_error(problem)
+            self.skipped[problem.reason] += 1
+            where = self.examples.setdefault(problem.reason, [])
+            if len(where) < options.examples_per_reason:
+                where.append(f"{problem.source}:{problem.line}")
+
+    def _write(self, stmts: list[OpenStatement]) -> None:
+        """Give statements their offsets (never going back), count them, write them."""
         if not stmts:
             return
-        if start_us is None:
+        if self.start_us is None:
             first = stmts[0].start_us
-            start_us = min(first, first_ts if first_ts is not None else first)
-        origin, last = start_us, last_offset
-        add_offset, add_line = batch_offsets.append, batch_lines.append
-        count_kinds(map(_KIND_OF, stmts))  # counted in C, in the order written
-        class_data = classes.data
+            self.start_us = min(first, self.first_ts if self.first_ts is not None else first)
+        origin, last = self.start_us, self.last_offset
+        reordered = failed = unparsed = truncated = 0
+        offsets, lines = self.batch_offsets, self.batch_lines
+        add_offset, add_line = offsets.append, lines.append
+        self.kind_counts.update(map(_KIND_OF, stmts))  # counted in C, in the order written
+        class_data = self.classes
         find_class = class_data.get
         for stmt in stmts:
             offset = stmt.start_us - origin
@@ -591,7 +623,6 @@ def _capture(
             last = offset
             add_offset(offset)
             add_line(stmt.encode(offset))
-            # _Classes.add, inlined
             duration = stmt.duration_us
             entry = find_class(stmt.fingerprint)
             if entry is None:
@@ -606,98 +637,78 @@ def _capture(
                 unparsed += 1
             if stmt.params_truncated:
                 truncated += 1
-        last_offset = last
+        self.last_offset = last
+        self.reordered += reordered
+        self.failed += failed
+        self.unparsed += unparsed
+        self.truncated += truncated
+        self.writer.write_batch(offsets, lines)
+        offsets.clear()
+        lines.clear()
 
-    try:
-        ranged = all(i.name != "-" and not i.gzipped for i in infos)
-        # Only the process pool (stdin, gzip) makes reference cycles; elsewhere a
-        # collection would just walk every buffered statement (0.2 us each).
-        collect_young = workers > 1 and not ranged
-        for result in _results(iter(chunks), workers, ranged):
-            lines += result.lines
-            records += result.records
-            non_english += result.non_english
-            if result.server_version and server_version is None:
-                server_version = result.server_version
-            if result.first_ts_us is not None and first_ts is None:
-                first_ts = result.first_ts_us
-            if result.last_ts_us is not None:
-                last_ts = result.last_ts_us
-            for problem in result.problems:
-                if options.strict:
-                    raise _strict_error(problem)  # noqa: TRY301
-                skipped[problem.reason] += 1
-                where = examples.setdefault(problem.reason, [])
-                if len(where) < options.examples_per_reason:
-                    where.append(f"{problem.source}:{problem.line}")
-            # The cyclic GC is off (see capture()); now and then collect the youngest
-            # objects, where the executor's short-lived reference cycles are.
-            chunk_count += 1
-            if collect_young and chunk_count % 64 == 0:
-                gc.collect(0)
-            tracker.add_sessions(result.sessions)
-            tracker.feed_all(result.events)
-            write(tracker.pop_ready())
-            writer.write_batch(batch_offsets, batch_lines)
-            batch_offsets.clear()
-            batch_lines.clear()
-        write(list(tracker.drain()))
-        writer.write_batch(batch_offsets, batch_lines)
-        for kind, n in kind_counts.items():
+    def by_kind(self) -> dict[str, int]:
+        by_kind: collections.Counter[str] = collections.Counter()
+        for kind, n in self.kind_counts.items():
             by_kind[kind._value_] += n
-        if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
-            raise _no_statements(sources, records, non_english, skipped)  # noqa: TRY301
-        origin = start_us if start_us is not None else (first_ts or 0)
-        end_us = max(last_ts or origin, origin + last_offset)
-        class_records = classes.records()
+        return dict(by_kind)
+
+    def _close(self) -> tuple[WorkloadHeader, list[Session], list[QueryClass]]:
+        """Write the workload's preamble: capture window, sessions, classes, counts."""
+        origin = self.start_us if self.start_us is not None else (self.first_ts or 0)
+        end_us = max(self.last_ts or origin, origin + self.last_offset)
+        tracker = self.tracker
+        classes = _class_records(self.classes)
         sessions = list(tracker.session_records(origin))
-        counts = tracker.counts
-        header = writer.close(
+        header = self.writer.close(
             capture_start=to_datetime(origin),
             capture_end=to_datetime(end_us),
             sessions=sessions,
-            classes=class_records,
-            source_server_version=server_version,
-            sources=[i.name for i in infos],
-            filters=options.filters.to_json(),
+            classes=classes,
+            source_server_version=self.server_version,
+            sources=[i.name for i in self.infos],
+            filters=self.options.filters.to_json(),
             counts={
-                "failed": failed,
-                "unparsed": unparsed,
-                "params_truncated": truncated,
-                "skipped_records": sum(skipped.values()),
-                "filtered_statements": counts.filtered_statements,
-                **{f"kind_{k}": v for k, v in by_kind.items()},
+                "failed": self.failed,
+                "unparsed": self.unparsed,
+                "params_truncated": self.truncated,
+                "skipped_records": sum(self.skipped.values()),
+                "filtered_statements": tracker.counts.filtered_statements,
+                **{f"kind_{k}": v for k, v in self.by_kind().items()},
             },
         )
-    except BaseException:
-        writer.abort()
-        raise
-    return CaptureSummary(
-        output=str(output),
-        header=header,
-        sources=tuple(i.name for i in infos),
-        formats=tuple(chunks.formats),
-        bytes_read=chunks.bytes_read,
-        lines=lines,
-        records=records,
-        statements=writer.statements,
-        statements_by_kind=dict(by_kind),
-        sessions=len(sessions),
-        failed_statements=failed,
-        classes=len(class_records),
-        unparsed_statements=unparsed,
-        params_truncated=truncated,
-        durations_attached=counts.durations_attached,
-        statements_from_errors=counts.statements_from_errors,
-        late_outcomes=counts.late_outcomes,
-        reordered=reordered,
-        skipped=dict(skipped),
-        skipped_examples={k: tuple(v) for k, v in examples.items()},
-        filtered=dict(tracker.filter_reasons),
-        first_time=to_datetime(first_ts).isoformat() if first_ts is not None else None,
-        last_time=to_datetime(last_ts).isoformat() if last_ts is not None else None,
-        server_version=server_version,
-    )
+        return header, sessions, classes
+
+    def _summary(
+        self, header: WorkloadHeader, sessions: list[Session], classes: list[QueryClass]
+    ) -> CaptureSummary:
+        counts = self.tracker.counts
+        first_ts, last_ts = self.first_ts, self.last_ts
+        return CaptureSummary(
+            output=str(self.output),
+            header=header,
+            sources=tuple(i.name for i in self.infos),
+            formats=tuple(self.chunks.formats),
+            bytes_read=self.chunks.bytes_read,
+            lines=self.lines,
+            records=self.records,
+            statements=self.writer.statements,
+            statements_by_kind=self.by_kind(),
+            sessions=len(sessions),
+            failed_statements=self.failed,
+            classes=len(classes),
+            unparsed_statements=self.unparsed,
+            params_truncated=self.truncated,
+            durations_attached=counts.durations_attached,
+            statements_from_errors=counts.statements_from_errors,
+            late_outcomes=counts.late_outcomes,
+            reordered=self.reordered,
+            skipped=dict(self.skipped),
+            skipped_examples={k: tuple(v) for k, v in self.examples.items()},
+            filtered=dict(self.tracker.filter_reasons),
+            first_time=to_datetime(first_ts).isoformat() if first_ts is not None else None,
+            last_time=to_datetime(last_ts).isoformat() if last_ts is not None else None,
+            server_version=self.server_version,
+        )
 
 
 def _no_statements(
@@ -722,7 +733,3 @@ def _no_statements(
         f"{names}: {records} log records but no statements in them",
         hint="the server did not log statements; set in postgresql.conf (then reload):\n" + recipe,
     )
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
