@@ -20,7 +20,7 @@ from replay.protocol import (
     error_sqlstate,
     query_message,
 )
-from tests.test_replay_helpers import execute, replay, simple, write_workload
+from tests.replay_helpers import execute, replay, simple, write_workload
 
 pytestmark = pytest.mark.pg
 

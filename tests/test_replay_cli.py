@@ -14,7 +14,7 @@ import pytest
 from pgtraffic.servers import Cluster
 from pgtraffic.servers.cluster import free_port
 from replay.results import CSV_COLUMNS, read_results
-from tests.test_replay_helpers import execute, simple, write_workload
+from tests.replay_helpers import execute, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pgtraffic.servers import Cluster, Profile
-from tests.test_replay_helpers import (
+from tests.replay_helpers import (
     execute,
     outcomes,
     replay,

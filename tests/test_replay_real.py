@@ -18,7 +18,7 @@ from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
 from replay.runner import build_schedule, scan_workload
 from tests.conftest import require_version
-from tests.test_replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
+from tests.replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
 
 pytestmark = pytest.mark.pg(">=16")
 

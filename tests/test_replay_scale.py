@@ -10,7 +10,7 @@ import pytest
 
 from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
-from tests.test_replay_helpers import outcomes, replay, replayable_keys, simple, write_workload
+from tests.replay_helpers import outcomes, replay, replayable_keys, simple, write_workload
 
 pytestmark = [pytest.mark.pg(">=16"), pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
 from replay.results import read_results
 from tests.conftest import require_version
-from tests.test_replay_helpers import fetch, outcomes, replayable_keys, run_quiet
+from tests.replay_helpers import fetch, outcomes, replayable_keys, run_quiet
 
 pytestmark = [pytest.mark.pg(">=16"), pytest.mark.slow]
 
