@@ -29,9 +29,11 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import asyncpg
 
 from capture.errors import UsageError, WorkloadFormatError
 from capture.records import Session, StatementKind
@@ -40,17 +42,18 @@ from replay.connection import ConnectSpec, ReplayConnection, TypeEntry, rows_fro
 from replay.protocol import ChannelLost
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
-
-# Pseudo-SQLSTATEs for failures the server did not report itself (class 08 is
-# PostgreSQL's own "connection exception" class).
-CONNECT_FAILED = "08001"
-"""Could not connect (refused, unreachable, timed out)."""
-NO_CONNECTION = "08003"
-"""Not sent: the session had no connection (lost earlier, reconnect not yet due)."""
-CONNECTION_LOST = "08006"
-"""The connection broke while the statement ran."""
-CLIENT_ERROR = "PT001"
-"""pgtraffic could not send the statement (a client-side failure, not the server's)."""
+from replay.sqlstates import CLIENT_ERROR, CONNECT_FAILED, CONNECTION_LOST, NO_CONNECTION
+from replay.sync import (
+    DEFAULT_SYNC_TIMEOUT_S,
+    CycleBreaker,
+    Outcome,
+    SyncMode,
+    SyncTable,
+    effective_mode,
+    map_flags,
+    shared_flags,
+    sync_counts,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,13 @@ class ReplayOptions:
     direct_simple: bool = True
     """Send statements on the wire directly (replay.protocol), simple and
     extended alike; False: through asyncpg's query paths (``--via-asyncpg``)."""
+    sync: SyncMode = SyncMode.NONE
+    """Which happens-before edges of the capture to keep (``--sync``)."""
+    sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+    """How long one sync wait may last before the statement goes ahead anyway."""
+    sync_flags: str | None = None
+    """With several workers: the file mapped as their shared sync table
+    (:func:`shared_sync` sets it)."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:
         user = session.user or self.default_user
@@ -128,9 +138,34 @@ class Counters:
     skipped: Counter[str] = field(default_factory=Counter)
     sessions: int = 0
     budget_overdrafts: int = 0
+    sync: str = SyncMode.NONE.value
+    """The sync mode replayed (``none`` when the workload has no sync members)."""
+    sync_requested: str = SyncMode.NONE.value
+    sync_waits: int = 0
+    """Statements that waited for another session's commit."""
+    sync_wait_us: int = 0
+    sync_timeouts: Counter[str] = field(default_factory=Counter)
+    """Waits that reached ``sync_timeout_s``, per fingerprint of the waiting statement."""
+    sync_released: int = 0
+    """Waits ended early because they closed a cycle with a row lock."""
+    cycles_broken: int = 0
+    connect_sync_waits: int = 0
+    """Connections that waited for earlier disconnections or commits."""
+    connect_sync_wait_us: int = 0
+    connect_sync_timeouts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "sync": self.sync,
+            "sync_requested": self.sync_requested,
+            "sync_waits": self.sync_waits,
+            "sync_wait_us": self.sync_wait_us,
+            "sync_timeouts": dict(self.sync_timeouts),
+            "sync_released": self.sync_released,
+            "cycles_broken": self.cycles_broken,
+            "connect_sync_waits": self.connect_sync_waits,
+            "connect_sync_wait_us": self.connect_sync_wait_us,
+            "connect_sync_timeouts": self.connect_sync_timeouts,
             "connections_opened": self.connections_opened,
             "connect_failures": dict(self.connect_failures),
             "connections_lost": dict(self.connections_lost),
@@ -141,9 +176,55 @@ class Counters:
         }
 
 
-# A dispatched statement: (seq, offset_us, kind, sql, fingerprint, params, name, sqlstate)
-_Item = tuple[int, int, str, str, str, Any, Any, Any]
-_END: _Item | None = None
+class Dispatched:
+    """One statement handed to its session: what to send, and what it waits for."""
+
+    __slots__ = (
+        "after",
+        "after_objects",
+        "commit",
+        "fingerprint",
+        "kind",
+        "name",
+        "offset_us",
+        "params",
+        "seq",
+        "sql",
+        "sqlstate",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        offset_us: int,
+        kind: str,
+        sql: str,
+        fingerprint: str,
+        params: Sequence[str | None] | None,
+        name: str | None,
+        sqlstate: str | None,
+        commit: int = 0,
+        after: int = 0,
+        after_objects: int = 0,
+    ) -> None:
+        self.seq = seq
+        self.offset_us = offset_us
+        self.kind = kind
+        self.sql = sql
+        self.fingerprint = fingerprint
+        self.params = params
+        self.name = name
+        self.sqlstate = sqlstate
+        """The original outcome (None: it succeeded)."""
+        self.commit = commit
+        """Its completion is this commit of the capture's clock (0: none)."""
+        self.after = after
+        """Commits 1..after completed before it in the capture (``--sync commit``)."""
+        self.after_objects = after_objects
+        """The same, only those that wrote what it touches (``--sync objects``)."""
+
+
+_END: Dispatched | None = None
 
 
 _SESSION_RE = re.compile(r'\{"type":"statement","session":"((?:[^"\\]|\\.)*)"')
@@ -192,19 +273,24 @@ class _Clock:
 class _Inbox:
     """A session's statements waiting to start: an unbounded FIFO with one reader."""
 
-    __slots__ = ("items", "waiter")
+    __slots__ = ("drop", "items", "waiter")
 
     def __init__(self) -> None:
-        self.items: collections.deque[_Item | None] = collections.deque()
+        self.items: collections.deque[Dispatched | None] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
+        self.drop: Callable[[Dispatched | None], None] | None = None
+        """Set once the reader has ended: what becomes of statements put after that."""
 
-    def put(self, item: _Item | None) -> None:
+    def put(self, item: Dispatched | None) -> None:
+        if self.drop is not None:
+            self.drop(item)
+            return
         self.items.append(item)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> _Item | None:
+    async def get(self) -> Dispatched | None:
         while not self.items:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
@@ -250,6 +336,358 @@ class _Budget:
                 return
 
 
+_COPY = StatementKind.COPY_FROM_STDIN.value
+_EXECUTE = StatementKind.EXECUTE.value
+
+
+class _Sender(Protocol):
+    """Sends a session's statement in flight (:attr:`_SessionRunner.item`) on ``conn``
+    and records its outcome with :meth:`_SessionRunner.complete`; a sender may go on
+    with the session's next statements while they are due. Raises when the
+    connection fails, the statement then in flight being the runner's ``item``."""
+
+    async def send(self, runner: _SessionRunner, conn: ReplayConnection) -> None: ...
+
+
+class _WireSender:
+    """Statements on :mod:`replay.protocol`'s channel: the channel calls the runner's
+    :meth:`~_SessionRunner.step` at each completion, which records the statement
+    and hands over the next one if it is due, without a coroutine switch."""
+
+    __slots__ = ()
+
+    async def send(self, runner: _SessionRunner, conn: ReplayConnection) -> None:
+        channel = conn.channel
+        assert channel is not None
+        item = runner.item
+        message = conn.message(item.kind == _EXECUTE, item.sql, item.params, item.name)
+        runner.start = (time.monotonic_ns() - runner.start_ns) // 1000
+        try:
+            await channel.run(message, runner.step)
+        except asyncio.CancelledError:
+            channel.abandon()
+            raise
+
+
+class _AsyncpgSender:
+    """Statements through asyncpg's query paths (``--via-asyncpg``), one per call: the
+    oracle the wire channel is tested against."""
+
+    __slots__ = ()
+
+    async def send(self, runner: _SessionRunner, conn: ReplayConnection) -> None:
+        item = runner.item
+        runner.start = (time.monotonic_ns() - runner.start_ns) // 1000
+        if item.kind == _EXECUTE:
+            rows = await conn.execute(item.sql, item.params or (), item.name)
+        else:
+            rows = rows_from_status(await conn.query(item.sql, None))
+        runner.complete((time.monotonic_ns() - runner.start_ns) // 1000, rows, None)
+
+
+_WIRE = _WireSender()
+_ASYNCPG = _AsyncpgSender()
+
+
+class _SessionRunner:
+    """Replays one original session: connect, statements in order at their intended
+    times (after the commits they wait for), record every outcome, disconnect.
+
+    The statement in flight is :attr:`item`, with its intended start, actual start
+    and sync wait; :meth:`complete` records it. Every commit this session owes the
+    sync table is marked done however its statement ended, also when the task is
+    cancelled or fails (``finally`` in :meth:`run`).
+    """
+
+    __slots__ = (
+        "budget",
+        "conn",
+        "counters",
+        "intended",
+        "item",
+        "last_attempt_us",
+        "objects",
+        "pending",
+        "pid",
+        "progress",
+        "queue",
+        "replayer",
+        "sender",
+        "session",
+        "session_ref",
+        "spec",
+        "start",
+        "start_ns",
+        "sync_wait",
+        "table",
+        "timed",
+        "writer",
+    )
+
+    def __init__(self, replayer: Replayer, session: Session, queue: _Inbox) -> None:
+        self.replayer = replayer
+        self.session = session
+        self.queue = queue
+        self.pending = queue.items
+        self.spec = replayer.options.connect_spec(session)
+        self.timed = not replayer.schedule.max_speed
+        self.start_ns = replayer.clock.start_ns
+        self.budget = replayer.budget
+        self.counters = replayer.counters
+        self.progress = replayer.progress
+        self.writer = replayer.writer
+        self.session_ref = replayer.writer.intern(session.id)
+        self.table = replayer.table
+        self.objects = replayer.counters.sync == SyncMode.OBJECTS.value
+        self.conn: ReplayConnection | None = None
+        self.sender: _Sender = _WIRE
+        self.pid: int | None = None
+        """The backend replaying this session now (for the cycle breaker)."""
+        self.last_attempt_us: int | None = None
+        self.item: Dispatched = _NOTHING
+        self.intended = self.start = self.sync_wait = 0
+
+    # --- the session's life ------------------------------------------------------
+
+    async def run(self) -> None:
+        replayer, session = self.replayer, self.session
+        clock, schedule = replayer.clock, replayer.schedule
+        try:
+            if session.connect_us is not None:
+                if self.timed:
+                    await clock.sleep_until(schedule.intended_us(session.connect_us))
+                await self._first_connect()
+            while True:
+                item = await self._next()
+                if item is None:
+                    break
+                if item.kind == _COPY:
+                    self.counters.skipped[item.kind] += 1
+                    self._commit_done(item)
+                    continue
+                await self._ready(item)
+                await self._send(item)
+            if self.timed and session.disconnect_us is not None:
+                await clock.sleep_until(schedule.intended_us(session.disconnect_us))
+        finally:
+            await self._end()
+
+    async def _end(self) -> None:
+        """Close the connection and settle the session's debts to the sync table."""
+        table = self.table
+        if table is not None:
+            self._commit_done(self.item)  # cancelled in flight; harmless when recorded
+            self.queue.drop = self._drop
+            while self.pending:
+                self._drop(self.pending.popleft())
+        conn, self.conn = self.conn, None
+        try:
+            if conn is not None:
+                self.progress.open_connections -= 1
+                await conn.close()
+        finally:
+            if table is not None:
+                table.disconnect_done(getattr(self.session, "disconnect_order", 0) or 0)
+
+    def _drop(self, item: Dispatched | None) -> None:
+        """A statement the session will never send (it has ended)."""
+        if item is not None:
+            self.budget.give()
+            self._commit_done(item)
+
+    async def _next(self) -> Dispatched | None:
+        pending = self.pending
+        item = pending.popleft() if pending else await self.queue.get()
+        if item is not None:
+            self.budget.give()
+        return item
+
+    async def _ready(self, item: Dispatched) -> None:
+        """Wait until ``item`` is due and the commits it came after are done."""
+        if self.timed:
+            intended = self.replayer.schedule.intended_us(item.offset_us)
+            if intended > (time.monotonic_ns() - self.start_ns) // 1000:
+                await self.replayer.clock.sleep_until(intended)
+        else:
+            intended = 0
+        self.intended = intended
+        self.sync_wait = 0
+        table = self.table
+        if table is not None:
+            number = item.after_objects if self.objects else item.after
+            if number and not table.commit_reached(number):
+                self.sync_wait = await self._sync_wait(table, number, item.fingerprint)
+
+    async def _sync_wait(self, table: SyncTable, number: int, fingerprint: str) -> int:
+        began = time.monotonic_ns()
+        outcome = await table.wait_commits(number, self.replayer.options.sync_timeout_s, self)
+        waited = (time.monotonic_ns() - began) // 1000
+        counters = self.counters
+        counters.sync_waits += 1
+        counters.sync_wait_us += waited
+        if outcome is Outcome.TIMEOUT:
+            counters.sync_timeouts[fingerprint] += 1
+        elif outcome is Outcome.RELEASED:
+            counters.sync_released += 1
+        return waited
+
+    # --- connections ---------------------------------------------------------------
+
+    async def _first_connect(self) -> None:
+        """Connect once the disconnections and commits the capture shows before this
+        connection are done."""
+        table, session = self.table, self.session
+        if table is not None:
+            timeout = self.replayer.options.sync_timeout_s
+            began = time.monotonic_ns()
+            outcomes = []
+            disconnects = getattr(session, "after_disconnects", 0) or 0
+            if disconnects:
+                outcomes.append(await table.wait_disconnects(disconnects, timeout, self))
+            name = "connect_after_objects" if self.objects else "connect_after"
+            commits = getattr(session, name, 0) or 0
+            if commits and not table.commit_reached(commits):
+                outcomes.append(await table.wait_commits(commits, timeout, self))
+            waited = (time.monotonic_ns() - began) // 1000
+            if waited > 100 or outcomes:
+                self.counters.connect_sync_waits += 1
+                self.counters.connect_sync_wait_us += waited
+                self.counters.connect_sync_timeouts += outcomes.count(Outcome.TIMEOUT)
+        await self._connect()
+
+    async def _connect(self) -> None:
+        self.last_attempt_us = self.replayer.clock.now_us()
+        try:
+            conn = await ReplayConnection.open(
+                self.spec, self.replayer.types, direct_simple=self.replayer.options.direct_simple
+            )
+        except Exception as exc:  # any failure to connect is a recorded outcome
+            self.counters.connect_failures[_sqlstate_of(exc)] += 1
+            return
+        self.counters.connections_opened += 1
+        self.progress.open_connections += 1
+        self.conn = conn
+        self.sender = _WIRE if conn.channel is not None else _ASYNCPG
+        self.pid = conn.conn.get_server_pid()
+
+    async def _send(self, item: Dispatched) -> None:
+        if self.conn is None:
+            last = self.last_attempt_us
+            if last is None:
+                await self._first_connect()
+            elif self.replayer.clock.now_us() - last >= self.replayer.reconnect_us:
+                self.counters.reconnects += 1
+                await self._connect()
+        conn = self.conn
+        self.item = item
+        if conn is None:
+            now = (time.monotonic_ns() - self.start_ns) // 1000
+            self.start = now
+            self.complete(now, -1, NO_CONNECTION)
+            return
+        try:
+            await self.sender.send(self, conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(conn, exc)
+
+    def _failed(self, conn: ReplayConnection, exc: Exception) -> None:
+        """The statement in flight failed on the client side or lost its connection."""
+        state = exc.sqlstate if isinstance(exc, ChannelLost) else _sqlstate_of(exc)
+        if conn.is_closed():
+            if state in (CLIENT_ERROR, NO_CONNECTION):
+                # NO_CONNECTION: asyncpg's ConnectionDoesNotExistError, but this
+                # statement was sent; 08003 means "not sent" in a results file
+                state = CONNECTION_LOST
+            self.counters.connections_lost[state] += 1
+            self.progress.open_connections -= 1
+            conn.conn.terminate()
+            self.conn = None
+            self.pid = None
+        self.complete((time.monotonic_ns() - self.start_ns) // 1000, -1, state)
+
+    # --- outcomes --------------------------------------------------------------------
+
+    def complete(self, end: int, rows: int, state: str | None) -> None:
+        """Record the statement in flight, ended at ``end`` (µs after the start)."""
+        item = self.item
+        writer = self.writer
+        intern = writer.intern
+        start = self.start
+        intended = self.intended
+        writer.add_interned(
+            (
+                self.session_ref,
+                item.seq,
+                writer.ids.get(item.fingerprint) or intern(item.fingerprint),
+                intended,
+                start,
+                end - start,
+                rows,
+                0 if state is None else intern(state),
+                0 if item.sqlstate is None else intern(item.sqlstate),
+                self.sync_wait,
+            )
+        )
+        progress = self.progress
+        if state is not None:
+            progress.errors += 1
+        progress.statements += 1
+        progress.last_lag_us = start - intended
+        if item.offset_us > progress.max_offset_us:
+            progress.max_offset_us = item.offset_us
+        if item.commit and self.table is not None:
+            self.table.commit_done(item.commit)
+
+    def _commit_done(self, item: Dispatched) -> None:
+        if item.commit and self.table is not None:
+            self.table.commit_done(item.commit)
+
+    def step(self, tag: bytes | None, state: str | None) -> bytes | None:
+        """The wire channel's completion callback: record the statement in flight;
+        return the next one's messages when it is due and its sync satisfied, else
+        None (the session's coroutine then waits for it)."""
+        end = (time.monotonic_ns() - self.start_ns) // 1000
+        conn = self.conn
+        assert conn is not None
+        if state is not None and self.item.kind == _EXECUTE:
+            conn.failed(self.item.name)
+        self.complete(end, -1 if state is not None else rows_from_status(tag), state)
+        pending = self.pending
+        if not pending:
+            return None
+        item = pending[0]
+        if item is None or item.kind == _COPY:
+            return None
+        intended = self.replayer.schedule.intended_us(item.offset_us) if self.timed else 0
+        if intended > end:
+            return None  # not due yet: the session sleeps first
+        table = self.table
+        if table is not None:
+            number = item.after_objects if self.objects else item.after
+            if number and not table.commit_reached(number):
+                return None  # the session's coroutine waits for the commit
+        pending.popleft()
+        self.budget.give()
+        self.item = item
+        self.intended = intended
+        self.sync_wait = 0
+        message = conn.message(item.kind == _EXECUTE, item.sql, item.params, item.name)
+        self.start = (time.monotonic_ns() - self.start_ns) // 1000
+        return message
+
+    def owns(self, commit: int) -> bool:
+        """This session's statement in flight or one waiting to start is ``commit``."""
+        if self.item.commit == commit:
+            return True
+        return any(item is not None and item.commit == commit for item in self.pending)
+
+
+_NOTHING = Dispatched(-1, 0, "", "", "", None, None, None)
+"""The statement "in flight" of a session that has sent none yet."""
+
+
 class Replayer:
     """Replays the sessions of one worker; :meth:`run` until the workload is done."""
 
@@ -271,12 +709,16 @@ class Replayer:
         self.clock = _Clock(start_ns)
         self.worker = worker
         self.progress = Progress()
-        self.counters = Counters()
-        self._budget = _Budget(options.budget)
+        mode = effective_mode(options.sync, workload.header)
+        self.counters = Counters(sync=mode.value, sync_requested=options.sync.value)
+        self.budget = _Budget(options.budget)
+        self.reconnect_us = int(options.reconnect_interval_s * 1e6)
+        self.table = _sync_table(workload, options) if mode is not SyncMode.NONE else None
         self._queues: dict[str, _Inbox] = {}
         self._remaining: dict[str, int] = {}
         self._ended: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._runners: dict[str, _SessionRunner] = {}
 
     # --- the statement stream ----------------------------------------------------
 
@@ -320,10 +762,25 @@ class Replayer:
         )
         self._remaining[session_id] = session.statements
         self.counters.sessions += 1
-        task = asyncio.create_task(self._run_session(session, queue))
+        runner = self._runners[session_id] = _SessionRunner(self, session, queue)
+        task = asyncio.create_task(runner.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return queue
+
+    async def _open_due(self, connects: list[tuple[int, str]], index: int, offset: int) -> int:
+        """Start the sessions that connect (in the capture) up to ``offset``, at their
+        time less the lookahead; returns the index of the next one."""
+        timed = not self.schedule.max_speed
+        lookahead_us = int(self.options.lookahead_s * 1e6)
+        while index < len(connects) and connects[index][0] <= offset:
+            connect_us, sid = connects[index]
+            if timed:
+                await self.clock.sleep_until(self.schedule.intended_us(connect_us) - lookahead_us)
+            if sid not in self._queues:
+                self._start_session(sid)
+            index += 1
+        return index
 
     async def _dispatch(self) -> None:
         schedule = self.schedule
@@ -337,7 +794,7 @@ class Replayer:
         )
         next_connect = 0
         next_connect_us = connects[0][0] if connects else None
-        budget = self._budget
+        budget = self.budget
         limit = budget.limit
         room = budget._room
         queues = self._queues
@@ -345,13 +802,8 @@ class Replayer:
         progress = self.progress
         for n, obj in enumerate(self._mine(), start=1):
             offset = obj["offset_us"]
-            while next_connect_us is not None and next_connect_us <= offset:
-                connect_us, sid = connects[next_connect]
-                if timed:
-                    await self.clock.sleep_until(schedule.intended_us(connect_us) - lookahead_us)
-                if sid not in queues:
-                    self._start_session(sid)
-                next_connect += 1
+            if next_connect_us is not None and next_connect_us <= offset:
+                next_connect = await self._open_due(connects, next_connect, offset)
                 next_connect_us = (
                     connects[next_connect][0] if next_connect < len(connects) else None
                 )
@@ -368,16 +820,20 @@ class Replayer:
             budget.pending += 1  # budget.take(), inlined
             if budget.pending >= limit:
                 room.clear()
+            get = obj.get
             queue.put(
-                (
+                Dispatched(
                     obj["seq"],
                     offset,
                     obj["kind"],
                     obj["sql"],
                     obj["fingerprint"],
-                    obj.get("params"),
-                    obj.get("name"),
-                    obj.get("sqlstate"),
+                    get("params"),
+                    get("name"),
+                    get("sqlstate"),
+                    get("commit", 0),
+                    get("after", 0),
+                    get("after_objects", 0),
                 )
             )
             progress.dispatched_offset_us = offset
@@ -386,191 +842,12 @@ class Replayer:
             if left == 0:
                 queue.put(_END)
                 self._ended.add(sid)
-        for connect_us, sid in connects[next_connect:]:
-            if timed:
-                await self.clock.sleep_until(schedule.intended_us(connect_us) - lookahead_us)
-            if sid not in self._queues:
-                self._start_session(sid)
+        if connects:
+            await self._open_due(connects, next_connect, connects[-1][0])
         for sid, queue in self._queues.items():
             if sid not in self._ended:
                 queue.put(_END)
                 self._ended.add(sid)
-
-    # --- one session ---------------------------------------------------------------
-
-    async def _connect(self, spec: ConnectSpec) -> ReplayConnection | None:
-        try:
-            conn = await ReplayConnection.open(
-                spec, self.types, direct_simple=self.options.direct_simple
-            )
-        except Exception as exc:  # any failure to connect is a recorded outcome
-            self.counters.connect_failures[_sqlstate_of(exc)] += 1
-            return None
-        self.counters.connections_opened += 1
-        self.progress.open_connections += 1
-        return conn
-
-    async def _close(self, conn: ReplayConnection) -> None:
-        self.progress.open_connections -= 1
-        await conn.close()
-
-    async def _run_session(self, session: Session, queue: _Inbox) -> None:
-        schedule, clock, writer = self.schedule, self.clock, self.writer
-        timed = not schedule.max_speed
-        spec = self.options.connect_spec(session)
-        reconnect_us = int(self.options.reconnect_interval_s * 1e6)
-        conn: ReplayConnection | None = None
-        last_attempt_us: int | None = None
-        progress = self.progress
-        counters = self.counters
-        if session.connect_us is not None:
-            if timed:
-                await clock.sleep_until(schedule.intended_us(session.connect_us))
-            last_attempt_us = clock.now_us()
-            conn = await self._connect(spec)
-        mono = time.monotonic_ns
-        start_ns = clock.start_ns
-        intended_us = schedule.intended_us
-        budget = self._budget
-        resume_at = budget.resume_at
-        room_set = budget._room.set
-        # Records go in with their strings already interned: the session's id once,
-        # fingerprints and SQLSTATEs through the writer's table (a dict lookup).
-        add = writer.add_interned
-        intern = writer.intern
-        ids = writer.ids
-        session_ref = intern(session.id)
-        pending = queue.items
-        copy_kind = StatementKind.COPY_FROM_STDIN.value
-        execute_kind = StatementKind.EXECUTE.value
-
-        def record(
-            item: _Item, intended: int, start: int, end: int, rows: int, state: str | None
-        ) -> None:
-            seq, offset, _, _, fingerprint, _, _, original = item
-            add(
-                (
-                    session_ref,
-                    seq,
-                    ids.get(fingerprint) or intern(fingerprint),
-                    intended,
-                    start,
-                    end - start,
-                    rows,
-                    0 if state is None else intern(state),
-                    0 if original is None else intern(original),
-                )
-            )
-            if state is not None:
-                progress.errors += 1
-            progress.statements += 1
-            progress.last_lag_us = start - intended
-            if offset > progress.max_offset_us:
-                progress.max_offset_us = offset
-
-        # The statement in flight on the direct channel: (item, intended start,
-        # actual start, connection). The channel's step callback records it when
-        # it completes and starts the session's next statement if it is due.
-        flight: list[Any] = [None, 0, 0, None]
-
-        def step(tag: bytes | None, state: str | None) -> bytes | None:
-            end = (mono() - start_ns) // 1000
-            done: _Item = flight[0]
-            on: ReplayConnection = flight[3]
-            if state is not None and done[2] == execute_kind:
-                on.failed(done[6])
-            record(
-                done,
-                flight[1],
-                flight[2],
-                end,
-                -1 if state is not None else rows_from_status(tag),
-                state,
-            )
-            if not pending:
-                return None
-            item = pending[0]
-            if item is None or item[2] == copy_kind:
-                return None
-            intended = intended_us(item[1]) if timed else 0
-            if intended > end:
-                return None  # not due yet: the session sleeps first
-            pending.popleft()
-            budget.pending -= 1  # budget.give(), inlined
-            budget.started += 1
-            if budget.pending <= resume_at:
-                room_set()
-            flight[0], flight[1] = item, intended
-            message = on.message(item[2] == execute_kind, item[3], item[5], item[6])
-            flight[2] = (mono() - start_ns) // 1000
-            return message
-
-        try:
-            while True:
-                item = pending.popleft() if pending else await queue.get()
-                if item is None:
-                    break
-                budget.pending -= 1  # budget.give(), inlined
-                budget.started += 1
-                if budget.pending <= resume_at:
-                    room_set()
-                kind = item[2]
-                if kind == copy_kind:
-                    counters.skipped[kind] += 1
-                    continue
-                if timed:
-                    intended = intended_us(item[1])
-                    if intended > (mono() - start_ns) // 1000:
-                        await clock.sleep_until(intended)
-                else:
-                    intended = 0
-                if conn is None and (
-                    last_attempt_us is None or clock.now_us() - last_attempt_us >= reconnect_us
-                ):
-                    if last_attempt_us is not None:
-                        counters.reconnects += 1
-                    last_attempt_us = clock.now_us()
-                    conn = await self._connect(spec)
-                start = (mono() - start_ns) // 1000
-                if conn is None:
-                    record(item, intended, start, start, -1, NO_CONNECTION)
-                    continue
-                channel = conn.channel
-                rows = -1
-                state: str | None = None
-                try:
-                    if channel is not None:
-                        flight[0], flight[1], flight[2], flight[3] = item, intended, start, conn
-                        message = conn.message(kind == execute_kind, item[3], item[5], item[6])
-                        try:
-                            await channel.run(message, step)
-                        except asyncio.CancelledError:
-                            channel.abandon()
-                            raise
-                        continue  # step() recorded every statement of the run
-                    if kind == execute_kind:
-                        rows = await conn.execute(item[3], item[5] or (), item[6])
-                    else:
-                        rows = rows_from_status(await conn.query(item[3], None))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if channel is not None:
-                        item, intended, start, _ = flight  # the statement then in flight
-                    state = exc.sqlstate if isinstance(exc, ChannelLost) else _sqlstate_of(exc)
-                    if conn.is_closed():
-                        if state == CLIENT_ERROR:
-                            state = CONNECTION_LOST
-                        counters.connections_lost[state] += 1
-                        progress.open_connections -= 1
-                        conn.conn.terminate()
-                        conn = None
-                record(item, intended, start, (mono() - start_ns) // 1000, rows, state)
-            if timed and session.disconnect_us is not None:
-                await clock.sleep_until(schedule.intended_us(session.disconnect_us))
-        finally:
-            if conn is not None:
-                await self._close(conn)
 
     # --- the whole run -------------------------------------------------------------
 
@@ -586,14 +863,45 @@ class Replayer:
         progress = self.progress
         progress.replayed_capture_us = self.schedule.capture_time(progress.max_offset_us)
 
+    def _owner_of(self, commit: int) -> _SessionRunner | None:
+        """The session that replays ``commit``, if this worker has dispatched it."""
+        for runner in self._runners.values():
+            if runner.owns(commit):
+                return runner
+        return None
+
+    async def _monitor(self) -> asyncpg.Connection:
+        """The cycle breaker's own connection to the target."""
+        options = self.options
+        return await asyncpg.connect(
+            options.dsn,
+            user=options.default_user,
+            database=options.default_database,
+            timeout=options.connect_timeout_s,
+            statement_cache_size=0,
+            server_settings={"application_name": "pgtraffic sync monitor"},
+        )
+
     async def run(self, on_progress: Callable[[Progress], None] | None = None) -> Counters:
         flusher = asyncio.create_task(self._flusher(on_progress))
+        breaker: CycleBreaker | None = None
+        watcher: asyncio.Task[None] | None = None
+        if self.table is not None:
+            breaker = CycleBreaker(self.table, self._monitor, self._owner_of)
+            watcher = asyncio.create_task(breaker.run())
         try:
             await self._dispatch()
             while self._tasks:
                 await asyncio.gather(*list(self._tasks))
         finally:
             flusher.cancel()
+            if watcher is not None and breaker is not None:
+                watcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await watcher
+                self.counters.cycles_broken = breaker.cycles_broken
+            if self.table is not None:
+                self.table.close()
             for task in list(self._tasks):
                 task.cancel()
             with contextlib.suppress(BaseException):
@@ -606,6 +914,40 @@ class Replayer:
             if on_progress is not None:
                 on_progress(self.progress)
         return self.counters
+
+
+def _sync_table(workload: Workload, options: ReplayOptions) -> SyncTable:
+    """This worker's view of the replay's sync table (shared with the other workers
+    through ``options.sync_flags``). Disconnection numbers no session of the file
+    will mark (absent, or sessions that never run) are done from the start."""
+    counts = sync_counts(workload.header)
+    commits, disconnects = counts if counts is not None else (0, 0)
+    flags = None
+    if options.sync_flags is not None:
+        flags = map_flags(options.sync_flags, commits, disconnects)
+    table = SyncTable(commits, disconnects, flags, shared=flags is not None)
+    owed = {
+        getattr(s, "disconnect_order", 0) or 0
+        for s in workload.sessions.values()
+        if s.connect_us is not None or s.statements
+    }
+    for number in range(1, disconnects + 1):
+        if number not in owed:
+            table.disconnect_done(number)
+    return table
+
+
+@contextlib.contextmanager
+def shared_sync(workload: Workload, options: ReplayOptions) -> Iterator[ReplayOptions]:
+    """The options for the workers of a multi-process replay: with a sync mode, they
+    name one shared sync table, which exists until the context ends."""
+    counts = sync_counts(workload.header)
+    mode = effective_mode(options.sync, workload.header)
+    if options.workers <= 1 or mode is SyncMode.NONE or counts is None:
+        yield options
+        return
+    with shared_flags(*counts) as path:
+        yield replace(options, sync_flags=path)
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-NOT_SENT_SQLSTATE = "08003"
-"""The pseudo-SQLSTATE of statements never sent (their session had no connection)."""
+from replay.sqlstates import NO_CONNECTION as NOT_SENT_SQLSTATE
+
+# NOT_SENT_SQLSTATE: statements never sent (their session had no connection).
 
 IntArray = npt.NDArray[Any]
 

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
+from replay.sqlstates import CONNECTION_LOST
+
 Step = Callable[[bytes | None, str | None], bytes | None]
 """Called when a statement completes, with its command tag (None when it has none
 or failed) and SQLSTATE (None on success); returns the next statement's messages
@@ -47,8 +49,6 @@ _SQLSTATE_FIELD = ord("C")
 
 _NOT_REPLAYABLE = b"COPY FROM STDIN data is not in the log\0"
 _COPY_FAIL = b"f" + _LENGTH.pack(4 + len(_NOT_REPLAYABLE)) + _NOT_REPLAYABLE
-
-CONNECTION_LOST = "08006"
 
 
 class ChannelLost(ConnectionError):

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from replay.fidelity import Fidelity, FidelityVerdict, judge_records, replayer_lag_us
 from replay.results import Results
+from replay.sqlstates import NO_CONNECTION
 
 __all__ = ["Divergence", "Fidelity", "ReplayReport", "build_report", "replayer_lag_us"]
 
@@ -135,7 +136,7 @@ def build_report(results: Results) -> ReplayReport:
     strings = results.strings
     final = results.final or {}
     max_speed = bool(results.header.get("max_speed"))
-    not_sent = results.string_id("08003")
+    not_sent = results.string_id(NO_CONNECTION)
     sent = recs if not_sent is None else recs[recs["sqlstate"] != not_sent]
     lag = (sent["start_us"] - sent["intended_us"]).astype(np.int64)
     service = sent["service_us"].astype(np.int64)

@@ -47,7 +47,9 @@ from replay.errors import ResultsFormatError
 
 MAGIC = b"PGTRES"
 FORMAT = "pgtraffic-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added ``sync_wait_us``; version-1 files are still read (with zeros)."""
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".pgtr"
 FINAL_WORKER = 255
 
@@ -73,13 +75,15 @@ RECORD_DTYPE = np.dtype(
         ("rows", "<i8"),
         ("sqlstate", "<u4"),
         ("original_sqlstate", "<u4"),
+        ("sync_wait_us", "<i8"),
     ]
 )
 """One replayed statement. String fields are ids into :attr:`Results.strings`.
 
 ``intended_us`` and ``start_us`` are microseconds after the replay's shared start;
 ``service_us`` is send to completion; ``rows`` is -1 when the command tag has no
-count (or the statement failed); ``sqlstate`` 0 means it succeeded.
+count (or the statement failed); ``sqlstate`` 0 means it succeeded;
+``sync_wait_us`` is how long it waited for other sessions' commits (``--sync``).
 """
 
 CSV_COLUMNS = (
@@ -92,11 +96,17 @@ CSV_COLUMNS = (
     "rows",
     "sqlstate",
     "original_sqlstate",
+    "sync_wait_us",
 )
+"""The record columns, in file order (the CSV export's columns too)."""
+
+_V1_COLUMNS = CSV_COLUMNS[:9]
+"""The columns of a version-1 file."""
 
 Row = tuple[str, int, str, int, int, int, int, str | None, str | None]
+"""A record's first nine columns as Python values (:meth:`Results.rows`)."""
 
-InternedRow = tuple[int, int, int, int, int, int, int, int, int]
+InternedRow = tuple[int, int, int, int, int, int, int, int, int, int]
 """A record with its string fields already interned (:meth:`ResultsWriter.intern`)."""
 
 _ARRAY_CODES = tuple({"<u4": "I", "<i8": "q"}[RECORD_DTYPE[name].str] for name in CSV_COLUMNS)
@@ -171,6 +181,7 @@ class ResultsWriter:
         rows: int,
         sqlstate: str | None,
         original_sqlstate: str | None,
+        sync_wait_us: int = 0,
     ) -> None:
         intern = self.intern
         self._rows.append(
@@ -184,6 +195,7 @@ class ResultsWriter:
                 rows,
                 intern(sqlstate),
                 intern(original_sqlstate),
+                sync_wait_us,
             )
         )
         if len(self._rows) >= self.capacity:
@@ -283,10 +295,11 @@ class Results:
             return None
 
     def rows(self) -> Iterator[Row]:
-        """Each record as a tuple of Python values in :data:`CSV_COLUMNS` order."""
+        """Each record's first nine columns (:data:`CSV_COLUMNS` order, without
+        ``sync_wait_us``, which ``records`` holds) as Python values."""
         strings = self.strings
         for rec in self.records.tolist():
-            session, index, fp, intended, start, service, rows, state, orig = rec
+            session, index, fp, intended, start, service, rows, state, orig, _ = rec
             yield (
                 strings[session] or "",
                 index,
@@ -334,10 +347,10 @@ def read_results(path: Path | str) -> Results:
             hint="create one with: pgtraffic replay WORKLOAD --target DSN -o run.pgtr",
         )
     (_, version) = _PREAMBLE.unpack_from(data, 0)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ResultsFormatError(
             f"{path} has results format version {version}; this pgtraffic reads "
-            f"version {FORMAT_VERSION}",
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}",
             hint="use the pgtraffic version that wrote it",
         )
     header: dict[str, Any] | None = None
@@ -365,7 +378,7 @@ def read_results(path: Path | str) -> Results:
                     global_ids[value] = ident
                 mapping.append(ident)
         elif kind == ChunkKind.RECORDS:
-            parts.append(_decode_records(payload, maps.get(worker, [0]), path))
+            parts.append(_decode_records(payload, maps.get(worker, [0]), path, version))
         elif kind == ChunkKind.SUMMARY:
             if worker == FINAL_WORKER:
                 final = json.loads(payload)
@@ -385,15 +398,17 @@ def read_results(path: Path | str) -> Results:
     )
 
 
-def _decode_records(payload: bytes, mapping: list[int], path: Path) -> npt.NDArray[Any]:
+def _decode_records(
+    payload: bytes, mapping: list[int], path: Path, version: int = FORMAT_VERSION
+) -> npt.NDArray[Any]:
     try:
         raw = zlib.decompress(payload)
     except zlib.error as exc:
         raise ResultsFormatError(f"{path}: a records chunk does not decompress") from exc
     (count,) = struct.unpack_from("<I", raw, 0)
-    out = np.empty(count, dtype=RECORD_DTYPE)
+    out = np.zeros(count, dtype=RECORD_DTYPE)
     pos = 4
-    for name in CSV_COLUMNS:
+    for name in CSV_COLUMNS if version >= 2 else _V1_COLUMNS:
         dtype = RECORD_DTYPE[name]
         size = dtype.itemsize * count
         out[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=pos)
@@ -415,7 +430,8 @@ def export_csv(results: Results, out: Path) -> int:
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
-        for row in results.rows():
+        waits = results.records["sync_wait_us"].tolist()
+        for row, wait in zip(results.rows(), waits, strict=True):
             session, index, fp, intended, start, service, rows, state, orig = row
             writer.writerow(
                 (
@@ -428,6 +444,7 @@ def export_csv(results: Results, out: Path) -> int:
                     "" if rows < 0 else rows,
                     state or "",
                     orig or "",
+                    wait,
                 )
             )
             count += 1

@@ -314,7 +314,8 @@ def test_release_refused_mid_statement_and_lost_connection_reported() -> None:
 
 def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> None:
     """Named statements keep their names across a failure, a DEALLOCATE ALL and a
-    new text under an old name; NULL and non-ASCII text parameters arrive intact."""
+    new text under an old name, and are prepared again after a failed Parse; NULL
+    and non-ASCII text parameters arrive intact."""
     stmts = [
         simple("s", 0, 0, "CREATE TEMP TABLE t (a int, b text)"),
         execute("s", 1, 10, "INSERT INTO t VALUES ($1, $2)", ["1", "é ✓"], name="ins"),
@@ -326,6 +327,11 @@ def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> 
         execute("s", 7, 70, "SELECT a FROM t WHERE a > $1", ["0"]),
         execute("s", 8, 80, "SELECT 1/$1::int", ["0"]),
         simple("s", 9, 90, "SELECT count(*) FROM t"),
+        # Parse fails (no table yet), then the same named statement is prepared again
+        execute("s", 10, 100, "SELECT count(*) FROM later WHERE a > $1", ["0"], "later"),
+        simple("s", 11, 110, "CREATE TEMP TABLE later (a int)"),
+        execute("s", 12, 120, "SELECT count(*) FROM later WHERE a > $1", ["0"], "later"),
+        execute("s", 13, 130, "SELECT count(*) FROM later WHERE a > $1", ["1"], "later"),
     ]
     workload = write_workload(tmp_path / "w.pgtw", stmts)
     results = replay(workload, server, tmp_path / "r.pgtr", max_speed=True)
@@ -341,6 +347,10 @@ def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> 
         7: (3, None),
         8: (-1, "22012"),
         9: (1, None),
+        10: (-1, "42P01"),  # its Parse failed: nothing named "later" exists
+        11: (-1, None),
+        12: (1, None),  # prepared again (Parse), now that the table exists
+        13: (1, None),  # and then only bound and executed
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +198,47 @@ def test_csv_export(tmp_path: Path) -> None:
         "rows",
         "sqlstate",
         "original_sqlstate",
+        "sync_wait_us",
     ]
-    assert rows[1] == ["w0s0", "0", "fp0", "0", "2", "100", "", "22012", "22012"]
-    assert rows[2][6:] == ["0", "", ""]
+    assert rows[1] == ["w0s0", "0", "fp0", "0", "2", "100", "", "22012", "22012", "0"]
+    assert rows[2][6:] == ["0", "", "", "0"]
+
+
+def test_results_format_1_is_still_read(tmp_path: Path) -> None:
+    """A version-1 file (no sync_wait_us column) reads with zero sync waits."""
+    import struct
+    import zlib
+
+    from replay import results as results_mod
+
+    path = tmp_path / "v1.pgtr"
+    columns = results_mod.CSV_COLUMNS[:9]
+    header = json.dumps({"format": "pgtraffic-results", "format_version": 1}).encode()
+    strings = json.dumps(["s1", "fp", "22012"]).encode()
+    payload = struct.pack("<I", 2) + b"".join(
+        np.array(values, dtype=results_mod.RECORD_DTYPE[name]).tobytes()
+        for name, values in zip(
+            columns,
+            ([1, 1], [0, 1], [2, 2], [0, 10], [5, 15], [100, 200], [1, -1], [0, 3], [0, 0]),
+            strict=True,
+        )
+    )
+
+    def chunk(kind: int, worker: int, body: bytes) -> bytes:
+        return struct.pack("<BBHII", kind, worker, 0, len(body), zlib.crc32(body)) + body
+
+    path.write_bytes(
+        struct.pack("<6sH", b"PGTRES", 1)
+        + chunk(1, 255, header)
+        + chunk(2, 0, strings)
+        + chunk(3, 0, zlib.compress(payload))
+    )
+    res = read_results(path)
+    assert list(res.rows()) == [
+        ("s1", 0, "fp", 0, 5, 100, 1, None, None),
+        ("s1", 1, "fp", 10, 15, 200, -1, "22012", None),
+    ]
+    assert res.records["sync_wait_us"].tolist() == [0, 0]
 
 
 def test_report_divergence_and_errors(tmp_path: Path) -> None:
@@ -222,11 +261,11 @@ def test_replayer_lag_excludes_waiting_behind_the_previous_statement() -> None:
     from replay.results import RECORD_DTYPE
 
     rows = [
-        # session, index, fp, intended, start, service, rows, sqlstate, original
-        (1, 0, 0, 0, 100, 5_000, 1, 0, 0),  # 100 µs late on its own
-        (1, 1, 0, 1_000, 5_150, 10, 1, 0, 0),  # waited for #0 (ended 5_100): 50 µs own lag
-        (2, 0, 0, 2_000, 2_000, 10, 1, 0, 0),  # on time
-        (1, 2, 0, 9_000, 9_300, 10, 1, 0, 0),  # previous ended long ago: 300 µs own lag
+        # session, index, fp, intended, start, service, rows, sqlstate, original, sync wait
+        (1, 0, 0, 0, 100, 5_000, 1, 0, 0, 0),  # 100 µs late on its own
+        (1, 1, 0, 1_000, 5_150, 10, 1, 0, 0, 0),  # waited for #0 (ended 5_100): 50 µs own lag
+        (2, 0, 0, 2_000, 2_000, 10, 1, 0, 0, 0),  # on time
+        (1, 2, 0, 9_000, 9_300, 10, 1, 0, 0, 0),  # previous ended long ago: 300 µs own lag
     ]
     recs = np.array(rows, dtype=RECORD_DTYPE)
     assert sorted(replayer_lag_us(recs).tolist()) == [0, 50, 100, 300]
