@@ -10,6 +10,19 @@ bundled scenarios' loader (:mod:`pgtraffic.scenario`). It builds on :mod:`replay
 
 from __future__ import annotations
 
-from capture.version import __version__
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from capture.version import __version__
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # Read from the package metadata on first use (importlib.metadata is slow to
+    # import), so building the CLI for --help does not pay for it.
+    if name == "__version__":
+        from capture.version import __version__
+
+        return __version__
+    raise AttributeError(f"module 'pgtraffic' has no attribute {name!r}")

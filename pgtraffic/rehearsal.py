@@ -17,24 +17,33 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from capture.filters import Filters
 from capture.pipeline import CaptureOptions, CaptureSummary, capture
-from capture.workload import read_workload
 from pgtraffic import scenario as scenarios
 from pgtraffic.compare import Comparison, ExplainTargets, Thresholds, compare_files
 from pgtraffic.errors import ServerError
 from pgtraffic.servers import Cluster, Profile, find_installation
-from replay.engine import ReplayOptions
+from replay.connection import TargetInfo
 from replay.runner import (
+    FinalSummary,
     LiveStatus,
-    build_schedule,
-    inspect_target,
-    run_replay,
-    scan_workload,
-    with_defaults,
+    ReplayPlan,
+    ReplaySettings,
+    replay_workload,
 )
+
+__all__ = [
+    "DemoSettings",
+    "RehearsalResult",
+    "ReplaySettings",
+    "Reporter",
+    "SilentReporter",
+    "demo",
+    "rehearse",
+    "replay_once",
+]
 
 
 class Reporter(Protocol):
@@ -74,14 +83,6 @@ class SilentReporter:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class ReplaySettings:
-    speed: float = 1.0
-    max_speed: bool = False
-    jump_idle: bool = False
-    workers: int = 1
-
-
 @dataclass(frozen=True)
 class RehearsalResult:
     workload: Path
@@ -89,7 +90,7 @@ class RehearsalResult:
     baseline_results: Path
     candidate_results: Path
     comparison: Comparison
-    replay_summaries: tuple[dict[str, Any], dict[str, Any]]
+    replay_summaries: tuple[FinalSummary, FinalSummary]
     servers: dict[str, str] = field(default_factory=dict)
     """DSNs of servers left running (demo --keep)."""
 
@@ -101,28 +102,25 @@ def replay_once(
     settings: ReplaySettings,
     reporter: Reporter,
     label: str,
-) -> dict[str, Any]:
+) -> FinalSummary:
     """Replay a workload onto one server, with progress; returns the final summary."""
-    workload = read_workload(workload_path)
-    scan = scan_workload(workload)
-    schedule = build_schedule(
-        scan, speed=settings.speed, max_speed=settings.max_speed, jump_idle=settings.jump_idle
+    progress: list[Callable[[LiveStatus], None] | None] = [None]
+
+    def on_target(target: TargetInfo, plan: ReplayPlan) -> None:
+        reporter.note(
+            f"{label}: PostgreSQL {target.server_version} at {target.host}:{target.port}, "
+            f"{plan.replayable:,} statements"
+        )
+        progress[0] = reporter.replay_progress(label, plan.replayable)
+
+    def on_status(status: LiveStatus) -> None:
+        if progress[0] is not None:
+            progress[0](status)
+
+    run = replay_workload(
+        workload_path, results, dsn, settings, on_target=on_target, on_status=on_status
     )
-    target = inspect_target(dsn)
-    reporter.note(
-        f"{label}: PostgreSQL {target.server_version} at {target.host}:{target.port}, "
-        f"{scan.replayable:,} statements"
-    )
-    options = with_defaults(
-        ReplayOptions(dsn=dsn, schedule=schedule, workers=settings.workers), target
-    )
-    return run_replay(
-        workload,
-        results,
-        options,
-        target,
-        on_status=reporter.replay_progress(label, scan.replayable),
-    )
+    return run.final
 
 
 def rehearse(

@@ -18,7 +18,7 @@ import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,69 @@ from typing import Any
 from capture.errors import UsageError
 from capture.records import StatementKind
 from capture.version import __version__
-from capture.workload import Workload
+from capture.workload import Workload, read_workload
 from replay.connection import TargetInfo, TypeEntry, probe_target
-from replay.engine import Progress, ReplayOptions, run_worker
+from replay.engine import Progress, ReplayOptions, run_worker, shared_sync
 from replay.errors import ReplayError, TargetError
 from replay.results import append_final_summary, create_results_file
 from replay.schedule import Schedule, idle_gaps, peak_concurrency
+from replay.sync import DEFAULT_SYNC_TIMEOUT_S, SyncMode
 
 START_DELAY_S = 0.3
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """How to replay, as a user chooses it: the CLI's options, rehearse's, the tests'.
+
+    :func:`replay_workload` turns these, the workload and the target into the
+    engine's :class:`~replay.engine.ReplayOptions`.
+    """
+
+    speed: float = 1.0
+    max_speed: bool = False
+    jump_idle: bool = False
+    workers: int = 1
+    map_user: Mapping[str, str] = field(default_factory=dict)
+    map_database: Mapping[str, str] = field(default_factory=dict)
+    reconnect_interval_s: float = 1.0
+    event_loop: str = "auto"
+    direct_simple: bool = True
+    sync: SyncMode = SyncMode.COMMIT
+    sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+
+    def check(self) -> None:
+        """UsageError when a setting is out of range."""
+        problem = None
+        if self.speed <= 0:
+            problem = f"--speed must be positive, not {self.speed:g}"
+        elif not 1 <= self.workers <= MAX_WORKERS:
+            problem = f"--workers must be between 1 and {MAX_WORKERS}, not {self.workers}"
+        elif self.event_loop not in EVENT_LOOPS:
+            problem = f"--loop must be auto, uvloop or asyncio, not {self.event_loop!r}"
+        elif self.sync_timeout_s <= 0:
+            problem = f"--sync-timeout must be positive, not {self.sync_timeout_s:g}"
+        elif self.reconnect_interval_s <= 0:
+            problem = f"--reconnect-interval must be positive, not {self.reconnect_interval_s:g}"
+        if problem:
+            raise UsageError(problem, hint="use --max-speed for no waiting at all")
+
+    def options(self, dsn: str, schedule: Schedule) -> ReplayOptions:
+        """The engine's options for this target and schedule (no target defaults yet)."""
+        return ReplayOptions(
+            dsn=dsn,
+            schedule=schedule,
+            map_user=dict(self.map_user),
+            map_database=dict(self.map_database),
+            workers=self.workers,
+            reconnect_interval_s=self.reconnect_interval_s,
+            event_loop=self.event_loop,
+            direct_simple=self.direct_simple,
+            sync=self.sync,
+            sync_timeout_s=self.sync_timeout_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,30 +257,121 @@ class LiveStatus:
         self.done = all(bool(s.get("done")) for s in values)
 
 
-def results_header(
-    workload: Workload,
-    target: TargetInfo,
-    options: ReplayOptions,
-    *,
-    workload_path: Path,
-    start: dt.datetime,
-) -> dict[str, Any]:
-    schedule = options.schedule
-    return {
-        "pgtraffic_version": __version__,
-        "workload_id": workload.header.workload_id,
-        "workload_path": str(workload_path.resolve()),
-        "workload_capture_start": workload.header.capture_start,
-        "source_server_version": workload.header.source_server_version,
-        "target": target.to_json(),
-        "speed": schedule.speed,
-        "max_speed": schedule.max_speed,
-        "jump_idle": bool(schedule.gaps),
-        "workers": options.workers,
-        "map_user": dict(options.map_user),
-        "map_database": dict(options.map_database),
-        "start_time": start.isoformat(),
-    }
+@dataclass(frozen=True, slots=True)
+class ResultsHeader:
+    """The header chunk of a results file: what was replayed, where, and how."""
+
+    pgtraffic_version: str
+    workload_id: str
+    workload_path: str
+    workload_capture_start: str
+    source_server_version: str | None
+    target: Mapping[str, Any]
+    """:meth:`TargetInfo.to_json` of the target."""
+    speed: float | None
+    """None with --max-speed."""
+    max_speed: bool
+    jump_idle: bool
+    workers: int
+    map_user: Mapping[str, str]
+    map_database: Mapping[str, str]
+    start_time: str
+    """ISO 8601 UTC wall-clock time the replay started."""
+
+    @classmethod
+    def for_run(
+        cls,
+        workload: Workload,
+        target: TargetInfo,
+        options: ReplayOptions,
+        *,
+        workload_path: Path,
+        start: dt.datetime,
+    ) -> ResultsHeader:
+        schedule = options.schedule
+        return cls(
+            pgtraffic_version=__version__,
+            workload_id=workload.header.workload_id,
+            workload_path=str(workload_path.resolve()),
+            workload_capture_start=workload.header.capture_start,
+            source_server_version=workload.header.source_server_version,
+            target=target.to_json(),
+            speed=schedule.speed,
+            max_speed=schedule.max_speed,
+            jump_idle=bool(schedule.gaps),
+            workers=options.workers,
+            map_user=dict(options.map_user),
+            map_database=dict(options.map_database),
+            start_time=start.isoformat(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pgtraffic_version": self.pgtraffic_version,
+            "workload_id": self.workload_id,
+            "workload_path": self.workload_path,
+            "workload_capture_start": self.workload_capture_start,
+            "source_server_version": self.source_server_version,
+            "target": dict(self.target),
+            "speed": self.speed,
+            "max_speed": self.max_speed,
+            "jump_idle": self.jump_idle,
+            "workers": self.workers,
+            "map_user": dict(self.map_user),
+            "map_database": dict(self.map_database),
+            "start_time": self.start_time,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ResultsHeader:
+        """Read a header chunk (as :func:`replay.results.read_results` loads it)."""
+        speed = obj.get("speed")
+        return cls(
+            pgtraffic_version=str(obj.get("pgtraffic_version", "")),
+            workload_id=str(obj.get("workload_id", "")),
+            workload_path=str(obj.get("workload_path", "")),
+            workload_capture_start=str(obj.get("workload_capture_start", "")),
+            source_server_version=obj.get("source_server_version"),
+            target=dict(obj.get("target") or {}),
+            speed=None if speed is None else float(speed),
+            max_speed=bool(obj.get("max_speed", False)),
+            jump_idle=bool(obj.get("jump_idle", False)),
+            workers=int(obj.get("workers", 1)),
+            map_user=dict(obj.get("map_user") or {}),
+            map_database=dict(obj.get("map_database") or {}),
+            start_time=str(obj.get("start_time", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinalSummary:
+    """The final summary chunk the coordinating process appends to a results file."""
+
+    completed: bool
+    """Every worker replayed all its sessions (False after Ctrl-C or a failure)."""
+    run_time_us: int
+    start_time: str
+    end_time: str
+    workers: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "completed": self.completed,
+            "run_time_us": self.run_time_us,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "workers": self.workers,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> FinalSummary:
+        return cls(
+            completed=bool(obj.get("completed", False)),
+            run_time_us=int(obj.get("run_time_us", 0)),
+            start_time=str(obj.get("start_time", "")),
+            end_time=str(obj.get("end_time", "")),
+            workers=int(obj.get("workers", 0)),
+        )
 
 
 def run_replay(
@@ -235,16 +381,18 @@ def run_replay(
     target: TargetInfo,
     *,
     on_status: Callable[[LiveStatus], None] | None = None,
-) -> dict[str, Any]:
-    """Replay ``workload`` onto the target; returns the final summary (also in the file)."""
-    if options.workers < 1 or options.workers > 64:
-        raise UsageError("--workers must be between 1 and 64")
+) -> FinalSummary:
+    """Replay ``workload`` onto the target; returns the final summary (also in the file).
+
+    The lower-level step of :func:`replay_workload`, for options already complete."""
+    if options.workers < 1 or options.workers > MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
     raise_open_file_limit(65536)
     start_wall = dt.datetime.now(dt.UTC)
-    create_results_file(
-        results_path,
-        results_header(workload, target, options, workload_path=workload.path, start=start_wall),
+    header = ResultsHeader.for_run(
+        workload, target, options, workload_path=workload.path, start=start_wall
     )
+    create_results_file(results_path, header.to_json())
     status = LiveStatus()
     summaries: list[dict[str, Any]] = []
     completed = False
@@ -269,27 +417,27 @@ def run_replay(
                 )
             )
         else:
-            t0 = _run_processes(
-                workload.path, results_path, options, target.types, status, on_status, summaries
-            )
+            with shared_sync(workload, options) as shared:  # one sync table for all workers
+                t0 = _run_processes(
+                    workload.path, results_path, shared, target.types, status, on_status, summaries
+                )
         completed = all(s.get("completed") for s in summaries)
     finally:
         final = _final_summary(summaries, t0, completed, start_wall)
-        append_final_summary(results_path, final)
+        append_final_summary(results_path, final.to_json())
     return final
 
 
 def _final_summary(
     summaries: list[dict[str, Any]], t0: int, completed: bool, start_wall: dt.datetime
-) -> dict[str, Any]:
-    run_us = max(0, (time.monotonic_ns() - t0) // 1000)
-    return {
-        "completed": completed,
-        "run_time_us": run_us,
-        "start_time": start_wall.isoformat(),
-        "end_time": dt.datetime.now(dt.UTC).isoformat(),
-        "workers": len(summaries),
-    }
+) -> FinalSummary:
+    return FinalSummary(
+        completed=completed,
+        run_time_us=max(0, (time.monotonic_ns() - t0) // 1000),
+        start_time=start_wall.isoformat(),
+        end_time=dt.datetime.now(dt.UTC).isoformat(),
+        workers=len(summaries),
+    )
 
 
 def _worker_entry(
@@ -413,3 +561,78 @@ def with_defaults(options: ReplayOptions, target: TargetInfo) -> ReplayOptions:
         default_user=options.default_user or target.user,
         default_database=options.default_database or target.database,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedReplay:
+    """A workload scanned and scheduled for one set of settings, before any connection."""
+
+    workload: Workload
+    scan: WorkloadScan
+    schedule: Schedule
+    plan: ReplayPlan
+    options: ReplayOptions
+    """The engine's options, without the target's default user and database."""
+
+
+def prepare_replay(
+    workload: Workload | Path, settings: ReplaySettings, dsn: str = ""
+) -> PreparedReplay:
+    """Check the settings, scan and schedule the workload, plan the replay (``--dry-run``)."""
+    settings.check()
+    wl = workload if isinstance(workload, Workload) else read_workload(workload)
+    scan = scan_workload(wl)
+    schedule = build_schedule(
+        scan, speed=settings.speed, max_speed=settings.max_speed, jump_idle=settings.jump_idle
+    )
+    options = settings.options(dsn, schedule)
+    plan = plan_replay(scan, schedule, wl, options)
+    return PreparedReplay(wl, scan, schedule, plan, options)
+
+
+def target_warnings(target: TargetInfo, plan: ReplayPlan) -> tuple[str, ...]:
+    """What about the target will make the replay fail in ways the capture did not."""
+    out = []
+    max_conn = target.settings.get("max_connections")
+    if max_conn and max_conn.isdigit() and plan.peak_sessions > int(max_conn):
+        out.append(
+            f"the workload peaks at {plan.peak_sessions} sessions but the target allows "
+            f"max_connections={max_conn}: expect SQLSTATE 53300"
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRun:
+    """What :func:`replay_workload` did."""
+
+    results_path: Path
+    target: TargetInfo
+    plan: ReplayPlan
+    options: ReplayOptions
+    """The options the engine ran with (target defaults filled in)."""
+    final: FinalSummary
+
+
+def replay_workload(
+    workload: Workload | Path,
+    results_path: Path,
+    dsn: str,
+    settings: ReplaySettings,
+    *,
+    on_target: Callable[[TargetInfo, ReplayPlan], None] | None = None,
+    on_status: Callable[[LiveStatus], None] | None = None,
+) -> ReplayRun:
+    """The one way to replay: prepare, inspect the target, fill defaults, run.
+
+    ``on_target`` is called once the target answered, before the first session starts
+    (to show what is about to happen); ``on_status`` with live progress. The results
+    file is complete when this returns, and readable when it raises.
+    """
+    prepared = prepare_replay(workload, settings, dsn)
+    target = inspect_target(dsn)
+    if on_target is not None:
+        on_target(target, prepared.plan)
+    options = with_defaults(prepared.options, target)
+    final = run_replay(prepared.workload, results_path, options, target, on_status=on_status)
+    return ReplayRun(results_path, target, prepared.plan, options, final)

@@ -13,9 +13,8 @@ from typing import Any
 from capture.records import Session, Statement, StatementKind
 from capture.workload import Workload, WorkloadWriter, read_workload
 from pgtraffic.servers import Cluster
-from replay.engine import ReplayOptions
 from replay.results import Results, read_results
-from replay.runner import build_schedule, inspect_target, run_replay, scan_workload, with_defaults
+from replay.runner import ReplaySettings, replay_workload
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -101,14 +100,11 @@ def replay(
     workers: int = 1,
     **kwargs: Any,
 ) -> Results:
-    """Replay in this process, the way the CLI does, and load the results."""
-    scan = scan_workload(workload)
-    schedule = build_schedule(scan, speed=speed, max_speed=max_speed, jump_idle=jump_idle)
-    info = inspect_target(cluster.dsn())
-    options = with_defaults(
-        ReplayOptions(dsn=cluster.dsn(), schedule=schedule, workers=workers, **kwargs), info
+    """Replay the way the CLI does (replay.runner.replay_workload), and load the results."""
+    settings = ReplaySettings(
+        speed=speed, max_speed=max_speed, jump_idle=jump_idle, workers=workers, **kwargs
     )
-    run_replay(workload, out, options, info)
+    replay_workload(workload, out, cluster.dsn(), settings)
     return read_results(out)
 
 

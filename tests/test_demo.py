@@ -39,8 +39,8 @@ def test_demo_flags_skip_scan_as_improved_with_a_changed_plan(tmp_path: Path) ->
 
     # Both runs replayed every captured statement, on schedule, without new errors.
     assert c.new_errors == 0
-    assert result.replay_summaries[0].get("completed") is True
-    assert result.replay_summaries[1].get("completed") is True
+    assert result.replay_summaries[0].completed is True
+    assert result.replay_summaries[1].completed is True
     # Nothing left running: the demo stops its three servers.
     mine = [r for r in registry.records() if r.owner_pid == os.getpid() and r.name not in before]
     assert mine == []

@@ -7,30 +7,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from capture.errors import UsageError
-from capture.filters import Filters
-from capture.inspect import WorkloadStats, workload_stats
-from capture.pipeline import CaptureOptions, CaptureSummary, capture
 from capture.settings import capture_recipe
 from capture.sources import LogFormat
-from capture.workload import read_workload
+from pgtraffic.commands import options as opt
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from capture.inspect import WorkloadStats
+    from capture.pipeline import CaptureOptions, CaptureSummary
 
 
 def _indented(text: str) -> str:
@@ -42,8 +34,8 @@ CAPTURE_HELP = f"""Read PostgreSQL csvlog/jsonlog files and write a workload fil
 Give rotated files oldest first; .gz files and - (stdin) work too. The format
 is detected from the first bytes (--format overrides it).
 
+\b
 Example:
-
     pgtraffic capture /var/log/postgresql/postgresql-*.csv -o monday.pgtw \\
         --database shop --exclude-application pg_dump --since '2024-05-06 09:00'
 
@@ -55,8 +47,8 @@ Exit codes: 0 done (even with skipped records), 2 bad options, 3 unusable input
 (missing file, not a PostgreSQL log, no statements in it, --strict stop),
 1 anything else.
 
+\b
 The server must log with (postgresql.conf):
-
 {_indented(capture_recipe())}
 """
 
@@ -64,25 +56,11 @@ INSPECT_HELP = """Summarize a workload file: time span, sessions, peak concurren
 statements per second over time, and the top query classes by count and by
 total logged time.
 
+\b
 Example:
-
     pgtraffic inspect monday.pgtw
     pgtraffic inspect monday.pgtw --json | jq '.top_by_time[0]'
 """
-
-
-def _parse_time(value: str | None, option: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise UsageError(
-            f"{option} {value!r} is not a date and time",
-            hint="use ISO 8601, e.g. '2024-05-06 09:00' or '2024-05-06T09:00:00+02:00' "
-            "(no zone means UTC)",
-        ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _human_bytes(count: int) -> str:
@@ -96,6 +74,8 @@ def _human_bytes(count: int) -> str:
 
 def summary_table(summary: CaptureSummary) -> Table:
     """The end-of-capture summary as a rich table."""
+    from rich.table import Table
+
     table = Table(title=f"capture → {summary.output}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -142,6 +122,8 @@ def summary_table(summary: CaptureSummary) -> Table:
 
 def stats_tables(stats: WorkloadStats, name: str) -> list[Table]:
     """``inspect`` output as rich tables."""
+    from rich.table import Table
+
     overview = Table(title=name, show_header=False, title_justify="left")
     overview.add_column("what", style="bold")
     overview.add_column("value")
@@ -189,112 +171,153 @@ def stats_tables(stats: WorkloadStats, name: str) -> list[Table]:
     return tables
 
 
+def capture_command(
+    logs: Annotated[
+        list[str],
+        typer.Argument(metavar="LOG...", help="csvlog/jsonlog files, oldest first; .gz or - ok."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Workload file to write.")
+    ],
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--format", help="Log format (default: detect).", case_sensitive=False),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first unusable record.")
+    ] = False,
+    database: opt.Database = None,
+    exclude_database: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-database",
+            metavar="NAME",
+            help="Leave out this database.",
+            rich_help_panel=opt.CAPTURE,
+        ),
+    ] = None,
+    user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user", "-U", metavar="NAME", help="Keep only this user.", rich_help_panel=opt.CAPTURE
+        ),
+    ] = None,
+    exclude_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-user",
+            metavar="NAME",
+            help="Leave out this user.",
+            rich_help_panel=opt.CAPTURE,
+        ),
+    ] = None,
+    application: opt.Application = None,
+    exclude_application: opt.ExcludeApplication = None,
+    since: opt.Since = None,
+    until: opt.Until = None,
+    exclude_sql: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-sql",
+            metavar="REGEX",
+            help="Leave out statements matching this regular expression.",
+            rich_help_panel=opt.CAPTURE,
+        ),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", metavar="N", help="Decoding processes (0: one per CPU).")
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")
+    ] = False,
+) -> None:
+    import re
+
+    from capture.filters import Filters
+    from capture.pipeline import CaptureOptions
+
+    for pattern in exclude_sql or ():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"--exclude-sql {pattern!r}: {exc}") from exc
+    if jobs < 0:
+        raise UsageError("--jobs must be 0 (one per CPU) or more")
+    filters = Filters(
+        databases=tuple(database or ()),
+        exclude_databases=tuple(exclude_database or ()),
+        users=tuple(user or ()),
+        exclude_users=tuple(exclude_user or ()),
+        applications=tuple(application or ()),
+        exclude_applications=tuple(exclude_application or ()),
+        since=opt.parse_time(since, "--since"),
+        until=opt.parse_time(until, "--until"),
+        exclude_sql=tuple(exclude_sql or ()),
+    )
+    options = CaptureOptions(format=log_format, filters=filters, strict=strict, jobs=jobs)
+    summary = _capture(logs, output, options, quiet)
+    if not quiet:
+        from rich.console import Console
+
+        Console().print(summary_table(summary))
+
+
+def _capture(logs: list[str], output: Path, options: CaptureOptions, quiet: bool) -> CaptureSummary:
+    """Run the capture, with a progress bar on a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from capture.pipeline import capture
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        return capture(logs, output, options)
+    with Progress(
+        TextColumn("reading logs"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("capture", total=None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return capture(logs, output, options, progress=progress)
+
+
+def inspect_command(
+    workload: Annotated[
+        Path, typer.Argument(metavar="WORKLOAD", help="A workload file from pgtraffic capture.")
+    ],
+    as_json: opt.Json = False,
+    top: Annotated[int, typer.Option(metavar="N", help="How many query classes to list.")] = 10,
+) -> None:
+    from rich.console import Console
+
+    from capture.inspect import workload_stats
+    from capture.workload import read_workload
+
+    stats = workload_stats(read_workload(workload), top=top)
+    if as_json:
+        typer.echo(json.dumps(stats.to_json(), indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    for table in stats_tables(stats, str(workload)):
+        console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``capture`` and ``inspect`` to the root app."""
-
-    @app.command("capture", help=CAPTURE_HELP)
-    def capture_command(
-        logs: Annotated[
-            list[str], typer.Argument(help="csvlog/jsonlog files, oldest first; .gz or - ok")
-        ],
-        output: Annotated[Path, typer.Option("--output", "-o", help="workload file to write")],
-        log_format: Annotated[
-            LogFormat | None,
-            typer.Option("--format", help="log format (default: detect)", case_sensitive=False),
-        ] = None,
-        strict: Annotated[
-            bool, typer.Option("--strict", help="stop at the first unusable record")
-        ] = False,
-        database: Annotated[
-            list[str] | None, typer.Option("--database", "-d", help="keep only this database")
-        ] = None,
-        exclude_database: Annotated[
-            list[str] | None, typer.Option("--exclude-database", help="drop this database")
-        ] = None,
-        user: Annotated[
-            list[str] | None, typer.Option("--user", "-U", help="keep only this user")
-        ] = None,
-        exclude_user: Annotated[
-            list[str] | None, typer.Option("--exclude-user", help="drop this user")
-        ] = None,
-        application: Annotated[
-            list[str] | None,
-            typer.Option("--application", help="keep only this application_name"),
-        ] = None,
-        exclude_application: Annotated[
-            list[str] | None,
-            typer.Option("--exclude-application", help="drop this application_name"),
-        ] = None,
-        since: Annotated[
-            str | None, typer.Option(help="keep statements starting at or after (ISO 8601)")
-        ] = None,
-        until: Annotated[
-            str | None, typer.Option(help="keep statements starting before (ISO 8601)")
-        ] = None,
-        exclude_sql: Annotated[
-            list[str] | None,
-            typer.Option("--exclude-sql", help="drop statements matching this regex"),
-        ] = None,
-        jobs: Annotated[
-            int, typer.Option("--jobs", "-j", help="decoding processes (0: one per CPU)")
-        ] = 0,
-        quiet: Annotated[
-            bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")
-        ] = False,
-    ) -> None:
-        import re
-
-        for pattern in exclude_sql or ():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise UsageError(f"--exclude-sql {pattern!r}: {exc}") from exc
-        if jobs < 0:
-            raise UsageError("--jobs must be 0 (one per CPU) or more")
-        filters = Filters(
-            databases=tuple(database or ()),
-            exclude_databases=tuple(exclude_database or ()),
-            users=tuple(user or ()),
-            exclude_users=tuple(exclude_user or ()),
-            applications=tuple(application or ()),
-            exclude_applications=tuple(exclude_application or ()),
-            since=_parse_time(since, "--since"),
-            until=_parse_time(until, "--until"),
-            exclude_sql=tuple(exclude_sql or ()),
-        )
-        options = CaptureOptions(format=log_format, filters=filters, strict=strict, jobs=jobs)
-        console = Console(stderr=True)
-        if quiet or not console.is_terminal:
-            summary = capture(logs, output, options)
-        else:
-            with Progress(
-                TextColumn("reading logs"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("capture", total=None)
-
-                def progress(done: int, total: int | None) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                summary = capture(logs, output, options, progress=progress)
-        if not quiet:
-            Console().print(summary_table(summary))
-
-    @app.command("inspect", help=INSPECT_HELP)
-    def inspect_command(
-        workload: Annotated[Path, typer.Argument(help="a workload file from pgtraffic capture")],
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-        top: Annotated[int, typer.Option(help="how many query classes to list")] = 10,
-    ) -> None:
-        stats = workload_stats(read_workload(workload), top=top)
-        if as_json:
-            typer.echo(json.dumps(stats.to_json(), indent=2, ensure_ascii=False))
-            return
-        console = Console()
-        for table in stats_tables(stats, str(workload)):
-            console.print(table)
+    app.command("capture", help=CAPTURE_HELP)(capture_command)
+    app.command("inspect", help=INSPECT_HELP)(inspect_command)

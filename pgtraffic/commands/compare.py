@@ -4,48 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from capture.errors import UsageError
-from pgtraffic import __version__
-from pgtraffic.compare import (
-    Comparison,
-    ExplainTargets,
-    FailOn,
-    Thresholds,
-    compare_files,
-    exit_code,
-)
-from pgtraffic.compare.render_text import terminal, to_json, to_junit, to_markdown
+from pgtraffic.commands import options as opt
 
-
-def _fail_on(value: str | None) -> list[FailOn]:
-    if not value:
-        return []
-    out = []
-    for item in value.split(","):
-        item = item.strip()
-        try:
-            out.append(FailOn(item))
-        except ValueError:
-            choices = ", ".join(f.value for f in FailOn)
-            raise UsageError(f"--fail-on {item!r}: choose from {choices}") from None
-    return out
+if TYPE_CHECKING:
+    from pgtraffic.compare import Comparison
 
 
 def _html(comparison: Comparison) -> str:
+    from pgtraffic import __version__
     from pgtraffic.compare.render_html import to_html  # matplotlib: only when a report is made
 
     return to_html(comparison, version=__version__)
 
 
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="Results file of the baseline run (.pgtr).")],
-    candidate: Annotated[Path, typer.Argument(help="Results file of the candidate run (.pgtr).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    baseline: Annotated[
+        Path, typer.Argument(metavar="BASELINE", help="Results file of the baseline run (.pgtr).")
+    ],
+    candidate: Annotated[
+        Path, typer.Argument(metavar="CANDIDATE", help="Results file of the candidate run (.pgtr).")
+    ],
+    as_json: opt.Json = False,
     markdown: Annotated[
         Path | None, typer.Option(help="Also write a Markdown report (for a merge request).")
     ] = None,
@@ -53,12 +37,7 @@ def compare(
         Path | None, typer.Option(help="Also write a self-contained HTML report with charts.")
     ] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML for CI.")] = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated findings that fail the command: regression,errors,rows,plans."
-        ),
-    ] = None,
+    fail_on: opt.FailOnOption = None,
     explain: Annotated[
         bool,
         typer.Option(
@@ -67,10 +46,10 @@ def compare(
         ),
     ] = False,
     baseline_dsn: Annotated[
-        str | None, typer.Option(help="Baseline server, for --explain.")
+        str | None, typer.Option(help="Baseline server (libpq URI), for --explain.")
     ] = None,
     candidate_dsn: Annotated[
-        str | None, typer.Option(help="Candidate server, for --explain.")
+        str | None, typer.Option(help="Candidate server (libpq URI), for --explain.")
     ] = None,
     explain_top: Annotated[int, typer.Option(help="How many classes (by time) to EXPLAIN.")] = 20,
     workload: Annotated[
@@ -80,14 +59,10 @@ def compare(
             "gives query text, SQL examples and statements to EXPLAIN."
         ),
     ] = None,
-    min_ratio: Annotated[float, typer.Option(help="Smallest median ratio that counts.")] = 1.10,
-    min_delta_ms: Annotated[
-        float, typer.Option(help="Smallest median change that counts (ms).")
-    ] = 0.2,
-    alpha: Annotated[
-        float, typer.Option(help="False-discovery rate for the per-class tests.")
-    ] = 0.05,
-    min_samples: Annotated[int, typer.Option(help="Fewer executions: 'too few samples'.")] = 10,
+    min_ratio: opt.MinRatio = opt.DEFAULT_MIN_RATIO,
+    min_delta_ms: opt.MinDeltaMs = opt.DEFAULT_MIN_DELTA_MS,
+    alpha: opt.Alpha = opt.DEFAULT_ALPHA,
+    min_samples: opt.MinSamples = opt.DEFAULT_MIN_SAMPLES,
     limit: Annotated[int, typer.Option(help="Rows of each terminal table.")] = 25,
 ) -> None:
     """Compare two replays of the same workload, query class by query class.
@@ -99,23 +74,26 @@ def compare(
     mismatches, plan changes (--explain), and whether either run lagged too far behind
     schedule to be trusted.
 
+    \b
     Example:
-
         pgtraffic compare pg16.pgtr pg18.pgtr --html report.html --fail-on regression,errors
 
     Exit codes: 0 no selected finding; 16 + flags when --fail-on findings are present
     (regression 1, errors 2, rows 4, plans 8: 17 = regressed classes, 18 = new errors,
     19 = both); 2 bad usage; 3 unreadable input or results of different workloads.
     """
-    failures = _fail_on(fail_on)
+    failures = opt.fail_on(fail_on)
+    thresholds = opt.thresholds(min_ratio, min_delta_ms, alpha, min_samples)
+    if explain and not (baseline_dsn and candidate_dsn):
+        raise UsageError("--explain needs --baseline-dsn and --candidate-dsn")
+    from rich.console import Console
+
+    from pgtraffic.compare import ExplainTargets, compare_files, exit_code
+    from pgtraffic.compare.render_text import terminal, to_json, to_junit, to_markdown
+
     targets = None
-    if explain:
-        if not (baseline_dsn and candidate_dsn):
-            raise UsageError("--explain needs --baseline-dsn and --candidate-dsn")
+    if explain and baseline_dsn and candidate_dsn:
         targets = ExplainTargets(baseline_dsn, candidate_dsn, explain_top)
-    thresholds = Thresholds(
-        min_ratio=min_ratio, min_delta_us=min_delta_ms * 1000, alpha=alpha, min_samples=min_samples
-    )
     comparison = compare_files(
         baseline, candidate, thresholds=thresholds, workload=workload, explain=targets
     )

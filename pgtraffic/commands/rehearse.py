@@ -6,36 +6,19 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.status import Status
 
-from capture.errors import UsageError
-from capture.filters import Filters
-from capture.pipeline import CaptureOptions
-from pgtraffic import __version__
-from pgtraffic.commands.capture import _parse_time as parse_time
-from pgtraffic.commands.compare import _fail_on
-from pgtraffic.compare import Thresholds, exit_code
-from pgtraffic.compare.render_text import terminal
-from pgtraffic.rehearsal import (
-    DemoSettings,
-    RehearsalResult,
-    ReplaySettings,
-    demo,
-    rehearse,
-)
-from replay.runner import LiveStatus
+from pgtraffic.commands import options as opt
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
+    from rich.status import Status
+
+    from pgtraffic.rehearsal import RehearsalResult
+    from replay.runner import LiveStatus
 
 
 class ConsoleReporter:
@@ -70,6 +53,8 @@ class ConsoleReporter:
             self._progress = None
 
     def _bar(self, description: str, total: float | None, *columns: ProgressColumn) -> Progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         if self._status is not None:
             self._status.stop()
             self._status = None
@@ -90,6 +75,8 @@ class ConsoleReporter:
         self.console.print(f"  {text}", highlight=False)
 
     def capture_progress(self) -> Callable[[int, int | None], None] | None:
+        from rich.progress import DownloadColumn
+
         def update(done: int, total: int | None) -> None:
             bar = self._progress or self._bar("reading logs", total, DownloadColumn())
             bar.update(bar.task_ids[0], completed=done, total=total)
@@ -97,6 +84,8 @@ class ConsoleReporter:
         return update
 
     def replay_progress(self, label: str, total: int) -> Callable[[LiveStatus], None] | None:
+        from rich.progress import TextColumn
+
         def update(status: LiveStatus) -> None:
             bar = self._progress or self._bar(
                 f"replaying on {label}", total, TextColumn("{task.fields[detail]}")
@@ -112,7 +101,9 @@ class ConsoleReporter:
 
 
 def _report(result: RehearsalResult, html: Path, out: Console) -> None:
+    from pgtraffic import __version__
     from pgtraffic.compare.render_html import to_html  # matplotlib: only when a report is made
+    from pgtraffic.compare.render_text import terminal
 
     html.write_text(to_html(result.comparison, version=__version__), encoding="utf-8")
     out.print(terminal(result.comparison, width=out.width))
@@ -122,6 +113,11 @@ def _report(result: RehearsalResult, html: Path, out: Console) -> None:
         f"{result.candidate_results}",
         highlight=False,
     )
+
+
+Workdir = Annotated[
+    Path, typer.Option(metavar="DIR", help="Where the workload, results and report are written.")
+]
 
 
 def demo_command(
@@ -135,13 +131,12 @@ def demo_command(
     rate: Annotated[
         float, typer.Option(help="Client transactions/s in all; 0 = as fast as it goes.")
     ] = 100.0,
-    speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
-    workdir: Annotated[
-        Path, typer.Option(help="Where the workload, results and report are written.")
-    ] = Path("pgtraffic-demo"),
-    html: Annotated[
-        Path | None, typer.Option(help="HTML report path (default: WORKDIR/report.html).")
-    ] = None,
+    speed: opt.Speed = opt.DEFAULT_SPEED,
+    workers: opt.Workers = 1,
+    sync: opt.Sync = opt.DEFAULT_SYNC,
+    sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    workdir: Workdir = Path("pgtraffic-demo"),
+    html: opt.Html = None,
     keep: Annotated[
         bool, typer.Option(help="Leave the servers running and print their DSNs.")
     ] = False,
@@ -153,15 +148,22 @@ def demo_command(
     the log, restores the pre-capture data onto a 16 and an 18 target, replays the
     workload on both, compares them (with EXPLAIN on both) and writes report.html.
 
+    \b
     Example:
-
         pgtraffic demo --seconds 20 --workdir /tmp/demo
     """
+    settings = opt.replay_settings(
+        speed=speed, workers=workers, sync=sync, sync_timeout=sync_timeout
+    )
+    from rich.console import Console
+
+    from pgtraffic.rehearsal import DemoSettings, demo
+
     out = Console(highlight=False)
     result = demo(
         workdir,
         DemoSettings(seconds=seconds, clients=clients, scale=scale, rate=rate or None, keep=keep),
-        replay=ReplaySettings(speed=speed),
+        replay=settings,
         reporter=ConsoleReporter(out),
     )
     _report(result, html or workdir / "report.html", out)
@@ -173,69 +175,81 @@ def demo_command(
 
 def rehearse_command(
     log: Annotated[
-        list[str], typer.Option("--log", help="PostgreSQL log file(s) to capture (repeatable).")
+        list[str],
+        typer.Option(
+            "--log", metavar="LOG", help="PostgreSQL log file(s) to capture (repeatable)."
+        ),
     ],
-    baseline: Annotated[str, typer.Option(help="libpq URI of the baseline server.")],
-    candidate: Annotated[str, typer.Option(help="libpq URI of the candidate server.")],
-    workdir: Annotated[
-        Path, typer.Option(help="Where the workload, results and report are written.")
-    ] = Path("pgtraffic-rehearsal"),
-    speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
-    max_speed: Annotated[bool, typer.Option("--max-speed", help="Replay without waiting.")] = False,
-    workers: Annotated[int, typer.Option(help="Replay processes per server.")] = 1,
+    baseline: opt.BaselineDsn,
+    candidate: opt.CandidateDsn,
+    workdir: Workdir = Path("pgtraffic-rehearsal"),
+    speed: opt.Speed = opt.DEFAULT_SPEED,
+    max_speed: opt.MaxSpeed = False,
+    jump_idle: opt.JumpIdle = False,
+    workers: opt.Workers = 1,
+    sync: opt.Sync = opt.DEFAULT_SYNC,
+    sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    map_user: opt.MapUser = None,
+    map_database: opt.MapDatabase = None,
     explain: Annotated[bool, typer.Option(help="EXPLAIN the top classes on both servers.")] = True,
-    html: Annotated[
-        Path | None, typer.Option(help="HTML report path (default: WORKDIR/report.html).")
-    ] = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option(help="Findings that fail the command: regression,errors,rows,plans."),
-    ] = None,
-    database: Annotated[
-        list[str] | None, typer.Option("--database", "-d", help="Capture only this database.")
-    ] = None,
-    application: Annotated[
-        list[str] | None,
-        typer.Option("--application", help="Capture only this application_name."),
-    ] = None,
-    exclude_application: Annotated[
-        list[str] | None,
-        typer.Option("--exclude-application", help="Leave out this application_name."),
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Capture statements from this time on (ISO 8601).")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Capture statements before this time.")] = None,
+    html: opt.Html = None,
+    fail_on: opt.FailOnOption = None,
+    min_ratio: opt.MinRatio = opt.DEFAULT_MIN_RATIO,
+    min_delta_ms: opt.MinDeltaMs = opt.DEFAULT_MIN_DELTA_MS,
+    alpha: opt.Alpha = opt.DEFAULT_ALPHA,
+    min_samples: opt.MinSamples = opt.DEFAULT_MIN_SAMPLES,
+    database: opt.Database = None,
+    application: opt.Application = None,
+    exclude_application: opt.ExcludeApplication = None,
+    since: opt.Since = None,
+    until: opt.Until = None,
 ) -> None:
     """Capture your logs, replay them on two servers one after the other, compare.
 
     Both servers should hold the data as it was when the capture began (restore a
     backup or snapshot taken then). Exit codes are those of `pgtraffic compare`.
 
+    \b
     Example:
-
-        pgtraffic rehearse --log pg.csv --baseline postgresql://pg16/app
-        --candidate postgresql://pg18/app --fail-on regression,errors
+        pgtraffic rehearse --log pg.csv --baseline postgresql://pg16/app \\
+            --candidate postgresql://pg18/app --fail-on regression,errors
     """
-    if speed <= 0:
-        raise UsageError("--speed must be positive")
-    failures = _fail_on(fail_on)
-    out = Console(highlight=False)
+    settings = opt.replay_settings(
+        speed=speed,
+        max_speed=max_speed,
+        jump_idle=jump_idle,
+        workers=workers,
+        sync=sync,
+        sync_timeout=sync_timeout,
+        map_user=map_user,
+        map_database=map_database,
+    )
+    failures = opt.fail_on(fail_on)
+    thresholds = opt.thresholds(min_ratio, min_delta_ms, alpha, min_samples)
+    since_at, until_at = opt.parse_time(since, "--since"), opt.parse_time(until, "--until")
+    from rich.console import Console
+
+    from capture.filters import Filters
+    from capture.pipeline import CaptureOptions
+    from pgtraffic.compare import exit_code
+    from pgtraffic.rehearsal import rehearse
+
     filters = Filters(
         databases=tuple(database or ()),
         applications=tuple(application or ()),
         exclude_applications=tuple(exclude_application or ()),
-        since=parse_time(since, "--since"),
-        until=parse_time(until, "--until"),
+        since=since_at,
+        until=until_at,
     )
+    out = Console(highlight=False)
     result = rehearse(
         log,
         baseline,
         candidate,
         workdir,
         capture_options=CaptureOptions(filters=filters),
-        replay=ReplaySettings(speed=speed, max_speed=max_speed, workers=workers),
-        thresholds=Thresholds(),
+        replay=settings,
+        thresholds=thresholds,
         explain=explain,
         reporter=ConsoleReporter(out),
     )

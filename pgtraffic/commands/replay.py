@@ -1,4 +1,9 @@
-"""CLI commands for replay (registered on the root app by pgtraffic.cli)."""
+"""``pgtraffic replay`` and the ``results`` group (registered on the root app by pgtraffic.cli).
+
+Handlers parse options, call :func:`replay.runner.replay_workload` (or the results
+readers) and print. Everything heavy is imported when a handler runs, so building the
+app for ``--help`` loads none of it.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,46 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from capture.errors import PgTrafficError, UsageError
-from capture.workload import read_workload
-from replay.engine import ReplayOptions
-from replay.report import ReplayReport, build_report
-from replay.results import export_csv, read_results
-from replay.runner import (
-    LiveStatus,
-    build_schedule,
-    inspect_target,
-    plan_replay,
-    run_replay,
-    scan_workload,
-    with_defaults,
+from pgtraffic.commands import options as opt
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from replay.connection import TargetInfo
+    from replay.report import ReplayReport
+    from replay.runner import LiveStatus, ReplayPlan, ReplaySettings
+
+results_app = typer.Typer(
+    help="Work with results files written by pgtraffic replay.\n\n"
+    "Example: pgtraffic results report run.pgtr; pgtraffic results export run.pgtr -o run.csv",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
-results_app = typer.Typer(help="Work with results files written by pgtraffic replay.")
+REPLAY_HELP = """Replay a workload onto a PostgreSQL server with its timing and concurrency.
 
+One connection per captured session, as its user and database (--map-user,
+--map-database), opened and closed at the captured times; each statement sent at
+its captured offset divided by --speed. Results (timing, rows, errors of every
+statement) are written to --output as the replay runs, so an interrupted replay
+leaves a readable file. The closing report says whether the run kept to schedule.
 
-def _mapping(pairs: list[str] | None, option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new:
-            raise UsageError(
-                f"{option} expects OLD=NEW, got {pair!r}", hint=f"{option} app=app_test"
-            )
-        out[old] = new
-    return out
+\b
+Examples:
+    pgtraffic replay monday.pgtw --target postgresql://app@pg18:5432/shop -o pg18.pgtr
+    pgtraffic replay monday.pgtw --dry-run --json
+    pgtraffic replay monday.pgtw -t postgresql://pg18/shop -o x4.pgtr --speed 4 --workers 2
+
+Exit codes: 0 done (errors of replayed statements are results, not failures),
+2 bad options, 3 unusable workload, 5 target unreachable, 130 interrupted.
+"""
 
 
 def _ms(value: float | None) -> str:
@@ -53,6 +63,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 def report_table(report: ReplayReport) -> Table:
     """The closing report as a two-column rich table."""
+    from rich.table import Table
+
     table = Table(title="Replay report", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -68,6 +80,7 @@ def report_table(report: ReplayReport) -> Table:
         ("connect failures", _counts(report.connect_failures)),
         ("connections lost", _counts(report.connections_lost)),
         ("reconnects", str(report.reconnects)),
+        ("schedule", str(report.fidelity)),
     ]
     if report.max_speed:
         rows.append(("lag", "n/a (--max-speed)"))
@@ -115,46 +128,110 @@ def _print_report(report: ReplayReport, as_json: bool, out: Console, err: Consol
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+def _print_plan(plan: ReplayPlan, as_json: bool, out: Console) -> None:
+    from rich.table import Table
+
+    if as_json:
+        out.print_json(json.dumps({"dry_run": True, **plan.to_json()}))
+        return
+    table = Table(title="Replay plan (dry run)", show_header=False, title_justify="left")
+    for key, value in plan.to_json().items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+class _LiveBar:
+    """The replay's progress bar on stderr, fed by the runner's callbacks."""
+
+    def __init__(self, err: Console, settings: ReplaySettings, enabled: bool) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.err = err
+        self.speed = None if settings.max_speed else settings.speed
+        self.bar: Progress = Progress(
+            TextColumn("[bold]replay"),
+            BarColumn(),
+            TextColumn("{task.fields[what]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not enabled,
+            transient=False,
+        )
+        self.task = self.bar.add_task("replay", total=1, what="")
+        self.by_time = False
+        self.last = 0.0
+
+    def on_target(self, info: TargetInfo, plan: ReplayPlan) -> None:
+        total_us = plan.intended_duration_us
+        about = "" if total_us is None else f", about {total_us / 1e6:.1f} s"
+        self.err.print(
+            f"target: [bold]{info.host}[/]:{info.port} PostgreSQL {info.server_version}, "
+            f"database {info.database}, user {info.user}; "
+            f"{plan.sessions} sessions, {plan.replayable} statements{about}",
+            highlight=False,
+        )
+        from replay.runner import target_warnings
+
+        for warning in target_warnings(info, plan):
+            self.err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        self.by_time = bool(total_us)
+        self.bar.update(self.task, total=(total_us or plan.replayable) or 1)
+        self.bar.start()
+
+    def on_status(self, status: LiveStatus) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and not status.done:
+            return
+        self.last = now
+        done = status.replayed_capture_us / (self.speed or 1) if self.by_time else status.statements
+        self.bar.update(
+            self.task,
+            completed=done,
+            what=(
+                f"captured {status.replayed_capture_us / 1e6:.1f}s  "
+                f"statements {status.statements}  lag {status.last_lag_us / 1000:.1f}ms  "
+                f"errors {status.errors}  conns {status.open_connections}"
+            ),
+        )
+
+
 def replay_command(
-    workload: Annotated[Path, typer.Argument(help="Workload file written by pgtraffic capture.")],
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            help="libpq URI of the server to replay onto; passwords from PGPASSWORD/.pgpass.",
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Results file to write (.pgtr).")
-    ] = None,
-    speed: Annotated[float, typer.Option(help="Replay speed factor (2 = twice as fast).")] = 1.0,
-    max_speed: Annotated[
-        bool, typer.Option("--max-speed", help="No waiting: each session as fast as it can.")
-    ] = False,
-    jump_idle: Annotated[
-        bool, typer.Option("--jump-idle", help="Skip stretches in which no session was active.")
-    ] = False,
-    map_user: Annotated[
-        list[str] | None, typer.Option("--map-user", help="Replay user OLD as NEW (OLD=NEW).")
-    ] = None,
-    map_database: Annotated[
-        list[str] | None,
-        typer.Option("--map-database", help="Replay database OLD as NEW (OLD=NEW)."),
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Processes sharing the sessions.")] = 1,
+    workload: Annotated[
+        Path, typer.Argument(metavar="WORKLOAD", help="Workload file written by pgtraffic capture.")
+    ],
+    target: opt.Target = None,
+    output: opt.ResultsOutput = None,
+    speed: opt.Speed = opt.DEFAULT_SPEED,
+    max_speed: opt.MaxSpeed = False,
+    jump_idle: opt.JumpIdle = False,
+    workers: opt.Workers = 1,
+    sync: opt.Sync = opt.DEFAULT_SYNC,
+    sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    map_user: opt.MapUser = None,
+    map_database: opt.MapDatabase = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check and schedule the workload; do not connect.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Check and schedule the workload, print the plan; no connection."
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")
-    ] = True,
+    as_json: opt.Json = False,
+    progress: opt.Progress = True,
     reconnect_interval: Annotated[
-        float, typer.Option(help="Seconds between reconnect attempts of a session.")
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds between reconnect attempts of a session that lost its connection.",
+            rich_help_panel=opt.REPLAY,
+        ),
     ] = 1.0,
     loop: Annotated[
-        str, typer.Option(help="Event loop: auto (uvloop when installed), uvloop or asyncio.")
+        str,
+        typer.Option(
+            metavar="[auto|uvloop|asyncio]",
+            help="Event loop: auto (uvloop when installed), uvloop or asyncio.",
+            rich_help_panel=opt.REPLAY,
+        ),
     ] = "auto",
     via_asyncpg: Annotated[
         bool,
@@ -163,43 +240,30 @@ def replay_command(
             help="Send statements through asyncpg's query paths instead of pgtraffic's own "
             "leaner wire path (slower, and named statements get asyncpg's names; for "
             "comparison or as a fallback).",
+            rich_help_panel=opt.REPLAY,
         ),
     ] = False,
 ) -> None:
-    """Replay a workload onto a PostgreSQL server with the original timing and concurrency."""
-    out = Console()
-    err = Console(stderr=True)
-    options_error = None
-    if speed <= 0:
-        options_error = f"--speed must be positive, not {speed}"
-    if loop not in ("auto", "uvloop", "asyncio"):
-        options_error = f"--loop must be auto, uvloop or asyncio, not {loop!r}"
-    if options_error:
-        raise UsageError(options_error, hint="use --max-speed for no waiting at all")
-    users = _mapping(map_user, "--map-user")
-    databases = _mapping(map_database, "--map-database")
-    wl = read_workload(workload)
-    scan = scan_workload(wl)
-    schedule = build_schedule(scan, speed=speed, max_speed=max_speed, jump_idle=jump_idle)
-    base = ReplayOptions(
-        dsn=target or "",
-        schedule=schedule,
-        map_user=users,
-        map_database=databases,
+    settings = opt.replay_settings(
+        speed=speed,
+        max_speed=max_speed,
+        jump_idle=jump_idle,
         workers=workers,
-        reconnect_interval_s=reconnect_interval,
-        event_loop=loop,
-        direct_simple=not via_asyncpg,
+        sync=sync,
+        sync_timeout=sync_timeout,
+        map_user=map_user,
+        map_database=map_database,
+        reconnect_interval=reconnect_interval,
+        loop=loop,
+        via_asyncpg=via_asyncpg,
     )
-    plan = plan_replay(scan, schedule, wl, base)
+    from rich.console import Console
+
+    out, err = Console(), Console(stderr=True)
     if dry_run:
-        if as_json:
-            out.print_json(json.dumps({"dry_run": True, **plan.to_json()}))
-        else:
-            table = Table(title="Replay plan (dry run)", show_header=False, title_justify="left")
-            for key, value in plan.to_json().items():
-                table.add_row(key, str(value))
-            out.print(table)
+        from replay.runner import prepare_replay
+
+        _print_plan(prepare_replay(workload, settings, target or "").plan, as_json, out)
         return
     if target is None:
         raise UsageError(
@@ -207,89 +271,77 @@ def replay_command(
         )
     if output is None:
         raise UsageError("--output/-o is required to replay", hint="-o run.pgtr")
-    info = inspect_target(target)
-    err.print(
-        f"target: [bold]{info.host}[/]:{info.port} PostgreSQL {info.server_version}, "
-        f"database {info.database}, user {info.user}; "
-        f"{plan.sessions} sessions, {plan.replayable} statements"
-        + (
-            ""
-            if plan.intended_duration_us is None
-            else f", about {plan.intended_duration_us / 1e6:.1f} s"
-        ),
-        highlight=False,
+    _replay(
+        workload, output, target, settings, as_json=as_json, progress=progress, out=out, err=err
     )
-    max_conn = info.settings.get("max_connections")
-    if max_conn and max_conn.isdigit() and plan.peak_sessions > int(max_conn):
-        err.print(
-            f"[yellow]warning:[/] the workload peaks at {plan.peak_sessions} sessions but the "
-            f"target allows max_connections={max_conn}: expect SQLSTATE 53300",
-            highlight=False,
-        )
-    options = with_defaults(base, info)
-    total_us = plan.intended_duration_us
-    bar = Progress(
-        TextColumn("[bold]replay"),
-        BarColumn(),
-        TextColumn("{task.fields[what]}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not progress,
-        transient=False,
-    )
-    task = bar.add_task("replay", total=(total_us or plan.replayable) or 1, what="")
-    last = [0.0]
 
-    def on_status(status: LiveStatus) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and not status.done:
-            return
-        last[0] = now
-        done = status.replayed_capture_us / (schedule.speed or 1) if total_us else status.statements
-        captured = status.replayed_capture_us / 1e6
-        bar.update(
-            task,
-            completed=done,
-            what=(
-                f"captured {captured:.1f}s  statements {status.statements}  "
-                f"lag {status.last_lag_us / 1000:.1f}ms  errors {status.errors}  "
-                f"conns {status.open_connections}"
-            ),
-        )
 
+def _replay(
+    workload: Path,
+    output: Path,
+    target: str,
+    settings: ReplaySettings,
+    *,
+    as_json: bool,
+    progress: bool,
+    out: Console,
+    err: Console,
+) -> None:
+    from replay.report import build_report
+    from replay.results import read_results
+    from replay.runner import replay_workload
+
+    live = _LiveBar(err, settings, progress)
     try:
-        with bar:
-            run_replay(wl, output, options, info, on_status=on_status)
+        replay_workload(
+            workload, output, target, settings, on_target=live.on_target, on_status=live.on_status
+        )
     finally:
+        live.bar.stop()
         # Also after Ctrl-C or a failure: report what ran (if anything did).
         with contextlib.suppress(PgTrafficError):
-            report = build_report(read_results(output))
-            _print_report(report, as_json, out, err)
+            _print_report(build_report(read_results(output)), as_json, out, err)
             err.print(f"results: {output}", highlight=False)
 
 
 @results_app.command("export")
 def export_command(
-    results: Annotated[Path, typer.Argument(help="Results file (.pgtr).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="Results file (.pgtr).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="CSV file to write.")
+    ],
 ) -> None:
-    """Write a results file as CSV (one row per statement, with a header row)."""
-    loaded = read_results(results)
-    rows = export_csv(loaded, output)
+    """Write a results file as CSV (one row per statement, with a header row).
+
+    Example: pgtraffic results export run.pgtr -o run.csv
+    """
+    from rich.console import Console
+
+    from replay.results import export_csv, read_results
+
+    rows = export_csv(read_results(results), output)
     Console(stderr=True).print(f"wrote {rows} rows to {output}", highlight=False)
 
 
 @results_app.command("report")
 def report_command(
-    results: Annotated[Path, typer.Argument(help="Results file (.pgtr).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="Results file (.pgtr).")],
+    as_json: opt.Json = False,
 ) -> None:
-    """Print the closing report of a (possibly interrupted) replay again."""
+    """Print the closing report of a (possibly interrupted) replay again.
+
+    Example: pgtraffic results report run.pgtr --json
+    """
+    from rich.console import Console
+
+    from replay.report import build_report
+    from replay.results import read_results
+
     report = build_report(read_results(results))
     _print_report(report, as_json, Console(), Console(stderr=True))
 
 
 def register(app: typer.Typer) -> None:
     """Add ``replay`` and the ``results`` group to app."""
-    app.command("replay")(replay_command)
+    app.command("replay", help=REPLAY_HELP)(replay_command)
     app.add_typer(results_app, name="results")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from capture.errors import UsageError
-from pgtraffic.servers import Cluster, Profile, find_installation, find_installations, registry
-from pgtraffic.servers.cluster import reap_orphans, stop_record
+from pgtraffic.commands import options as opt
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pgtraffic.servers.installations import Installation
+    from pgtraffic.servers.registry import ServerRecord
 
 servers_app = typer.Typer(
     name="servers",
@@ -23,7 +26,7 @@ servers_app = typer.Typer(
         "Example: pgtraffic servers start --version 16 --capture"
     ),
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,
 )
 
 PgBin = Annotated[
@@ -38,49 +41,52 @@ PgBin = Annotated[
 
 
 def _out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
 @servers_app.command("list")
-def list_servers(
-    pg_bin: PgBin = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-) -> None:
+def list_servers(pg_bin: PgBin = None, as_json: opt.Json = False) -> None:
     """List PostgreSQL installations found here, and the servers pgtraffic is running.
 
     Example: pgtraffic servers list
     """
+    from pgtraffic.servers import find_installations, registry
+
     installations = find_installations(pg_bin)
     running = registry.records()
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "installations": [
-                        {
-                            "version": i.version,
-                            "major": i.major,
-                            "source": i.source,
-                            "bin_dir": str(i.bin_dir),
-                        }
-                        for i in installations
-                    ],
-                    "servers": [
-                        {
-                            "name": r.name,
-                            "version": r.version,
-                            "profile": r.profile,
-                            "dsn": r.dsn,
-                            "log_dir": r.log_dir,
-                            "owner_pid": r.owner_pid,
-                        }
-                        for r in running
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return
+        typer.echo(json.dumps(_list_json(installations, running), indent=2))
+    else:
+        _print_list(installations, running)
+
+
+def _list_json(
+    installations: list[Installation], running: list[ServerRecord]
+) -> dict[str, list[dict[str, object]]]:
+    return {
+        "installations": [
+            {"version": i.version, "major": i.major, "source": i.source, "bin_dir": str(i.bin_dir)}
+            for i in installations
+        ],
+        "servers": [
+            {
+                "name": r.name,
+                "version": r.version,
+                "profile": r.profile,
+                "dsn": r.dsn,
+                "log_dir": r.log_dir,
+                "owner_pid": r.owner_pid,
+            }
+            for r in running
+        ],
+    }
+
+
+def _print_list(installations: list[Installation], running: list[ServerRecord]) -> None:
+    from rich.table import Table
+
     out = _out()
     table = Table(title="PostgreSQL installations")
     table.add_column("version")
@@ -95,17 +101,17 @@ def list_servers(
         )
     else:
         out.print(table)
-    if running:
-        srv = Table(title="Servers started by pgtraffic")
-        for col in ("name", "version", "profile"):
-            srv.add_column(col)
-        srv.add_column("DSN", overflow="fold")
-        srv.add_column("log directory", overflow="fold")
-        for rec in running:
-            srv.add_row(rec.name, rec.version, rec.profile, rec.dsn, rec.log_dir)
-        out.print(srv)
-    else:
+    if not running:
         out.print("No servers started by pgtraffic are running.")
+        return
+    srv = Table(title="Servers started by pgtraffic")
+    for col in ("name", "version", "profile"):
+        srv.add_column(col)
+    srv.add_column("DSN", overflow="fold")
+    srv.add_column("log directory", overflow="fold")
+    for rec in running:
+        srv.add_row(rec.name, rec.version, rec.profile, rec.dsn, rec.log_dir)
+    out.print(srv)
 
 
 @servers_app.command("start")
@@ -135,12 +141,15 @@ def start_server(
 ) -> None:
     """Create and start a throwaway server; print its DSN. It runs until `servers stop`.
 
-    Returns once the server accepts connections. Example:
+    Returns once the server accepts connections.
 
+    \b
+    Example:
         pgtraffic servers start --version 16 --capture
-
         psql "$(pgtraffic servers list --json | jq -r '.servers[0].dsn')" -c 'select 1'
     """
+    from pgtraffic.servers import Cluster, Profile, find_installation
+
     extra: dict[str, str] = {}
     for item in setting or []:
         name, sep, value = item.partition("=")
@@ -183,6 +192,9 @@ def stop_servers(
             "name the servers to stop, or pass --all",
             hint="pgtraffic servers list shows their names",
         )
+    from pgtraffic.servers import registry
+    from pgtraffic.servers.cluster import reap_orphans, stop_record
+
     out = _out()
     known = {r.name: r for r in registry.records()}
     if all_:
