@@ -143,13 +143,17 @@ def judge_fidelity(
     sent: npt.NDArray[np.bool_] | None = None,
     max_speed: bool,
     limits: FidelityLimits | None = None,
+    sync_wait_us: IntArray | None = None,
 ) -> Fidelity:
-    """Judge one run from its statement columns (``sent``: which to count; default all)."""
+    """Judge one run from its statement columns (``sent``: which to count; default all).
+    ``sync_wait_us``: time spent waiting for other sessions' commits, not the replayer's."""
     lim = limits or FidelityLimits()
     keep = np.ones(session.shape, dtype=np.bool_) if sent is None else sent
     columns = (session[keep], index[keep], intended_us[keep], start_us[keep], service_us[keep])
     lag = (columns[3].astype(np.int64) - columns[2].astype(np.int64)).astype(np.int64)
     own = _replayer_lag(*columns)
+    if sync_wait_us is not None:  # _replayer_lag's order: by session, then index
+        own = own - sync_wait_us[keep][np.lexsort((columns[1], columns[0]))].astype(np.int64)
     p50, p95, p99 = (_ms(lag, q) for q in (50, 95, 99))
     own_p99 = _ms(own, 99)
     if max_speed:
@@ -189,4 +193,5 @@ def judge_records(
         sent=sent_mask(recs["sqlstate"], strings),
         max_speed=max_speed,
         limits=limits,
+        sync_wait_us=recs["sync_wait_us"],
     )

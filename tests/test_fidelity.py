@@ -30,10 +30,12 @@ def _write_run(
     service_us: int = 500,
     not_sent_late_us: int = 0,
     max_speed: bool = False,
+    sync_wait_us: int = 0,
 ) -> None:
     """Sessions of evenly spaced statements: ``late_us`` added to every send by the
     replayer, ``service_us`` per statement (above GAP_US: the target falls behind), and
-    one not-sent statement (SQLSTATE 08003) per session, ``not_sent_late_us`` late."""
+    one not-sent statement (SQLSTATE 08003) per session, ``not_sent_late_us`` late;
+    ``sync_wait_us`` of the replayer's lateness spent waiting for other sessions' commits."""
     create_results_file(path, {"workload_id": "w", "max_speed": max_speed, "speed": 1.0})
     writer = ResultsWriter(path)
     for s in range(SESSIONS):
@@ -41,7 +43,18 @@ def _write_run(
         for i in range(PER_SESSION):
             intended = i * GAP_US + s * 1000
             start = max(intended, free_at) + late_us
-            writer.add(f"s{s}", i, f"fp{i % 3}", intended, start, service_us, 1, None, None)
+            writer.add(
+                f"s{s}",
+                i,
+                f"fp{i % 3}",
+                intended,
+                start,
+                service_us,
+                1,
+                None,
+                None,
+                sync_wait_us=min(sync_wait_us, late_us),
+            )
             free_at = start + service_us
         last = PER_SESSION * GAP_US
         writer.add(f"s{s}", PER_SESSION, "fp0", last, last + not_sent_late_us, 0, -1, "08003", None)
@@ -58,8 +71,18 @@ def _write_run(
         ({"service_us": 25_000}, FidelityVerdict.TARGET_BEHIND),
         ({"late_us": 30_000, "max_speed": True}, FidelityVerdict.MAX_SPEED),
         ({"not_sent_late_us": 5_000_000}, FidelityVerdict.ON_SCHEDULE),
+        ({"late_us": 15_000}, FidelityVerdict.REPLAYER_BEHIND),
+        ({"late_us": 15_000, "sync_wait_us": 15_000}, FidelityVerdict.ON_SCHEDULE),
     ],
-    ids=["on-schedule", "replayer-behind", "target-behind", "max-speed", "not-sent-ignored"],
+    ids=[
+        "on-schedule",
+        "replayer-behind",
+        "target-behind",
+        "max-speed",
+        "not-sent-ignored",
+        "late-without-sync-waits",
+        "as-late-in-sync-waits",
+    ],
 )
 def test_report_and_compare_agree(
     tmp_path: Path, run: dict[str, int | bool], verdict: FidelityVerdict

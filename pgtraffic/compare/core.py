@@ -87,6 +87,7 @@ def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
         sent=sent_mask(run.sqlstate, run.sqlstates),
         max_speed=run.max_speed,
         limits=thresholds.fidelity,
+        sync_wait_us=run.sync_wait_us,
     )
     return RunSummary(
         label=run.label,

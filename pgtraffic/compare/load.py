@@ -48,6 +48,7 @@ def load_run(path: Path | str) -> RunData:
         original_sqlstate=rec["original_sqlstate"],
         workload_path=header.get("workload_path"),
         header=header,
+        sync_wait_us=rec["sync_wait_us"],
     )
 
 

@@ -45,6 +45,8 @@ class RunData:
     original_sqlstate: IntArray
     workload_path: str | None = None
     header: dict[str, object] = field(default_factory=dict)
+    sync_wait_us: IntArray | None = None
+    """Per statement: time waited for other sessions' commits (--sync); None: no waits."""
 
     def __len__(self) -> int:
         return int(self.service_us.size)
