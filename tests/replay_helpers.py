@@ -15,6 +15,7 @@ from capture.workload import Workload, WorkloadWriter, read_workload
 from pgtraffic.servers import Cluster
 from replay.results import Results, read_results
 from replay.runner import ReplaySettings, replay_workload
+from replay.sync import SyncMode
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -100,7 +101,11 @@ def replay(
     workers: int = 1,
     **kwargs: Any,
 ) -> Results:
-    """Replay the way the CLI does (replay.runner.replay_workload), and load the results."""
+    """Replay the way the CLI does (replay.runner.replay_workload), and load the results.
+
+    Sessions are independent (``sync=SyncMode.NONE``) unless ``sync`` is given: the
+    tests written before causal sync assume so."""
+    kwargs.setdefault("sync", SyncMode.NONE)
     settings = ReplaySettings(
         speed=speed, max_speed=max_speed, jump_idle=jump_idle, workers=workers, **kwargs
     )

@@ -16,7 +16,7 @@ from capture.records import StatementKind
 from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
-from replay.runner import build_schedule, scan_workload
+from replay.runner import ReplaySettings, prepare_replay
 from tests.conftest import require_version
 from tests.replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
 
@@ -160,9 +160,7 @@ def test_speed_two_halves_the_captured_time(
     workload, _ = captured
     db = "rt_speed2"
     _fresh_database(pg16, db)
-    scan = scan_workload(workload)
-    at_one = build_schedule(scan, speed=1.0, max_speed=False, jump_idle=False)
-    span_us = max(end for _, end in scan.spans.values()) - at_one.origin_us
+    span_us = prepare_replay(workload, ReplaySettings(speed=1.0)).plan.capture_span_us
     results = replay(workload, pg16, tmp_path / "r.pgtr", speed=2.0, map_database={"postgres": db})
     assert set(outcomes(results)) == replayable_keys(workload)
     report = build_report(results)
