@@ -97,6 +97,8 @@ class Step:
     new_errors: Mapping[str, int] = field(default_factory=dict)
     """Failed now but succeeded in the capture, by SQLSTATE."""
     not_sent: int = 0
+    connect_failures: Mapping[str, int] = field(default_factory=dict)
+    """Connections refused or failed, by SQLSTATE (53300: max_connections reached)."""
     sync_wait_s: float = 0.0
     sync_timeouts: int = 0
     reset_s: float = 0.0
@@ -149,6 +151,7 @@ class Problem(enum.StrEnum):
     SLO = "SLO missed"
     NEW_ERRORS = "new errors"
     NOT_SENT = "statements not sent"
+    REFUSED = "connections refused"
     REPLAYER = "replayer limited"
 
 
@@ -189,6 +192,9 @@ def judge_step(step: Step, slos: Sequence[Slo]) -> tuple[Finding, ...]:
     if step.new_errors:
         listed = ", ".join(f"{k} x{v}" for k, v in sorted(step.new_errors.items()))
         found.append(Finding(Problem.NEW_ERRORS, f"errors the capture did not have: {listed}"))
+    if step.connect_failures:
+        listed = ", ".join(f"{k} x{v}" for k, v in sorted(step.connect_failures.items()))
+        found.append(Finding(Problem.REFUSED, f"connections failed: {listed}"))
     if step.not_sent:
         found.append(Finding(Problem.NOT_SENT, f"{step.not_sent} statements could not be sent"))
     return tuple(found)
@@ -308,6 +314,9 @@ def culprits(before: Step | None, after: Step, top: int = 3) -> tuple[str, ...]:
             out.append(f"wait event {name}: {previous:.0%} -> {share:.0%} of active backends")
     for state, n in sorted(after.new_errors.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"new errors {state}: {n}")
+    for state, n in sorted(after.connect_failures.items(), key=lambda kv: -kv[1])[:top]:
+        hint = " (max_connections reached)" if state == "53300" else ""
+        out.append(f"connections refused {state}: {n}{hint}")
     return tuple(out)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pgtraffic.errors import PgTrafficError, UsageError
 
@@ -95,8 +96,12 @@ class Reset:
                 _drop(conn, db + TEMPLATE_SUFFIX)
 
     def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        """A connection to a database the reset does not drop (postgres, else template1)."""
+        maintenance = "template1" if "postgres" in self.databases else "postgres"
         try:
-            return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            return psycopg.connect(
+                make_conninfo(self.dsn, dbname=maintenance), autocommit=True, connect_timeout=10
+            )
         except psycopg.Error as exc:
             raise ResetError(f"cannot connect to reset the target: {exc}") from exc
 

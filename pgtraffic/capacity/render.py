@@ -1,0 +1,132 @@
+"""A capacity sweep (or several side by side: 16 vs 18, before vs after) as one HTML page.
+
+Charts, drawn with matplotlib as inline SVG (nothing fetched, no JavaScript):
+achieved against offered statements/s, p99 against offered overall and per class,
+and the wait events of active backends step by step.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from pgtraffic.capacity.sweep import Sweep
+from pgtraffic.compare.charts import _svg
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def _label(sweep: Sweep) -> str:
+    version = sweep.target.get("server_version") or sweep.target.get("version") or ""
+    host = sweep.target.get("host") or ""
+    return f"{host} {version}".strip() or sweep.workload
+
+
+def throughput_chart(sweeps: Sequence[Sweep]) -> str:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    top = 0.0
+    for color, sweep in zip(COLORS, sweeps, strict=False):
+        offered = [s.offered_statements_per_s for s in sweep.steps]
+        top = max([top, *offered])
+        left.plot(
+            offered,
+            [s.achieved_statements_per_s for s in sweep.steps],
+            "o-",
+            color=color,
+            label=_label(sweep),
+        )
+        right.plot(offered, [s.p99_ms for s in sweep.steps], "o-", color=color)
+        if sweep.knee.achieved_statements_per_s is not None:
+            left.axhline(sweep.knee.achieved_statements_per_s, color=color, ls=":", lw=1)
+    left.plot([0, top], [0, top], color="#999", lw=1, ls="--", label="achieved = offered")
+    left.set_xlabel("offered statements/s")
+    left.set_ylabel("achieved statements/s")
+    left.legend(fontsize=8)
+    right.set_xlabel("offered statements/s")
+    right.set_ylabel("p99 service time (ms)")
+    right.set_yscale("log")
+    return _svg(fig)
+
+
+def class_chart(sweep: Sweep) -> str | None:
+    if not sweep.steps or not sweep.steps[0].classes:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fingerprints = [c.fingerprint for c in sweep.steps[0].classes]
+    for fp in fingerprints:
+        points = [
+            (s.offered_statements_per_s, c.p99_ms)
+            for s in sweep.steps
+            for c in s.classes
+            if c.fingerprint == fp
+        ]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=fp[:12])
+    ax.set_xlabel("offered statements/s")
+    ax.set_ylabel("p99 by class (ms)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    return _svg(fig)
+
+
+def waits_chart(sweep: Sweep) -> str | None:
+    kinds = sorted({k for s in sweep.steps for k in s.waits})
+    if not kinds:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    labels = [f"x{s.speed:g}" for s in sweep.steps]
+    bottom = [0.0] * len(sweep.steps)
+    for kind in kinds:
+        shares = [s.waits.get(kind, 0.0) for s in sweep.steps]
+        ax.bar(labels, shares, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, shares, strict=True)]
+    ax.set_ylabel("share of active backends")
+    ax.legend(fontsize=7, ncol=4)
+    return _svg(fig)
+
+
+def _table(sweep: Sweep) -> str:
+    head = (
+        "<tr><th>step</th><th>speed</th><th>offered/s</th><th>achieved/s</th>"
+        "<th>p99 ms</th><th>errors</th><th>sync wait s</th><th>reset s</th></tr>"
+    )
+    rows = []
+    for s in sweep.steps:
+        knee = " class='knee'" if sweep.knee.step == s.index else ""
+        errors = ", ".join(f"{k}&times;{v}" for k, v in s.errors.items()) or "-"
+        rows.append(
+            f"<tr{knee}><td>{s.index + 1}</td><td>{s.speed:g}</td>"
+            f"<td>{s.offered_statements_per_s:,.0f}</td><td>{s.achieved_statements_per_s:,.0f}</td>"
+            f"<td>{s.p99_ms:.2f}</td><td>{errors}</td><td>{s.sync_wait_s:.2f}</td>"
+            f"<td>{s.reset_s:.1f}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def to_html(sweeps: Sequence[Sweep]) -> str:
+    """One self-contained page for one sweep, or several compared side by side."""
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>pgtraffic capacity</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
+        "text-align:right}tr.knee{background:#fff3c4}.warn{color:#a00}</style>",
+        "<h1>Capacity</h1>",
+        throughput_chart(sweeps),
+    ]
+    for sweep in sweeps:
+        parts.append(f"<h2>{html.escape(_label(sweep))}</h2>")
+        if not sweep.complete:
+            parts.append("<p class='warn'>The sweep stopped early: later steps are missing.</p>")
+        parts.append(f"<p><b>Knee:</b> {html.escape(sweep.knee.reason)}</p>")
+        parts += [f"<p>{html.escape(c)}</p>" for c in sweep.knee.culprits]
+        parts.append(
+            f"<p>sync: {html.escape(sweep.sync)}, reset: {html.escape(sweep.reset)}, SLOs: "
+            f"{html.escape(', '.join(s.describe() for s in sweep.slos) or 'none')}</p>"
+        )
+        parts.append(_table(sweep))
+        parts += [c for c in (class_chart(sweep), waits_chart(sweep)) if c]
+    return "\n".join(parts)
