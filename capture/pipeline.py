@@ -194,23 +194,22 @@ def _unpack(blob: bytes) -> ChunkResult:
     return result
 
 
+@dataclass(eq=False)
 class _Chunks:
     """Every source cut into decode jobs, in order; tracks bytes for progress."""
 
-    def __init__(
-        self,
-        infos: Sequence[SourceInfo],
-        fmt: LogFormat | None,
-        chunk_bytes: int,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self.infos = infos
-        self.fmt = fmt
-        self.chunk_bytes = chunk_bytes
-        self.progress = progress
-        self.formats: list[str] = []
-        self.bytes_read = 0
-        sizes = [i.size for i in infos]
+    infos: Sequence[SourceInfo]
+    fmt: LogFormat | None
+    chunk_bytes: int
+    progress: ProgressCallback | None
+    formats: list[str] = field(init=False, default_factory=list)
+    """The format of each source, once its first bytes were read."""
+    bytes_read: int = field(init=False, default=0)
+    total: int | None = field(init=False)
+    """Bytes of all sources (None when one is of unknown size: stdin, gzip)."""
+
+    def __post_init__(self) -> None:
+        sizes = [i.size for i in self.infos]
         self.total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
     def __iter__(self) -> Iterator[Chunk]:

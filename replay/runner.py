@@ -167,6 +167,9 @@ class ReplayPlan:
     truncated_params: int
     logins: dict[str, int] = field(default_factory=dict)
     """Sessions per ``user@database`` they will log in as (after --map-*)."""
+    sync: str = SyncMode.NONE.value
+    """The --sync mode the replay will keep."""
+    sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,6 +183,8 @@ class ReplayPlan:
             "skipped_idle_us": self.skipped_idle_us,
             "statements_with_truncated_params": self.truncated_params,
             "logins": self.logins,
+            "sync": self.sync,
+            "sync_timeout_s": self.sync_timeout_s,
         }
 
 
@@ -208,6 +213,8 @@ def plan_replay(
         skipped_idle_us=sum(b - a for a, b in schedule.gaps),
         truncated_params=scan.truncated_params,
         logins=dict(logins.most_common()),
+        sync=SyncMode.NONE.value if options is None else SyncMode(options.sync).value,
+        sync_timeout_s=DEFAULT_SYNC_TIMEOUT_S if options is None else options.sync_timeout_s,
     )
 
 

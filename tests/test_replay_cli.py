@@ -14,6 +14,7 @@ import pytest
 from pgtraffic.servers import Cluster
 from pgtraffic.servers.cluster import free_port
 from replay.results import CSV_COLUMNS, read_results
+from replay.runner import FinalSummary, ResultsHeader
 from tests.replay_helpers import execute, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")
@@ -65,6 +66,29 @@ def test_dry_run_does_not_connect(pgtraffic_cmd: list[str], tmp_path: Path) -> N
     assert "OLD=NEW" in bad.stderr
 
 
+def test_sync_options_reach_the_plan(pgtraffic_cmd: list[str], tmp_path: Path) -> None:
+    wl = _workload(tmp_path)
+    default = json.loads(_run(pgtraffic_cmd, "replay", str(wl), "--dry-run", "--json").stdout)
+    assert (default["sync"], default["sync_timeout_s"]) == ("commit", 10.0)
+    chosen = _run(
+        pgtraffic_cmd,
+        "replay",
+        str(wl),
+        "--dry-run",
+        "--json",
+        "--sync",
+        "objects",
+        "--sync-timeout",
+        "2.5",
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    plan = json.loads(chosen.stdout)
+    assert (plan["sync"], plan["sync_timeout_s"]) == ("objects", 2.5)
+    for bad_args in (["--sync", "scn"], ["--sync-timeout", "0"], ["--speed", "-1"]):
+        bad = _run(pgtraffic_cmd, "replay", str(wl), "--dry-run", *bad_args)
+        assert bad.returncode == 2, (bad_args, bad.stderr)
+
+
 def test_replay_json_report_and_csv_export(
     pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
 ) -> None:
@@ -89,6 +113,13 @@ def test_replay_json_report_and_csv_export(
     assert report["completed"] is True
     assert report["errors"] == {"22012": 25}
     assert report["divergence"]["agreement_rate"] == 1.0
+    assert report["fidelity"] == "maximum speed"
+    loaded = read_results(out)
+    header = ResultsHeader.from_json(loaded.header)
+    assert header.max_speed and header.speed is None
+    assert header.target["server_version"] == pg16.version
+    assert header.to_json().items() <= loaded.header.items()  # the file format is unchanged
+    assert loaded.final is not None and FinalSummary.from_json(loaded.final).completed
     csv_path = tmp_path / "r.csv"
     result = _run(pgtraffic_cmd, "results", "export", str(out), "-o", str(csv_path))
     assert result.returncode == 0, result.stderr
