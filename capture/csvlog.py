@@ -13,6 +13,7 @@ import csv
 import io
 import re
 import sys
+from dataclasses import dataclass
 
 from capture.chunking import Chunker
 from capture.decode import RecordDecoder
@@ -131,27 +132,18 @@ def _one_line_rows(text: str) -> list[list[str]] | None:
     return rows if reader.line_num == len(rows) else None
 
 
+@dataclass(slots=True)
 class _RowCheck:
     """Checks one row of a chunk and hands it to the decoder, or reports a problem."""
 
-    __slots__ = ("check_encoding", "checked", "decoder", "source", "total", "truncated_tail")
-
-    def __init__(
-        self,
-        decoder: RecordDecoder,
-        source: str,
-        total: int,
-        truncated_tail: bool,
-        check_encoding: bool,
-    ) -> None:
-        self.decoder = decoder
-        self.source = source
-        self.total = total
-        """Lines in the chunk, or -1 when it ends with a complete record."""
-        self.truncated_tail = truncated_tail
-        self.check_encoding = check_encoding
-        self.checked = ""
-        """The last YYYY-MM-DD HH:MM:SS prefix seen to match _LOOKS_LIKE_TIME."""
+    decoder: RecordDecoder
+    source: str
+    total: int
+    """Lines in the chunk, or -1 when it ends with a complete record."""
+    truncated_tail: bool
+    check_encoding: bool
+    checked: str = ""
+    """The last YYYY-MM-DD HH:MM:SS prefix seen to match _LOOKS_LIKE_TIME."""
 
     def __call__(self, line: int, row: list[str], before: int = -1) -> None:
         """``before``: lines of the chunk up to the end of this row (-1: not needed)."""

@@ -208,26 +208,7 @@ class RecordDecoder:
             )
         if classified is None:
             if kind is EventKind.ERROR:
-                sql = query or None
-                fp, parsed = self._fingerprint(sql) if sql else (None, True)
-                result.events.append(
-                    (
-                        int(kind),
-                        session,
-                        ts_us,
-                        line,
-                        sql,
-                        fp,
-                        parsed,
-                        _dumps(sql) if sql else None,
-                        None,
-                        None,
-                        False,
-                        None,
-                        sqlstate or None,
-                        None,
-                    )
-                )
+                self._append(kind, session, ts_us, line, query or None, sqlstate=sqlstate or None)
             return
         sql = classified.sql
         params: tuple[str | None, ...] | None = None
@@ -240,24 +221,55 @@ class RecordDecoder:
                 count = placeholder_count(sql) if sql and "$" in sql else 0
                 params = (None,) * count
                 truncated = count > 0
-        fp, parsed = (
-            self._fingerprint(sql) if sql is not None and kind in _WITH_SQL else (None, True)
+        self._append(
+            kind,
+            session,
+            ts_us,
+            line,
+            sql if kind in _WITH_SQL else None,
+            shown_sql=sql,
+            name=classified.name,
+            params=params,
+            params_truncated=truncated,
+            duration_us=classified.duration_us,
         )
-        result.events.append(
+
+    def _append(
+        self,
+        kind: EventKind,
+        session: str,
+        ts_us: int,
+        line: int,
+        sql: str | None,
+        *,
+        shown_sql: str | None = None,
+        name: str | None = None,
+        params: tuple[str | None, ...] | None = None,
+        params_truncated: bool = False,
+        duration_us: int | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        """One event, as a tuple in :class:`LogEvent` field order.
+
+        ``sql``: the statement to fingerprint and encode (None for none);
+        ``shown_sql``: the event's SQL when it is not one (a parse or bind message's).
+        """
+        fp, parsed = self._fingerprint(sql) if sql is not None else (None, True)
+        self.result.events.append(
             (
                 int(kind),
                 session,
                 ts_us,
                 line,
-                sql,
+                sql if shown_sql is None else shown_sql,
                 fp,
                 parsed,
-                _dumps(sql) if sql is not None and kind in _WITH_SQL else None,
-                classified.name,
+                _dumps(sql) if sql is not None else None,
+                name,
                 params,
-                truncated,
-                classified.duration_us,
-                None,
+                params_truncated,
+                duration_us,
+                sqlstate,
                 _dumps(params) if params is not None and kind is not EventKind.BIND else None,
             )
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from capture.records import QueryClass, Session
@@ -40,29 +40,17 @@ class WorkloadStats:
     source_server_version: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "capture_start": self.capture_start,
-            "capture_end": self.capture_end,
-            "duration_s": self.duration_s,
-            "statements": self.statements,
-            "sessions": self.sessions,
-            "peak_concurrent_sessions": self.peak_concurrent_sessions,
-            "failed_statements": self.failed_statements,
-            "kinds": self.kinds,
-            "classes": self.classes,
-            "source_server_version": self.source_server_version,
-            "statements_per_second": [
-                {
-                    "start_s": b.start_s,
-                    "width_s": b.width_s,
-                    "statements": b.statements,
-                    "per_second": round(b.per_second, 3),
-                }
-                for b in self.rate
-            ],
-            "top_by_count": [_class_json(c) for c in self.top_by_count],
-            "top_by_time": [_class_json(c) for c in self.top_by_time],
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SHAPED}
+        out["statements_per_second"] = [
+            {**asdict(b), "per_second": round(b.per_second, 3)} for b in self.rate
+        ]
+        out["top_by_count"] = [_class_json(c) for c in self.top_by_count]
+        out["top_by_time"] = [_class_json(c) for c in self.top_by_time]
+        return out
+
+
+_SHAPED = frozenset({"rate", "top_by_count", "top_by_time"})
+"""Fields of :class:`WorkloadStats` whose JSON is not their value as it is."""
 
 
 def _class_json(cls: QueryClass) -> dict[str, Any]:
