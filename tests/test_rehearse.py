@@ -82,3 +82,28 @@ def test_rehearse_cli_end_to_end(
     new = [e for e in data["errors"] if e["change"] == "new"]
     assert {e["candidate_sqlstate"] for e in new} == {"42883"}
     assert sum(e["count"] for e in new) == 120
+
+
+def test_bad_replay_options_are_refused_before_any_work(
+    tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    """rehearse and demo check their replay options (shared with replay) first: no
+    capture, no server started, no workdir."""
+    work = tmp_path / "work"
+    common = ["--workdir", str(work)]
+    runs = [
+        ["rehearse", "--log", "x.csv", "--baseline", "a", "--candidate", "b", "--speed", "0"],
+        ["rehearse", "--log", "x.csv", "--baseline", "a", "--candidate", "b", "--sync", "scn"],
+        ["demo", "--sync-timeout", "0"],
+        ["demo", "--workers", "65"],
+    ]
+    for argv in runs:
+        result = subprocess.run(
+            [*pgtraffic_cmd, *argv, *common],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2, (argv, result.stdout, result.stderr)
+        assert not work.exists()
