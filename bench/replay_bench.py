@@ -98,6 +98,147 @@ def window_rate(path: Path) -> float:
     return float(len(recs) / (span / 1e6))
 
 
+def _json_report(out: str) -> dict[str, Any]:
+    """The JSON object a ``pgtraffic replay --json`` run printed."""
+    report: dict[str, Any] = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    return report
+
+
+class _Bench:
+    """One benchmark run: the clusters, the captured inputs, the figures and commands."""
+
+    def __init__(self, args: argparse.Namespace, src: Cluster, tgt: Cluster) -> None:
+        self.args = args
+        self.work: Path = args.workdir
+        self.src, self.tgt = src, tgt
+        self.figures: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
+        self.commands: list[str] = []
+        self.bench_cmd = ["-n", "-b", "simple-update", "-c", str(args.clients), "-j", "2"]
+        self.bench_cmd += ["-T", str(args.seconds)]
+        self.pgbench_src = str(src.installation.tool("pgbench"))
+        self.workload_path = self.work / "simple-update.pgtw"
+        self.replay_file = self.work / "simple-update.pgreplay"
+        self.rate_path = self.work / "rate.pgtw"
+        self.statements = 0
+
+    def capture_inputs(self) -> None:
+        """The saturated capture (csvlog for pgtraffic, stderr for pgreplay) and the
+        lighter one for the --speed 1 lag figure, where the server is far from saturated."""
+        src, args = self.src, self.args
+        pgbench_init(src, args.scale)
+        run([self.pgbench_src, *self.bench_cmd], env=src.env())
+        self.commands.append(f"capture: pgbench {' '.join(self.bench_cmd)}  (log_statement=all)")
+        time.sleep(1.0)
+        csvs = [str(p) for p in src.log_files("*.csv")]
+        t = time.monotonic()
+        capture(csvs, self.workload_path, CaptureOptions())
+        self.figures["capture_s"] = round(time.monotonic() - t, 2)
+        self.statements = read_workload(self.workload_path).header.counts["statements"]
+        self.figures["statements"] = self.statements
+        stderr_logs = [str(p) for p in src.log_files("*.log")]
+        run(["pgreplay", "-f", "-o", str(self.replay_file), *stderr_logs])
+        self.commands.append(f"pgreplay -f -o simple-update.pgreplay {' '.join(stderr_logs)}")
+        rate_src = Cluster.create(major=args.major, profile=Profile.CAPTURE)
+        try:
+            pgbench_init(rate_src, args.scale)
+            run([self.pgbench_src, *self.bench_cmd, "-R", str(args.rate)], env=rate_src.env())
+            time.sleep(1.0)
+            csvs = [str(p) for p in rate_src.log_files("*.csv")]
+            capture(csvs, self.rate_path, CaptureOptions())
+        finally:
+            rate_src.stop()
+
+    def cpu_per_statement(self, statements: float | None = None) -> float:
+        """The last command's CPU, microseconds per statement."""
+        return round(LAST_CPU_S[0] * 1e6 / (statements or self.statements), 1)
+
+    def pgbench_ceiling(self) -> None:
+        tgt = self.tgt
+        pgbench_init(tgt, self.args.scale)
+        out, _, _ = run([str(tgt.installation.tool("pgbench")), *self.bench_cmd], env=tgt.env())
+        tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        self.figures["pgbench_statements_per_s"] = round(tps * 5)
+        self.figures["pgbench_client_cpu_us_per_statement"] = self.cpu_per_statement(
+            tps * 5 * self.args.seconds
+        )
+        self.commands.append(f"pgbench {' '.join(self.bench_cmd)}  (5 statements per transaction)")
+
+    def replay(self, workload: Path, results: Path, *extra: str) -> tuple[str, float, int]:
+        """``pgtraffic replay`` onto a fresh pgbench database."""
+        tgt = self.tgt
+        pgbench_init(tgt, self.args.scale)
+        dsn = tgt.socket_dsn()
+        return run(pgtraffic("replay", str(workload), "--target", dsn, "-o", str(results), *extra))
+
+    def pgtraffic_max(self) -> None:
+        """``--max-speed``, then (unless skipped) the same through asyncpg's query path
+        (the replayer before the direct path)."""
+        res = self.work / "max.pgtr"
+        workers = str(self.args.workers)
+        flags = ("--max-speed", "--json", "--no-progress", "--workers", workers)
+        out, _, rss = self.replay(self.workload_path, res, *flags)
+        report = _json_report(out)
+        figures = self.figures
+        figures["pgtraffic_max_statements_per_s"] = round(window_rate(res))
+        figures["pgtraffic_max_statements_per_s_incl_startup"] = round(report["statements_per_s"])
+        figures["pgtraffic_max_errors"] = report["errors"]
+        figures["pgtraffic_max_rss_mib"] = round(rss / 1024, 1)
+        figures["pgtraffic_client_cpu_us_per_statement"] = self.cpu_per_statement()
+        figures["results_file_bytes_per_statement"] = round(res.stat().st_size / self.statements, 1)
+        self.commands.append(
+            "pgtraffic replay simple-update.pgtw --target DSN -o max.pgtr --max-speed "
+            f"--workers {workers}"
+        )
+        if not self.args.skip_asyncpg_path:
+            res_a = self.work / "max-asyncpg.pgtr"
+            self.replay(self.workload_path, res_a, *flags, "--via-asyncpg")
+            figures["pgtraffic_asyncpg_path_statements_per_s"] = round(window_rate(res_a))
+            figures["pgtraffic_asyncpg_path_client_cpu_us_per_statement"] = self.cpu_per_statement()
+            self.commands.append("the same with --via-asyncpg (asyncpg's query path)")
+
+    def pgreplay(self) -> None:
+        """``pgreplay -r -s 100`` on its own parse of the same log."""
+        tgt = self.tgt
+        pgbench_init(tgt, self.args.scale)
+        where = ["-h", str(tgt.socket_dir), "-p", str(tgt.port)]
+        _, wall, rss = run(
+            ["pgreplay", "-r", "-s", "100", *where, str(self.replay_file)], env=tgt.env()
+        )
+        self.figures["pgreplay_statements_per_s"] = round(self.statements / wall)
+        self.figures["pgreplay_rss_mib"] = round(rss / 1024, 1)
+        self.figures["pgreplay_client_cpu_us_per_statement"] = self.cpu_per_statement()
+        self.commands.append("pgreplay -r -s 100 -h SOCKETDIR -p PORT simple-update.pgreplay")
+
+    def speed1(self) -> None:
+        """``pgtraffic replay --speed 1`` of the unsaturated capture: lag."""
+        out, _, rss = self.replay(
+            self.rate_path, self.work / "speed1.pgtr", "--json", "--no-progress"
+        )
+        report = _json_report(out)
+        figures = self.figures
+        figures["speed1_statements"] = report["statements"]
+        for name in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms"):
+            figures[f"speed1_{name}"] = round(report[name], 3)
+        for name in ("replayer_lag_p99_ms", "replayer_lag_max_ms"):
+            figures[f"speed1_{name}"] = round(report[name], 3)
+        figures["speed1_service_p99_ms"] = round(report["latency_p99_ms"], 3)
+        figures["speed1_rss_mib"] = round(rss / 1024, 1)
+        self.commands.append(
+            f"capture: pgbench {' '.join(self.bench_cmd)} -R {self.args.rate}; "
+            "pgtraffic replay rate.pgtw --target DSN -o speed1.pgtr"
+        )
+
+    def print(self) -> None:
+        figures = self.figures
+        ours = figures["pgtraffic_max_statements_per_s"]
+        figures["ratio_vs_pgreplay"] = round(ours / figures["pgreplay_statements_per_s"], 2)
+        figures["ratio_vs_pgbench"] = round(ours / figures["pgbench_statements_per_s"], 2)
+        print(json.dumps(figures, indent=2))
+        print("\ncommands:")
+        for cmd in self.commands:
+            print(f"  {cmd}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -113,180 +254,21 @@ def main() -> None:
         help="do not also time --max-speed with --via-asyncpg",
     )
     args = parser.parse_args()
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
-    commands: list[str] = []
-
-    logging = {
-        "log_destination": "'csvlog,stderr'",
-        "log_line_prefix": "'%m|%u|%d|%c|'",
-    }
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    logging = {"log_destination": "'csvlog,stderr'", "log_line_prefix": "'%m|%u|%d|%c|'"}
     src = Cluster.create(major=args.major, profile=Profile.CAPTURE, settings=logging)
     tgt = Cluster.create(major=args.major, profile=Profile.TARGET)
     try:
-        pgbench_src = str(src.installation.tool("pgbench"))
-        pgbench_init(src, args.scale)
-        bench_cmd = [
-            "-n",
-            "-b",
-            "simple-update",
-            "-c",
-            str(args.clients),
-            "-j",
-            "2",
-            "-T",
-            str(args.seconds),
-        ]
-        run([pgbench_src, *bench_cmd], env=src.env())
-        commands.append(f"capture: pgbench {' '.join(bench_cmd)}  (log_statement=all)")
-        time.sleep(1.0)
-        csvs = [str(p) for p in src.log_files("*.csv")]
-        workload_path = work / "simple-update.pgtw"
-        t = time.monotonic()
-        capture(csvs, workload_path, CaptureOptions())
-        figures["capture_s"] = round(time.monotonic() - t, 2)
-        workload = read_workload(workload_path)
-        statements = workload.header.counts["statements"]
-        figures["statements"] = statements
-        stderr_logs = [str(p) for p in src.log_files("*.log")]
-        replay_file = work / "simple-update.pgreplay"
-        run(["pgreplay", "-f", "-o", str(replay_file), *stderr_logs])
-        commands.append(f"pgreplay -f -o simple-update.pgreplay {' '.join(stderr_logs)}")
-
-        # a lighter capture for the --speed 1 lag figure: the server is far from saturated
-        rate_src = Cluster.create(major=args.major, profile=Profile.CAPTURE)
-        try:
-            pgbench_init(rate_src, args.scale)
-            rate_cmd = [*bench_cmd, "-R", str(args.rate)]
-            run([pgbench_src, *rate_cmd], env=rate_src.env())
-            time.sleep(1.0)
-            rate_path = work / "rate.pgtw"
-            capture([str(p) for p in rate_src.log_files("*.csv")], rate_path, CaptureOptions())
-        finally:
-            rate_src.stop()
-
-        pgbench_tgt = str(tgt.installation.tool("pgbench"))
-        # 1. pgbench itself
-        pgbench_init(tgt, args.scale)
-        out, _, _ = run([pgbench_tgt, *bench_cmd], env=tgt.env())
-        tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        figures["pgbench_statements_per_s"] = round(tps * 5)
-        figures["pgbench_client_cpu_us_per_statement"] = round(
-            LAST_CPU_S[0] * 1e6 / (tps * 5 * args.seconds), 1
-        )
-        commands.append(f"pgbench {' '.join(bench_cmd)}  (5 statements per transaction)")
-
-        def replay_max(results: Path, *extra: str) -> tuple[str, float, int]:
-            """``pgtraffic replay --max-speed`` onto a fresh pgbench database."""
-            pgbench_init(tgt, args.scale)
-            return run(
-                pgtraffic(
-                    "replay",
-                    str(workload_path),
-                    "--target",
-                    tgt.socket_dsn(),
-                    "-o",
-                    str(results),
-                    "--max-speed",
-                    "--json",
-                    "--no-progress",
-                    "--workers",
-                    str(args.workers),
-                    *extra,
-                )
-            )
-
-        # 2. pgtraffic --max-speed
-        res = work / "max.pgtr"
-        out, wall, rss = replay_max(res)
-        report = json.loads(out[out.index("{") : out.rindex("}") + 1])
-        figures["pgtraffic_max_statements_per_s"] = round(window_rate(res))
-        figures["pgtraffic_max_statements_per_s_incl_startup"] = round(report["statements_per_s"])
-        figures["pgtraffic_max_errors"] = report["errors"]
-        figures["pgtraffic_max_rss_mib"] = round(rss / 1024, 1)
-        figures["pgtraffic_client_cpu_us_per_statement"] = round(
-            LAST_CPU_S[0] * 1e6 / statements, 1
-        )
-        figures["results_file_bytes_per_statement"] = round(res.stat().st_size / statements, 1)
-        commands.append(
-            f"pgtraffic replay simple-update.pgtw --target DSN -o max.pgtr --max-speed "
-            f"--workers {args.workers}"
-        )
-
-        # 2b. the same through asyncpg's query path (the replayer before the direct path)
-        if not args.skip_asyncpg_path:
-            res_a = work / "max-asyncpg.pgtr"
-            replay_max(res_a, "--via-asyncpg")
-            figures["pgtraffic_asyncpg_path_statements_per_s"] = round(window_rate(res_a))
-            figures["pgtraffic_asyncpg_path_client_cpu_us_per_statement"] = round(
-                LAST_CPU_S[0] * 1e6 / statements, 1
-            )
-            commands.append("the same with --via-asyncpg (asyncpg's query path)")
-
-        # 3. pgreplay -r -s 100
-        pgbench_init(tgt, args.scale)
-        _, wall, rss = run(
-            [
-                "pgreplay",
-                "-r",
-                "-s",
-                "100",
-                "-h",
-                str(tgt.socket_dir),
-                "-p",
-                str(tgt.port),
-                str(replay_file),
-            ],
-            env=tgt.env(),
-        )
-        figures["pgreplay_statements_per_s"] = round(statements / wall)
-        figures["pgreplay_rss_mib"] = round(rss / 1024, 1)
-        figures["pgreplay_client_cpu_us_per_statement"] = round(LAST_CPU_S[0] * 1e6 / statements, 1)
-        commands.append("pgreplay -r -s 100 -h SOCKETDIR -p PORT simple-update.pgreplay")
-
-        # 4. pgtraffic --speed 1, unsaturated
-        pgbench_init(tgt, args.scale)
-        res1 = work / "speed1.pgtr"
-        out, wall, rss = run(
-            pgtraffic(
-                "replay",
-                str(rate_path),
-                "--target",
-                tgt.socket_dsn(),
-                "-o",
-                str(res1),
-                "--json",
-                "--no-progress",
-            )
-        )
-        report1 = json.loads(out[out.index("{") : out.rindex("}") + 1])
-        figures["speed1_statements"] = report1["statements"]
-        figures["speed1_lag_p50_ms"] = round(report1["lag_p50_ms"], 3)
-        figures["speed1_lag_p99_ms"] = round(report1["lag_p99_ms"], 3)
-        figures["speed1_lag_max_ms"] = round(report1["lag_max_ms"], 3)
-        figures["speed1_replayer_lag_p99_ms"] = round(report1["replayer_lag_p99_ms"], 3)
-        figures["speed1_replayer_lag_max_ms"] = round(report1["replayer_lag_max_ms"], 3)
-        figures["speed1_service_p99_ms"] = round(report1["latency_p99_ms"], 3)
-        figures["speed1_rss_mib"] = round(rss / 1024, 1)
-        commands.append(
-            f"capture: pgbench {' '.join(bench_cmd)} -R {args.rate}; "
-            "pgtraffic replay rate.pgtw --target DSN -o speed1.pgtr"
-        )
+        bench = _Bench(args, src, tgt)
+        bench.capture_inputs()
+        bench.pgbench_ceiling()
+        bench.pgtraffic_max()
+        bench.pgreplay()
+        bench.speed1()
     finally:
         src.stop()
         tgt.stop()
-
-    figures["ratio_vs_pgreplay"] = round(
-        figures["pgtraffic_max_statements_per_s"] / figures["pgreplay_statements_per_s"], 2
-    )
-    figures["ratio_vs_pgbench"] = round(
-        figures["pgtraffic_max_statements_per_s"] / figures["pgbench_statements_per_s"], 2
-    )
-    print(json.dumps(figures, indent=2))
-    print("\ncommands:")
-    for cmd in commands:
-        print(f"  {cmd}")
+    bench.print()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Required, TypedDict, Unpack
 
 import scenarios
 from capture.normalize import fingerprint
@@ -313,22 +313,30 @@ def count_rows(cluster: Cluster, scenario: Scenario, dbname: str) -> dict[str, i
     return rows
 
 
+class ClientOptions(TypedDict, total=False):
+    """How to run a scenario's client: :func:`client_command` and :func:`run_client`
+    take these as keyword arguments."""
+
+    seconds: Required[float]
+    clients: Required[int]
+    protocol: Required[Protocol]
+    rate: float | None
+    """Throttle to that many transactions per second in total (None: as fast as it can)."""
+    scale: float
+    """The scale the scenario was loaded at (1 when not given)."""
+    dbname: str | None
+    """The database it was loaded into (the scenario's name when not given)."""
+
+
 def client_command(
-    cluster: Cluster,
-    scenario: Scenario,
-    *,
-    seconds: float,
-    clients: int,
-    protocol: Protocol,
-    rate: float | None = None,
-    scale: float = 1.0,
-    dbname: str | None = None,
+    cluster: Cluster, scenario: Scenario, **options: Unpack[ClientOptions]
 ) -> list[str]:
     """The pgbench command running the scenario's weighted client against ``cluster``.
 
     Run it with ``cluster.env(dbname)`` as environment (host, port, user).
-    ``rate`` throttles to that many transactions per second in total.
     """
+    protocol, clients, seconds = options["protocol"], options["clients"], options["seconds"]
+    rate = options.get("rate")
     if protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {protocol!r}", hint=f"one of: {', '.join(PROTOCOLS)}")
     if clients < 1 or seconds < 1:
@@ -342,13 +350,13 @@ def client_command(
         f"--time={math.ceil(seconds)}",
         f"--client={clients}",
         f"--jobs={min(clients, 2)}",
-        f"--define=scale={scale_text(scale)}",
+        f"--define=scale={scale_text(options.get('scale', 1.0))}",
     ]
     if rate is not None:
         command.append(f"--rate={rate:g}")
     for script in scenario.scripts:
         command += ["-f", script.option]
-    command.append(dbname or scenario.name)
+    command.append(options.get("dbname") or scenario.name)
     return command
 
 
@@ -373,39 +381,23 @@ def parse_summary(output: str, command: list[str]) -> ClientSummary:
 
 
 def run_client(
-    cluster: Cluster,
-    scenario: Scenario,
-    *,
-    seconds: float,
-    clients: int,
-    protocol: Protocol,
-    rate: float | None = None,
-    scale: float = 1.0,
-    dbname: str | None = None,
+    cluster: Cluster, scenario: Scenario, **options: Unpack[ClientOptions]
 ) -> ClientSummary:
     """Run the scenario's client with pgbench and return its totals.
 
     A client pgbench aborts (an SQL error it does not retry) is an error here.
     """
-    dbname = dbname or scenario.name
-    command = client_command(
-        cluster,
-        scenario,
-        seconds=seconds,
-        clients=clients,
-        protocol=protocol,
-        rate=rate,
-        scale=scale,
-        dbname=dbname,
-    )
+    command = client_command(cluster, scenario, **options)
+    dbname = command[-1]
     result = cluster.run_tool(
-        "pgbench", *command[1:], dbname=dbname, check=False, timeout=seconds + 120
+        "pgbench", *command[1:], dbname=dbname, check=False, timeout=options["seconds"] + 120
     )
     if result.returncode != 0:
+        scale = scale_text(options.get("scale", 1.0))
         raise ServerError(
             f"the {scenario.name} client failed on {cluster.name} "
             f"(pgbench exit {result.returncode}): {result.stderr.strip()[-2000:]}",
-            hint=f"was the scenario loaded into database {dbname} at scale {scale_text(scale)}?",
+            hint=f"was the scenario loaded into database {dbname} at scale {scale}?",
         )
     return parse_summary(result.stdout, command)
 

@@ -20,6 +20,7 @@ from capture.pipeline import CaptureOptions, capture
 from capture.records import Statement, StatementKind
 from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
+from tests.conftest import ClusterFactory
 
 pytestmark = pytest.mark.pg(">=15")
 
@@ -79,6 +80,28 @@ def run_clients(cluster: Cluster, tmp_path: Path) -> None:
     for mode in ("simple", "extended", "prepared"):
         cluster.run_tool("pgbench", "-n", "-M", mode, "-c", "2", "-t", "4")
     time.sleep(0.3)  # let the logging collector flush
+
+
+BOTH_FORMATS_WITH_DURATIONS = {
+    "log_destination": "'csvlog,jsonlog'",
+    "log_min_duration_statement": "0",
+}
+
+
+def logged_clients(
+    make_cluster: ClusterFactory, tmp_path: Path, major: int, settings: dict[str, str]
+) -> Cluster:
+    """A capture cluster with ``settings`` in its configuration, after the clients ran."""
+    cluster = make_cluster(major, Profile.CAPTURE, settings=settings)
+    run_clients(cluster, tmp_path)
+    return cluster
+
+
+def check_capture(cluster: Cluster, tmp_path: Path, *, jobs: int, durations: bool) -> None:
+    """Capture all of ``cluster``'s logs and check the workload's invariants."""
+    out = tmp_path / "w.pgtw"
+    capture([str(p) for p in cluster.log_files()], out, CaptureOptions(jobs=jobs))
+    check_invariants(read_workload(out), durations=durations)
 
 
 def by_session(workload: Workload) -> dict[str, list[Statement]]:
@@ -154,12 +177,7 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
 @pytest.mark.parametrize("major", [15, 16, 18])
 def test_recipe_log_csv_and_json_agree(make_cluster: Any, tmp_path: Path, major: int) -> None:
     """log_statement=all plus log_min_duration_statement=0: no double counting."""
-    cluster = make_cluster(
-        major,
-        Profile.CAPTURE,
-        settings={"log_destination": "'csvlog,jsonlog'", "log_min_duration_statement": "0"},
-    )
-    run_clients(cluster, tmp_path)
+    cluster = logged_clients(make_cluster, tmp_path, major, BOTH_FORMATS_WITH_DURATIONS)
     csv_files = cluster.log_files("*.csv")
     json_files = cluster.log_files("*.json")
     assert csv_files and json_files
@@ -181,25 +199,17 @@ def test_recipe_log_csv_and_json_agree(make_cluster: Any, tmp_path: Path, major:
 @pytest.mark.parametrize("major", [16])
 def test_duration_only_log(make_cluster: Any, tmp_path: Path, major: int) -> None:
     """log_min_duration_statement=0 alone: start = log time - duration."""
-    cluster = make_cluster(
-        major,
-        Profile.CAPTURE,
-        settings={"log_statement": "'none'", "log_min_duration_statement": "0"},
-    )
-    run_clients(cluster, tmp_path)
-    out = tmp_path / "w.pgtw"
-    capture([str(p) for p in cluster.log_files()], out, CaptureOptions(jobs=1))
-    check_invariants(read_workload(out), durations=True)
+    settings = {"log_statement": "'none'", "log_min_duration_statement": "0"}
+    cluster = logged_clients(make_cluster, tmp_path, major, settings)
+    check_capture(cluster, tmp_path, jobs=1, durations=True)
 
 
 @pytest.mark.parametrize("major", [18])
 def test_statement_only_log(make_cluster: Any, tmp_path: Path, major: int) -> None:
     """The minimal recipe (log_statement=all, no durations), PostgreSQL 18 Parameters:."""
-    cluster = make_cluster(major, Profile.CAPTURE, settings={"log_min_duration_statement": "-1"})
-    run_clients(cluster, tmp_path)
-    out = tmp_path / "w.pgtw"
-    capture([str(p) for p in cluster.log_files()], out, CaptureOptions(jobs=2))
-    check_invariants(read_workload(out), durations=False)
+    settings = {"log_min_duration_statement": "-1"}
+    cluster = logged_clients(make_cluster, tmp_path, major, settings)
+    check_capture(cluster, tmp_path, jobs=2, durations=False)
 
 
 @pytest.mark.slow
@@ -208,11 +218,7 @@ def test_many_concurrent_pgbench_clients(
     make_cluster: Any, tmp_path: Path, major: int, mode: str
 ) -> None:
     """8 concurrent clients x 300 transactions: nothing lost, duplicated or reordered."""
-    cluster = make_cluster(
-        major,
-        Profile.CAPTURE,
-        settings={"log_destination": "'csvlog,jsonlog'", "log_min_duration_statement": "0"},
-    )
+    cluster = make_cluster(major, Profile.CAPTURE, settings=BOTH_FORMATS_WITH_DURATIONS)
     cluster.run_tool("pgbench", "-i", "-q", "-s", "1")
     cluster.run_tool("pgbench", "-n", "-M", mode, "-c", "8", "-j", "2", "-t", "300")
     time.sleep(0.3)

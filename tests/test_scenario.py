@@ -18,6 +18,7 @@ from capture.errors import UsageError
 from capture.normalize import fingerprint
 from pgtraffic.scenario import (
     ClientScript,
+    LoadResult,
     Scenario,
     client_command,
     count_rows,
@@ -52,9 +53,10 @@ SELECT md5(string_agg(x, ';' ORDER BY x)) FROM (
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
+    """A scenario loaded for the tests: where, what :func:`load` made, and a digest of it."""
+
     cluster: Cluster
-    dbname: str
-    rows: dict[str, int]
+    result: LoadResult
     digest: str
 
 
@@ -67,7 +69,7 @@ def _load(cluster: Cluster, scenario: Scenario) -> Iterator[Loaded]:
     try:
         result = load(cluster, scenario, SCALE, dbname=dbname)
         digest = cluster.psql(DIGEST_SQL, dbname=dbname)
-        yield Loaded(cluster, dbname, result.rows, digest)
+        yield Loaded(cluster, result, digest)
     finally:
         _drop(cluster, dbname)
 
@@ -198,8 +200,8 @@ def test_load_counts_are_deterministic(
     gitlab16: Loaded, gitlab18: Loaded, scenario: Scenario
 ) -> None:
     expected = scenario.row_counts(SCALE)
-    assert gitlab16.rows == expected
-    assert gitlab18.rows == expected
+    assert gitlab16.result.rows == expected
+    assert gitlab18.result.rows == expected
     # Same rows on 16 and 18, not only the same counts.
     assert gitlab16.digest == gitlab18.digest
     assert re.fullmatch(r"[0-9a-f]{32}", gitlab16.digest)
@@ -209,7 +211,7 @@ def test_second_load_is_identical(gitlab18: Loaded, scenario: Scenario) -> None:
     again = f"gitlab_test_{uuid.uuid4().hex[:8]}"
     try:
         result = load(gitlab18.cluster, scenario, SCALE, dbname=again)
-        assert result.rows == gitlab18.rows
+        assert result.rows == gitlab18.result.rows
         assert gitlab18.cluster.psql(DIGEST_SQL, dbname=again) == gitlab18.digest
         with pytest.raises(UsageError, match="already exists"):
             load(gitlab18.cluster, scenario, SCALE, dbname=again)
@@ -229,8 +231,8 @@ def test_each_script_runs(loaded: Loaded, script: ClientScript, protocol: str) -
         f"--define=scale={scale_text(SCALE)}",
         "-f",
         script.path,
-        loaded.dbname,
-        dbname=loaded.dbname,
+        loaded.result.dbname,
+        dbname=loaded.result.dbname,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -241,7 +243,7 @@ def test_each_script_runs(loaded: Loaded, script: ClientScript, protocol: str) -
 
 @pytest.mark.parametrize("protocol", ["simple", "prepared"])
 def test_weighted_client_runs(loaded: Loaded, scenario: Scenario, protocol: str) -> None:
-    before = count_rows(loaded.cluster, scenario, loaded.dbname)
+    before = count_rows(loaded.cluster, scenario, loaded.result.dbname)
     summary = run_client(
         loaded.cluster,
         scenario,
@@ -249,12 +251,12 @@ def test_weighted_client_runs(loaded: Loaded, scenario: Scenario, protocol: str)
         clients=2,
         protocol=protocol,  # type: ignore[arg-type]
         scale=SCALE,
-        dbname=loaded.dbname,
+        dbname=loaded.result.dbname,
     )
     assert summary.transactions > 20
     assert summary.failed == 0
     assert summary.tps > 0
-    after = count_rows(loaded.cluster, scenario, loaded.dbname)
+    after = count_rows(loaded.cluster, scenario, loaded.result.dbname)
     # create_issue inserted issues and notes; nothing was deleted.
     assert after["issues"] >= before["issues"]
     assert after["ci_builds"] == before["ci_builds"]
@@ -262,7 +264,7 @@ def test_weighted_client_runs(loaded: Loaded, scenario: Scenario, protocol: str)
 
 def _explain(loaded: Loaded, sql: str) -> str:
     return loaded.cluster.psql(
-        f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {sql}", dbname=loaded.dbname
+        f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {sql}", dbname=loaded.result.dbname
     )
 
 

@@ -18,22 +18,22 @@ from pgtraffic.errors import ServerError
 from pgtraffic.servers import Cluster, Profile, find_installation, find_installations
 from pgtraffic.servers.cluster import _processes_in, reap_orphans
 from pgtraffic.servers.installations import parse_version
+from pgtraffic.servers.privileges import current_account, run_as
 from tests.conftest import ClusterFactory
+
+
+def _run(
+    argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a program in a subprocess as ourselves, capturing its output."""
+    return run_as(current_account(), argv, env=env, cwd=cwd, timeout=timeout)
 
 
 def _cli(
     cmd: list[str], *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pgtraffic ARGS`` in a subprocess, capturing its output."""
-    return subprocess.run(
-        [*cmd, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return _run([*cmd, *args], env=env, cwd=cwd, timeout=timeout)
 
 
 def _show(cluster: Cluster, name: str) -> str:
@@ -153,15 +153,7 @@ def test_orphan_of_a_killed_owner_is_reaped(tmp_path: Path, repo_root: Path) -> 
         "print(c.root, c.postmaster_pid(), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run([sys.executable, "-c", script], env=env, cwd=repo_root)
     assert result.returncode == -signal.SIGKILL, result.stderr
     root_text, pid_text = result.stdout.split()
     root, pid = Path(root_text), int(pid_text)
@@ -285,26 +277,12 @@ def test_harness_reports_a_postmaster_killed_by_a_test(tmp_path: Path, repo_root
         "    assert not cluster.is_running()\n"
     )
     env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path / "state"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(inner),
-            "-p",
-            "tests.conftest",
-            "-s",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--basetemp={tmp_path / 'inner'}",
-        ],
+    pytest = [sys.executable, "-m", "pytest", str(inner), "-p", "tests.conftest", "-s", "-q"]
+    result = _run(
+        [*pytest, "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}"],
         env=env,
         cwd=repo_root,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = re.search(r"^ROOT (\S+)", result.stdout, re.M)

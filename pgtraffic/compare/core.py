@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from pgtraffic.compare.model import (
 from pgtraffic.compare.stats import (
     FloatArray,
     Summary,
+    TestResult,
     benjamini_hochberg,
     bootstrap_ratio_intervals,
     geometric_mean,
@@ -165,23 +167,74 @@ def compare_runs(
     fps: dict[str, int] = {}
     fa = _remap(a.fingerprint, a.fingerprints, fps)
     fb = _remap(b.fingerprint, b.fingerprints, fps)
-    names = sorted(fps, key=fps.__getitem__)
+    ia, ib = _pair(a, b)
+    paired = _Paired(a, b, ia, ib, fa, sorted(fps, key=fps.__getitem__), texts)
+    rows = _class_rows(paired, fb, th)
+    classes = _class_comparisons(rows, paired, th)
+    tested_ratios = [c.ratio_p50 for c in classes if c.verdict is not Verdict.TOO_FEW]
+    base_summary = run_summary(a, th)
+    cand_summary = run_summary(b, th)
+    return Comparison(
+        baseline=base_summary,
+        candidate=cand_summary,
+        thresholds=th,
+        classes=tuple(classes),
+        errors=_error_divergence(paired),
+        rows=_row_mismatches(paired),
+        paired=int(ia.size),
+        total_ratio=ratio(cand_summary.total_service_ms, base_summary.total_service_ms),
+        geomean_ratio=geometric_mean(tested_ratios),
+        timeline=_timeline(a, b),
+        samples=_chart_samples(classes, rows, fps),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Paired:
+    """The two runs, the statements present in both (``ia[k]`` in a is ``ib[k]`` in b),
+    and the class vocabulary common to both."""
+
+    a: RunData
+    b: RunData
+    ia: IntArray
+    ib: IntArray
+    fa: IntArray
+    """Class id (into ``names``) of each statement of a."""
+    names: list[str]
+    texts: Mapping[str, str]
+
+    def text(self, fid: int) -> tuple[str, str]:
+        """The fingerprint of class ``fid`` and its text (the fingerprint when unknown)."""
+        fp = self.names[fid]
+        return fp, self.texts.get(fp, fp)
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassRow:
+    """One class's successful service times on each side, summarized and tested."""
+
+    fid: int
+    baseline: Summary
+    candidate: Summary
+    baseline_errors: int
+    candidate_errors: int
+    va: FloatArray
+    vb: FloatArray
+    test: TestResult
+
+
+def _class_rows(p: _Paired, fb: IntArray, th: Thresholds) -> list[_ClassRow]:
+    a, b, fa = p.a, p.b, p.fa
     ok_a = a.sqlstate == 0
     ok_b = b.sqlstate == 0
     svc_a = a.service_us.astype(np.float64)
     svc_b = b.service_us.astype(np.float64)
-
-    ia, ib = _pair(a, b)
-    pair_ok = ok_a[ia] & ok_b[ib]
-    pair_fp = fa[ia]
-
+    pair_ok = ok_a[p.ia] & ok_b[p.ib]
     groups_a = _groups(fa)
     groups_b = _groups(fb)
-    pair_groups = _groups(pair_fp[pair_ok])
-    pa_ok, pb_ok = ia[pair_ok], ib[pair_ok]
-
-    rows_out: list[tuple[int, Summary, Summary, int, int, FloatArray, FloatArray]] = []
-    tests = []
+    pair_groups = _groups(fa[p.ia][pair_ok])
+    pa_ok, pb_ok = p.ia[pair_ok], p.ib[pair_ok]
+    rows = []
     used = np.union1d(np.unique(fa), np.unique(fb)) if fa.size or fb.size else np.empty(0)
     for fid in (int(x) for x in used):
         pos_a = groups_a.get(fid, np.empty(0, dtype=np.int64))
@@ -191,78 +244,67 @@ def compare_runs(
         pp = pair_groups.get(fid)
         paired_a = svc_a[pa_ok[pp]] if pp is not None else None
         paired_b = svc_b[pb_ok[pp]] if pp is not None else None
-        tests.append(
+        test = (
             significance(va, vb, paired_a, paired_b, min_samples=th.min_samples)
             if va.size >= th.min_samples and vb.size >= th.min_samples
             else significance(va[:0], vb[:0], min_samples=th.min_samples)
         )
-        rows_out.append(
-            (
-                fid,
-                Summary.of(va),
-                Summary.of(vb),
-                int(pos_a.size - va.size),
-                int(pos_b.size - vb.size),
-                va,
-                vb,
-            )
+        errors_a, errors_b = int(pos_a.size - va.size), int(pos_b.size - vb.size)
+        rows.append(
+            _ClassRow(fid, Summary.of(va), Summary.of(vb), errors_a, errors_b, va, vb, test)
         )
-    qs = benjamini_hochberg([t.p_value for t in tests])
+    return rows
+
+
+def _class_comparisons(rows: list[_ClassRow], p: _Paired, th: Thresholds) -> list[ClassComparison]:
+    """Each class's verdict, worst first (q-values across all classes)."""
+    qs = benjamini_hochberg([r.test.p_value for r in rows])
     # Bootstrap intervals for the classes that matter most (by total time), bounded cost.
-    weight = [max(r[1].total, r[2].total) for r in rows_out]
-    top = set(sorted(range(len(rows_out)), key=lambda i: -weight[i])[:BOOTSTRAP_CLASSES])
+    weight = [max(r.baseline.total, r.candidate.total) for r in rows]
+    top = set(sorted(range(len(rows)), key=lambda i: -weight[i])[:BOOTSTRAP_CLASSES])
     classes = []
-    samples: dict[str, tuple[list[float], list[float]]] = {}
-    rng = np.random.default_rng(1)
-    for i, (fid, sa, sb, ea, eb, va, vb) in enumerate(rows_out):
-        tested = tests[i].method != "none"
+    for i, row in enumerate(rows):
+        sa, sb = row.baseline, row.candidate
+        tested = row.test.method != "none"
         ci50 = ci95 = None
         if tested and i in top:
-            ci50, ci95 = bootstrap_ratio_intervals(va, vb, seed=i)
-        fp = names[fid]
+            ci50, ci95 = bootstrap_ratio_intervals(row.va, row.vb, seed=i)
+        both = bool(sa.count and sb.count)
+        fp, text = p.text(row.fid)
         classes.append(
             ClassComparison(
                 fingerprint=fp,
-                text=texts.get(fp, fp),
+                text=text,
                 baseline=sa,
                 candidate=sb,
-                baseline_errors=ea,
-                candidate_errors=eb,
-                ratio_p50=ratio(sb.p50, sa.p50) if sa.count and sb.count else math.nan,
-                ratio_p95=ratio(sb.p95, sa.p95) if sa.count and sb.count else math.nan,
-                delta_p50_us=(sb.p50 - sa.p50) if sa.count and sb.count else math.nan,
+                baseline_errors=row.baseline_errors,
+                candidate_errors=row.candidate_errors,
+                ratio_p50=ratio(sb.p50, sa.p50) if both else math.nan,
+                ratio_p95=ratio(sb.p95, sa.p95) if both else math.nan,
+                delta_p50_us=(sb.p50 - sa.p50) if both else math.nan,
                 ci_p50=ci50,
                 ci_p95=ci95,
-                test=tests[i],
+                test=row.test,
                 q_value=qs[i],
                 verdict=_verdict(sa, sb, qs[i], th, tested),
             )
         )
     classes.sort(key=_severity)
-    by_fid = {row[0]: row for row in rows_out}
-    for cls in sorted(classes, key=lambda c: -max(c.baseline.total, c.candidate.total))[
-        :CHART_CLASSES
-    ]:
-        row = by_fid[fps[cls.fingerprint]]
-        va, vb = row[5], row[6]
-        samples[cls.fingerprint] = (_subsample(va, rng), _subsample(vb, rng))
+    return classes
 
-    tested_ratios = [c.ratio_p50 for c in classes if c.verdict is not Verdict.TOO_FEW]
-    base_summary = run_summary(a, th)
-    cand_summary = run_summary(b, th)
-    return Comparison(
-        baseline=base_summary,
-        candidate=cand_summary,
-        thresholds=th,
-        classes=tuple(classes),
-        errors=_error_divergence(a, b, ia, ib, fa, names, texts),
-        rows=_row_mismatches(a, b, ia, ib, fa, names, texts),
-        paired=int(ia.size),
-        total_ratio=ratio(cand_summary.total_service_ms, base_summary.total_service_ms),
-        geomean_ratio=geometric_mean(tested_ratios),
-        timeline=_timeline(a, b),
-        samples=samples,
-    )
+
+def _chart_samples(
+    classes: list[ClassComparison], rows: list[_ClassRow], fps: dict[str, int]
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Subsampled latencies (ms) of each side for the classes with the most time."""
+    rng = np.random.default_rng(1)
+    by_fid = {row.fid: row for row in rows}
+    biggest = sorted(classes, key=lambda c: -max(c.baseline.total, c.candidate.total))
+    samples = {}
+    for cls in biggest[:CHART_CLASSES]:
+        row = by_fid[fps[cls.fingerprint]]
+        samples[cls.fingerprint] = (_subsample(row.va, rng), _subsample(row.vb, rng))
+    return samples
 
 
 def _subsample(values: FloatArray, rng: np.random.Generator) -> list[float]:
@@ -290,15 +332,8 @@ def _example(run: RunData, pos: int, detail: str) -> Example:
     )
 
 
-def _error_divergence(
-    a: RunData,
-    b: RunData,
-    ia: IntArray,
-    ib: IntArray,
-    fa: IntArray,
-    names: list[str],
-    texts: Mapping[str, str],
-) -> tuple[ErrorDivergence, ...]:
+def _error_divergence(p: _Paired) -> tuple[ErrorDivergence, ...]:
+    a, b, ia, ib, fa = p.a, p.b, p.ia, p.ib, p.fa
     sa = np.array(a.sqlstates, dtype=object)
     sb = np.array(b.sqlstates, dtype=object)
     code_a = sa[a.sqlstate[ia]] if ia.size else np.empty(0, dtype=object)
@@ -314,21 +349,13 @@ def _error_divergence(
         examples = tuple(
             _example(a, int(ia[k]), f"{ca or 'ok'} -> {cb or 'ok'}") for k in ks[:MAX_EXAMPLES]
         )
-        fp = names[fid]
-        out.append(ErrorDivergence(fp, texts.get(fp, fp), change, ca, cb, len(ks), examples))
+        out.append(ErrorDivergence(*p.text(fid), change, ca, cb, len(ks), examples))
     out.sort(key=lambda d: ({"new": 0, "changed": 1, "resolved": 2}[d.change], -d.count))
     return tuple(out)
 
 
-def _row_mismatches(
-    a: RunData,
-    b: RunData,
-    ia: IntArray,
-    ib: IntArray,
-    fa: IntArray,
-    names: list[str],
-    texts: Mapping[str, str],
-) -> tuple[RowMismatch, ...]:
+def _row_mismatches(p: _Paired) -> tuple[RowMismatch, ...]:
+    a, b, ia, ib, fa = p.a, p.b, p.ia, p.ib, p.fa
     both = (a.sqlstate[ia] == 0) & (b.sqlstate[ib] == 0) & (a.rows[ia] >= 0) & (b.rows[ib] >= 0)
     ra, rb = a.rows[ia], b.rows[ib]
     compared = _groups(fa[ia][both])
@@ -340,10 +367,7 @@ def _row_mismatches(
             _example(a, int(ia[k]), f"{int(ra[k])} rows -> {int(rb[k])} rows")
             for k in positions[:MAX_EXAMPLES]
         )
-        fp = names[fid]
-        out.append(
-            RowMismatch(fp, texts.get(fp, fp), int(ks.size), int(compared[fid].size), examples)
-        )
+        out.append(RowMismatch(*p.text(fid), int(ks.size), int(compared[fid].size), examples))
     out.sort(key=lambda m: -m.count)
     return tuple(out)
 

@@ -58,7 +58,13 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
 
     ``width`` is the terminal's: narrow ones get fewer columns.
     """
-    parts: list[RenderableType] = []
+    parts: list[RenderableType] = [_runs_table(c), *_class_table(c, limit, width)]
+    parts += _divergence_tables(c, limit)
+    parts.append(Text(headline(c), style="bold"))
+    return Group(*parts)
+
+
+def _runs_table(c: Comparison) -> Table:
     runs = Table(title="Runs", show_lines=False)
     for col in ("", "baseline", "candidate"):
         runs.add_column(col)
@@ -83,8 +89,12 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
         Text(b.fidelity_note, style="" if b.faithful else "bold yellow"),
         Text(k.fidelity_note, style="" if k.faithful else "bold yellow"),
     )
-    parts.append(runs)
+    return runs
 
+
+def _class_table(c: Comparison, limit: int, width: int) -> list[RenderableType]:
+    """The classes, worst first, as many columns as ``width`` holds."""
+    parts: list[RenderableType] = []
     wide = width >= 130
     narrow = width < 100
     numeric = ["n", "p50 ms", "p95 ms", "p50 ratio [95% CI]"]
@@ -125,7 +135,12 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
     parts.append(table)
     if len(c.classes) > limit:
         parts.append(Text(f"... {len(c.classes) - limit} more classes (see --json/--html)"))
+    return parts
 
+
+def _divergence_tables(c: Comparison, limit: int) -> list[RenderableType]:
+    """Error divergence, row-count mismatches and plan changes (what there is of them)."""
+    parts: list[RenderableType] = []
     if c.errors:
         err = Table(title="Error divergence")
         for col in ("change", "query class", "baseline", "candidate", "count", "example"):
@@ -163,8 +178,7 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
             parts.append(plans)
         else:
             parts.append(Text(f"Plans: no change in the {len(c.plans)} explained classes"))
-    parts.append(Text(headline(c), style="bold"))
-    return Group(*parts)
+    return parts
 
 
 def _ratio_ci(cls: ClassComparison) -> str:

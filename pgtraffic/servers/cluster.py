@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -71,45 +71,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(eq=False, repr=False)
 class Cluster:
     """A PostgreSQL cluster pgtraffic created, living entirely under ``root``."""
 
-    def __init__(
-        self,
-        installation: Installation,
-        root: Path,
-        *,
-        port: int,
-        profile: Profile,
-        account: Account,
-        name: str,
-    ) -> None:
-        self.installation = installation
-        self.root = root
-        self.port = port
-        self.profile = profile
-        self.account = account
-        self.name = name
-        self.owner_pid: int | None = os.getpid()
-        self.stop_report: StopReport | None = None
+    installation: Installation
+    root: Path
+    _: KW_ONLY
+    port: int
+    profile: Profile
+    account: Account
+    name: str
+    owner_pid: int | None = field(init=False, default_factory=os.getpid)
+    """The process that stops the cluster when it exits (None once detached)."""
+    stop_report: StopReport | None = field(init=False, default=None)
+    # --- where things are: data, socket and log directories, the startup log
+    data_dir: Path = field(init=False)
+    socket_dir: Path = field(init=False)
+    log_dir: Path = field(init=False)
+    startup_log: Path = field(init=False)
 
-    # --- where things are -------------------------------------------------------
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.root / "socket"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "log"
-
-    @property
-    def startup_log(self) -> Path:
-        return self.root / "startup.log"
+    def __post_init__(self) -> None:
+        root = self.root
+        self.data_dir, self.socket_dir, self.log_dir = root / "data", root / "socket", root / "log"
+        self.startup_log = root / "startup.log"
 
     @property
     def version(self) -> str:

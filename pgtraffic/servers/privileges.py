@@ -96,9 +96,9 @@ def run_as(
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Run a program as ``account``, capturing its output (never raises on exit status)."""
-    kwargs: dict[str, object] = {}
+    options: dict[str, object] = {"capture_output": True, "text": True, "check": False}
     if not account.is_current:
-        kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        options.update(user=account.uid, group=account.gid, extra_groups=[])
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("LC_ALL", "C")
     if not account.is_current:
@@ -107,15 +107,8 @@ def run_as(
     argv = [str(a) for a in args]
     try:
         result: subprocess.CompletedProcess[str] = subprocess.run(
-            argv,
-            env=run_env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            **kwargs,  # type: ignore[call-overload]
-        )
+            argv, env=run_env, cwd=cwd, timeout=timeout, **options
+        )  # type: ignore[call-overload]
         return result
     except OSError as exc:  # not executable by that account: report like a failed run
         return subprocess.CompletedProcess(argv, 126, "", f"{argv[0]}: {exc.strerror}")
