@@ -160,6 +160,8 @@ class _LiveBar:
         self.task = self.bar.add_task("replay", total=1, what="")
         self.by_time = False
         self.last = 0.0
+        self.started = False
+        """The target answered and the replay began writing its results file."""
 
     def on_target(self, info: TargetInfo, plan: ReplayPlan) -> None:
         total_us = plan.intended_duration_us
@@ -174,6 +176,7 @@ class _LiveBar:
 
         for warning in target_warnings(info, plan):
             self.err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        self.started = True
         self.by_time = bool(total_us)
         self.bar.update(self.task, total=(total_us or plan.replayable) or 1)
         self.bar.start()
@@ -298,10 +301,12 @@ def _replay(
         )
     finally:
         live.bar.stop()
-        # Also after Ctrl-C or a failure: report what ran (if anything did).
-        with contextlib.suppress(PgTrafficError):
-            _print_report(build_report(read_results(output)), as_json, out, err)
-            err.print(f"results: {output}", highlight=False)
+        # Also after Ctrl-C or a failure: report what ran (if anything did; an old file
+        # left by an earlier run is not this replay's).
+        if live.started:
+            with contextlib.suppress(PgTrafficError):
+                _print_report(build_report(read_results(output)), as_json, out, err)
+                err.print(f"results: {output}", highlight=False)
 
 
 @results_app.command("export")
