@@ -916,11 +916,32 @@ class Replayer:
         return self.counters
 
 
+_COMMIT_RE = re.compile(r'"commit":(\d+)')
+
+
+def sync_totals(workload: Workload) -> tuple[int, int] | None:
+    """(commits K, disconnections J) of a workload with sync members, else None.
+
+    From the header; a header without the totals (a hand-made file) has them
+    found: J from the session records, K from the statements (one pass).
+    """
+    counts = sync_counts(workload.header)
+    if counts is None:
+        return None
+    totals = getattr(workload.header, "sync", None) or {}
+    commits = counts[0]
+    if "commits" not in totals:
+        found = (_COMMIT_RE.search(line) for line in _statement_lines(workload))
+        commits = max((int(m.group(1)) for m in found if m is not None), default=0)
+    orders = (getattr(s, "disconnect_order", 0) or 0 for s in workload.sessions.values())
+    return commits, max(counts[1], *orders, 0)
+
+
 def _sync_table(workload: Workload, options: ReplayOptions) -> SyncTable:
     """This worker's view of the replay's sync table (shared with the other workers
     through ``options.sync_flags``). Disconnection numbers no session of the file
     will mark (absent, or sessions that never run) are done from the start."""
-    counts = sync_counts(workload.header)
+    counts = sync_totals(workload)
     commits, disconnects = counts if counts is not None else (0, 0)
     flags = None
     if options.sync_flags is not None:
@@ -941,7 +962,7 @@ def _sync_table(workload: Workload, options: ReplayOptions) -> SyncTable:
 def shared_sync(workload: Workload, options: ReplayOptions) -> Iterator[ReplayOptions]:
     """The options for the workers of a multi-process replay: with a sync mode, they
     name one shared sync table, which exists until the context ends."""
-    counts = sync_counts(workload.header)
+    counts = sync_totals(workload)
     mode = effective_mode(options.sync, workload.header)
     if options.workers <= 1 or mode is SyncMode.NONE or counts is None:
         yield options

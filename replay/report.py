@@ -85,6 +85,47 @@ class ReplayReport:
     fidelity: FidelityVerdict
     """On schedule, or behind it and why: the judgement compare makes too."""
     warnings: tuple[str, ...] = ()
+    sync: str = "none"
+    """The sync mode replayed (``--sync``); ``none`` for workloads without sync members."""
+    sync_requested: str = "none"
+    sync_waits: int = 0
+    """Statements that waited for other sessions' commits, and how long in all."""
+    sync_wait_total_ms: float = 0.0
+    sync_timeouts: dict[str, int] = field(default_factory=dict)
+    """Waits that reached ``--sync-timeout``, per fingerprint of the waiting statement."""
+    sync_cycles_broken: int = 0
+    """Waits released because they closed a cycle with a row lock on the target."""
+    connect_sync_waits: int = 0
+    lag_split_p99_ms: dict[str, float | None] = field(default_factory=dict)
+    """Lag p99 by cause: ``sync_wait``, ``behind_previous`` (the session's own slow
+    previous statement) and ``replayer`` (its own delay)."""
+    lag_split_total_ms: dict[str, float] = field(default_factory=dict)
+    """The same causes, summed over all statements."""
+
+    def sync_rows(self) -> list[tuple[str, str]]:
+        """The sync lines of the closing report's table (label, value)."""
+        if self.sync == "none":
+            note = " (the workload has no sync members)" if self.sync_requested != "none" else ""
+            return [("sync", f"none{note}")]
+        timeouts = sum(self.sync_timeouts.values())
+        rows = [
+            ("sync", self.sync),
+            (
+                "sync waits / total / timeouts / cycles broken",
+                f"{self.sync_waits} / {self.sync_wait_total_ms:,.0f} ms / {timeouts} / "
+                f"{self.sync_cycles_broken}",
+            ),
+        ]
+        if self.lag_split_p99_ms:
+            rows.append(
+                (
+                    "lag p99: sync / behind previous / replayer",
+                    " / ".join(
+                        "-" if v is None else f"{v:.1f} ms" for v in self.lag_split_p99_ms.values()
+                    ),
+                )
+            )
+        return rows
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -123,6 +164,63 @@ def divergence(results: Results) -> Divergence:
     )
 
 
+def lag_split(recs: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], ...]:
+    """Per statement (in session order): its lag (send minus intended start) as the
+    sum of its sync wait, its wait behind the session's own previous statement
+    (still running at the intended start), and the replayer's own delay."""
+    if recs.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    r = recs[np.lexsort((recs["index"], recs["session"]))]
+    intended = r["intended_us"].astype(np.int64)
+    start = r["start_us"].astype(np.int64)
+    lag = np.maximum(start - intended, 0)
+    behind = np.zeros(len(r), dtype=np.int64)
+    same = r["session"][1:] == r["session"][:-1]
+    prev_end = start[:-1] + r["service_us"][:-1].astype(np.int64)
+    behind[1:] = np.where(same, np.maximum(prev_end - intended[1:], 0), 0)
+    behind = np.minimum(behind, lag)
+    sync = np.minimum(r["sync_wait_us"].astype(np.int64), lag - behind)
+    return sync, behind, lag - behind - sync
+
+
+def _sync_fields(
+    summaries: tuple[dict[str, Any], ...], sent: npt.NDArray[Any], max_speed: bool
+) -> dict[str, Any]:
+    """The report's sync accounting from the workers' summaries and the records."""
+    first = summaries[0] if summaries else {}
+    parts = dict(zip(("sync_wait", "behind_previous", "replayer"), lag_split(sent), strict=True))
+    return {
+        "sync": str(first.get("sync", "none")),
+        "sync_requested": str(first.get("sync_requested", "none")),
+        "sync_waits": sum(int(s.get("sync_waits", 0)) for s in summaries),
+        "sync_wait_total_ms": sum(int(s.get("sync_wait_us", 0)) for s in summaries) / 1000,
+        "sync_timeouts": _sum_counter(summaries, "sync_timeouts"),
+        "sync_cycles_broken": sum(int(s.get("cycles_broken", 0)) for s in summaries),
+        "connect_sync_waits": sum(int(s.get("connect_sync_waits", 0)) for s in summaries),
+        "lag_split_p99_ms": {} if max_speed else {k: _pct(v, 99) for k, v in parts.items()},
+        "lag_split_total_ms": {}
+        if max_speed
+        else {k: int(v.sum()) / 1000 for k, v in parts.items()},
+    }
+
+
+def _sync_warnings(fields: dict[str, Any]) -> list[str]:
+    out = []
+    if fields["sync"] == "none" and fields["sync_requested"] != "none":
+        out.append(
+            "the workload has no sync members (workload format 1): replayed with --sync none, "
+            "sessions independent of each other; capture it again for causal order"
+        )
+    timeouts = sum(fields["sync_timeouts"].values())
+    if timeouts:
+        out.append(
+            f"{timeouts} sync waits reached --sync-timeout and went ahead of the commits they "
+            "came after: their outcomes may differ from the original's"
+        )
+    return out
+
+
 def _sum_counter(summaries: tuple[dict[str, Any], ...], key: str) -> dict[str, int]:
     total: Counter[str] = Counter()
     for summary in summaries:
@@ -157,11 +255,13 @@ def build_report(results: Results) -> ReplayReport:
             f"the last {results.damaged_bytes} bytes of the file were a torn write and were ignored"
         )
     lag_p99 = None if max_speed else _pct(lag, 99)
-    own_lag = replayer_lag_us(sent)
+    own_lag = lag_split(sent)[2]  # replayer_lag_us less the sync waits
     fidelity = judge_records(recs, strings, max_speed=max_speed)
     if fidelity.warning is not None:
         report_warnings.append(fidelity.warning)
     overdrafts = sum(int(s.get("budget_overdrafts", 0)) for s in summaries)
+    sync_fields = _sync_fields(summaries, sent, max_speed)
+    report_warnings += _sync_warnings(sync_fields)
     return ReplayReport(
         completed=bool(final.get("completed")),
         run_time_s=run_s,
@@ -189,4 +289,5 @@ def build_report(results: Results) -> ReplayReport:
         budget_overdrafts=overdrafts,
         fidelity=fidelity.verdict,
         warnings=tuple(report_warnings),
+        **sync_fields,
     )

@@ -17,6 +17,7 @@ from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
 from replay.runner import ReplaySettings, prepare_replay
+from replay.sync import SyncMode
 from tests.conftest import require_version
 from tests.replay_helpers import fetch, outcomes, replay, replayable_keys, run_quiet
 
@@ -190,6 +191,7 @@ def test_direct_simple_path_matches_asyncpg_path(
             speed=4.0,
             map_database={"postgres": db},
             direct_simple=direct,
+            sync=SyncMode.COMMIT,  # no session may overtake one it depends on
         )
         runs[direct] = {
             (session, index): (rows, state)

@@ -269,3 +269,21 @@ def test_replayer_lag_excludes_waiting_behind_the_previous_statement() -> None:
     ]
     recs = np.array(rows, dtype=RECORD_DTYPE)
     assert sorted(replayer_lag_us(recs).tolist()) == [0, 50, 100, 300]
+
+
+def test_lag_is_split_into_sync_wait_waiting_behind_and_the_replayers_own() -> None:
+    from replay.report import lag_split
+    from replay.results import RECORD_DTYPE
+
+    rows = [
+        # session, index, fp, intended, start, service, rows, sqlstate, original, sync wait
+        (1, 0, 0, 0, 100, 5_000, 1, 0, 0, 0),  # 100 µs late on its own
+        (1, 1, 0, 1_000, 5_150, 10, 1, 0, 0, 0),  # 4_100 behind #0, then 50 µs own
+        (2, 0, 0, 2_000, 9_030, 10, 1, 0, 0, 7_000),  # waited 7 ms for a commit, 30 own
+        (1, 2, 0, 9_000, 9_300, 10, 1, 0, 0, 200),  # 200 sync, 100 own
+    ]
+    sync, behind, own = lag_split(np.array(rows, dtype=RECORD_DTYPE))
+    # session order: (1, 0), (1, 1), (1, 2), (2, 0)
+    assert sync.tolist() == [0, 0, 200, 7_000]
+    assert behind.tolist() == [0, 4_100, 0, 0]
+    assert own.tolist() == [100, 50, 100, 30]
