@@ -34,10 +34,13 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
+from capture.prefix import compile_prefix
 from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
 from capture.settings import capture_recipe
-from capture.sources import LogFormat, SourceInfo, describe, detect_format, read_blocks
+from capture.sources import HEAD, LogFormat, SourceInfo, describe, detect, read_blocks
+from capture.stderrlog import StderrChunker, resolve_sessions
+from capture.stderrlog import parse_chunk as parse_stderr
 from capture.timestamps import to_datetime
 from capture.workload import WorkloadWriter
 
@@ -47,6 +50,8 @@ HINTS = {
     "not a csvlog record": "the line is not a csvlog record (garbage, or another log format "
     "mixed in); capture skipped it",
     "not a jsonlog record": "the line is not a jsonlog record; capture skipped it",
+    "not a stderr log line": "the line does not begin with the log_line_prefix (another "
+    "program's output, or a prefix that changed); capture skipped it",
     "truncated record at end of file": "the file ends in the middle of a record (copied while "
     "PostgreSQL was writing it?); capture skipped that record",
     "not UTF-8": "capture reads UTF-8 logs; set the database encoding to UTF8, or convert the "
@@ -62,6 +67,8 @@ class CaptureOptions:
 
     format: LogFormat | None = None
     """None: detect from each file's first bytes."""
+    log_line_prefix: str | None = None
+    """stderr logs: the server's log_line_prefix (None: detect it)."""
     filters: Filters = field(default_factory=Filters)
     strict: bool = False
     """Stop at the first record capture cannot use, instead of skipping it."""
@@ -130,6 +137,8 @@ class Chunk:
     offset: int
     """Where ``data`` starts in the source file; -1 when it is not a plain byte range of
     it (stdin, gzip)."""
+    prefix: str = ""
+    """stderr: the log_line_prefix of its lines."""
 
 
 _WORKER_DECODER: RecordDecoder | None = None
@@ -147,6 +156,17 @@ def parse_job(chunk: Chunk, data: bytes | None = None) -> ChunkResult:
 
     decoder = _WORKER_DECODER
     text, dirty = _decode_bytes(chunk.data if data is None else data)
+    if chunk.format is LogFormat.STDERR:
+        parse_stderr(
+            decoder,
+            text,
+            source=chunk.source,
+            first_line=chunk.first_line,
+            truncated_tail=chunk.truncated,
+            check_encoding=dirty,
+            prefix=chunk.prefix,
+        )
+        return decoder.take()
     parse = parse_csv if chunk.format is LogFormat.CSVLOG else parse_json
     parse(
         decoder,
@@ -202,6 +222,8 @@ class _Chunks:
     fmt: LogFormat | None
     chunk_bytes: int
     progress: ProgressCallback | None
+    prefix: str | None = None
+    """stderr: the log_line_prefix the user gave (None: detect it)."""
     formats: list[str] = field(init=False, default_factory=list)
     """The format of each source, once its first bytes were read."""
     bytes_read: int = field(init=False, default=0)
@@ -218,23 +240,28 @@ class _Chunks:
             self.progress(0, self.total)
         for info in self.infos:
             fmt: LogFormat | None = self.fmt
-            chunker: CsvChunker | JsonChunker | None = None
+            prefix = ""
+            chunker: CsvChunker | JsonChunker | StderrChunker | None = None
             consumed = 0
             offset = 0
             ranged = info.name != "-" and not info.gzipped
             for data, consumed in read_blocks(info):
                 if chunker is None:
-                    if fmt is None:
-                        fmt = detect_format(data[:4096], info.name)
-                    self.formats.append(fmt.value)
+                    found = detect(data[:HEAD], info.name, fmt=self.fmt, prefix=self.prefix)
+                    fmt, prefix = found.format, found.prefix
+                    self.formats.append(found.label)
                     chunker = (
                         CsvChunker(self.chunk_bytes)
                         if fmt is LogFormat.CSVLOG
+                        else StderrChunker(self.chunk_bytes, compile_prefix(prefix))
+                        if fmt is LogFormat.STDERR
                         else JsonChunker(self.chunk_bytes)
                     )
                 assert fmt is not None
                 for chunk, line in chunker.feed(data):
-                    yield Chunk(fmt, chunk, info.name, line, False, offset if ranged else -1)
+                    yield Chunk(
+                        fmt, chunk, info.name, line, False, offset if ranged else -1, prefix
+                    )
                     offset += len(chunk)
                 self.bytes_read = done_before + consumed
                 if self.progress is not None:
@@ -244,7 +271,9 @@ class _Chunks:
             assert fmt is not None
             rest = chunker.finish()
             if rest is not None:
-                yield Chunk(fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1)
+                yield Chunk(
+                    fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1, prefix
+                )
             done_before += consumed
 
 
@@ -529,7 +558,9 @@ class _Capture:
         self.infos = [describe(name) for name in sources]
         if sum(1 for i in self.infos if i.name == "-") > 1:
             raise InputError("stdin (-) can be read only once")
-        self.chunks = _Chunks(self.infos, options.format, options.chunk_bytes, progress)
+        self.chunks = _Chunks(
+            self.infos, options.format, options.chunk_bytes, progress, options.log_line_prefix
+        )
         workers = options.jobs or os.cpu_count() or 1
         total = self.chunks.total
         if not options.jobs and total is not None and total < 8 << 20:
@@ -560,7 +591,8 @@ class _Capture:
             # Only the process pool (stdin, gzip) makes reference cycles; elsewhere a
             # collection would just walk every buffered statement (0.2 us each).
             collect_young = self.workers > 1 and not ranged
-            for n, result in enumerate(_results(iter(self.chunks), self.workers, ranged), 1):
+            results = resolve_sessions(_results(iter(self.chunks), self.workers, ranged))
+            for n, result in enumerate(results, 1):
                 self._take(result)
                 # The cyclic GC is off (see capture()); now and then collect the youngest
                 # objects, where the executor's short-lived reference cycles are.

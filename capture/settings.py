@@ -98,3 +98,24 @@ def capture_recipe(*, include_optional: bool = True) -> str:
         if setting.required or include_optional:
             lines.append(f"{setting.conf_line():<34} # {setting.why}")
     return "\n".join(lines)
+
+
+STDERR_PREFIX = "%m [%p] %e %q%u@%d "
+"""A log_line_prefix capture reads well: millisecond times, the pid (sessions from it
+and the connection messages), the SQLSTATE, user and database on session lines."""
+
+
+def stderr_recipe() -> str:
+    """What stderr logging needs, as postgresql.conf text."""
+    lines = [
+        f"{'logging_collector = on':<34} # one writer: messages of backends never interleave",
+        f"{'log_destination = ' + chr(39) + 'stderr' + chr(39):<34} # or 'csvlog' (recommended)",
+        f"{'log_line_prefix = ' + chr(39) + STDERR_PREFIX + chr(39):<34}"
+        " # needs a time (%m) and %c or %p; %e: SQLSTATEs",
+    ]
+    lines.extend(
+        f"{s.conf_line():<34} # {s.why}"
+        for s in CAPTURE_SETTINGS
+        if s.required and s.name not in ("logging_collector", "log_destination")
+    )
+    return "\n".join(lines)

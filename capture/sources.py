@@ -1,13 +1,19 @@
-"""Where log bytes come from: paths, ``.gz`` files, ``-`` for stdin; format detection.
+"""Where log bytes come from: paths, ``-`` for stdin, compressed or not; format detection.
 
 This is the I/O edge of capture. Everything after it works on bytes handed over
-in blocks, so it does not care whether they came from a file, a pipe or gzip.
+in blocks, so it does not care whether they came from a file, a pipe or a
+decompressor. Compression is told by the first bytes (gzip, bzip2, xz, zstd),
+never by the file name.
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
 import enum
 import gzip
+import json
+import lzma
 import re
 import sys
 from collections.abc import Iterator
@@ -15,17 +21,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
+import zstandard
+
 from capture.errors import InputError
-from capture.settings import capture_recipe
+from capture.prefix import (
+    LinePrefix,
+    PrefixError,
+    compile_prefix,
+    describe_prefix,
+    detect_prefix,
+    head_lines,
+)
+from capture.settings import capture_recipe, stderr_recipe
 
 BLOCK = 1 << 20
-_CSV_START = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [^,\n]*,")
-_STDERR_START = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ ")
+HEAD = 64 << 10
+"""Bytes of a source's start that format detection looks at."""
 
 
 class LogFormat(enum.StrEnum):
     CSVLOG = "csvlog"
     JSONLOG = "jsonlog"
+    STDERR = "stderr"
+
+
+class Compression(enum.StrEnum):
+    NONE = ""
+    GZIP = "gzip"
+    BZIP2 = "bzip2"
+    XZ = "xz"
+    ZSTD = "zstd"
+
+
+_MAGIC = (
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"BZh", Compression.BZIP2),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+)
+_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
+_CHECK_TOOL = {
+    Compression.GZIP: "gzip -t",
+    Compression.BZIP2: "bzip2 -t",
+    Compression.XZ: "xz -t",
+    Compression.ZSTD: "zstd -t",
+}
+
+
+def compression_of(magic: bytes) -> Compression:
+    """The compression a stream starting with ``magic`` uses (NONE for none)."""
+    for start, kind in _MAGIC:
+        if magic.startswith(start):
+            return kind
+    return Compression.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +83,19 @@ class SourceInfo:
     name: str
     """The path as given, or ``-`` for stdin."""
     size: int | None
-    """Bytes on disk (compressed size for .gz); None for stdin."""
-    gzipped: bool
+    """Bytes on disk (compressed size when compressed); None for stdin."""
+    compression: Compression
+
+    @property
+    def gzipped(self) -> bool:
+        """Compressed (with any codec): its bytes are not the log's bytes."""
+        return self.compression is not Compression.NONE
 
 
 def describe(name: str) -> SourceInfo:
     """Check that ``name`` can be read; say how big it is."""
     if name == "-":
-        return SourceInfo("-", None, False)
+        return SourceInfo("-", None, Compression.NONE)
     path = Path(name)
     if not path.exists():
         raise InputError(f"{name}: no such file", hint="check the path of the log file")
@@ -51,9 +104,12 @@ def describe(name: str) -> SourceInfo:
             f"{name} is a directory",
             hint=f"name the log files inside it, e.g. {name.rstrip('/')}/*.csv",
         )
-    with path.open("rb") as fh:
-        magic = fh.read(2)
-    return SourceInfo(name, path.stat().st_size, magic == b"\x1f\x8b")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read it ({exc.strerror})") from exc
+    return SourceInfo(name, path.stat().st_size, compression_of(magic))
 
 
 class _Counting:
@@ -69,35 +125,45 @@ class _Counting:
         return data
 
 
+def _decompressing(kind: Compression, raw: IO[bytes]) -> IO[bytes]:
+    if kind is Compression.GZIP:
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb"))
+    if kind is Compression.BZIP2:
+        return cast("IO[bytes]", bz2.BZ2File(raw, mode="rb"))
+    if kind is Compression.XZ:
+        return cast("IO[bytes]", lzma.LZMAFile(raw, mode="rb"))
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return cast("IO[bytes]", reader)
+
+
 def read_blocks(info: SourceInfo, block: int = BLOCK) -> Iterator[tuple[bytes, int]]:
-    """Yield (data, bytes of the source consumed so far) for one source."""
+    """Yield (data, bytes of the source consumed so far) for one source.
+
+    Compressed data (told by its first bytes, for files and stdin alike) is
+    decompressed; the count is of the compressed bytes read.
+    """
     raw: IO[bytes] = sys.stdin.buffer if info.name == "-" else Path(info.name).open("rb")  # noqa: SIM115
     try:
         counting = _Counting(raw)
-        counting_io = cast("IO[bytes]", counting)
-        stream: IO[bytes] = (
-            cast("IO[bytes]", gzip.GzipFile(fileobj=counting_io, mode="rb"))
-            if info.gzipped
-            else counting_io
-        )
-        first = True
+        first = counting.read(block)
+        kind = compression_of(first)
+        if kind is Compression.NONE:
+            if first:
+                yield first, counting.count
+            stream = cast("IO[bytes]", counting)
+        else:
+            stream = _decompressing(kind, cast("IO[bytes]", _Prefixed(first, counting)))
         while True:
             try:
                 data = stream.read(block)
-            except (OSError, EOFError) as exc:
+            except _DECOMPRESS_ERRORS as exc:
                 raise InputError(
-                    f"{info.name}: cannot read it as gzip ({exc})",
-                    hint="the .gz file is truncated or damaged; gunzip -t tells more",
+                    f"{info.name}: cannot read it as {kind.value} ({exc})",
+                    hint=f"the file is truncated or damaged; {_CHECK_TOOL.get(kind, 'it')} "
+                    "tells more",
                 ) from exc
             if not data:
                 return
-            if first and not info.gzipped and data[:2] == b"\x1f\x8b":
-                # stdin: gzip detected from the first bytes
-                prefixed = cast("IO[bytes]", _Prefixed(data, counting))
-                stream = cast("IO[bytes]", gzip.GzipFile(fileobj=prefixed, mode="rb"))
-                first = False
-                continue
-            first = False
             yield data, counting.count
     finally:
         if raw is not sys.stdin.buffer:
@@ -105,6 +171,8 @@ def read_blocks(info: SourceInfo, block: int = BLOCK) -> Iterator[tuple[bytes, i
 
 
 class _Prefixed:
+    """The bytes already read, then the rest of the stream."""
+
     def __init__(self, prefix: bytes, rest: _Counting) -> None:
         self._prefix = prefix
         self._rest = rest
@@ -113,29 +181,137 @@ class _Prefixed:
         if self._prefix:
             if size < 0 or size >= len(self._prefix):
                 data, self._prefix = self._prefix, b""
-                return data + (self._rest.read(size - len(data)) if size > 0 else b"")
+                rest = self._rest.read(size - len(data) if size > 0 else -1) if size else b""
+                return data + rest
             data, self._prefix = self._prefix[:size], self._prefix[size:]
             return data
         return self._rest.read(size)
 
 
-def detect_format(head: bytes, name: str) -> LogFormat:
-    """Which log format ``head`` (the first bytes of a source) is in."""
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text.startswith(b"{") and b'"timestamp"' in text[:200]:
-        return LogFormat.JSONLOG
-    if _CSV_START.match(text):
-        return LogFormat.CSVLOG
-    recipe = capture_recipe(include_optional=False)
-    if _STDERR_START.match(text):
-        raise InputError(
-            f"{name}:1: this looks like a stderr-format PostgreSQL log; capture does not read it",
-            hint="log as csvlog (or jsonlog) instead; in postgresql.conf:\n" + recipe,
+# --- format detection ------------------------------------------------------------
+
+_LOG_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_PGBOUNCER = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[\d+\] "
+    r"(?:LOG|ERROR|WARNING|NOTICE|DEBUG|NOISE|FATAL) "
+)
+_SYSLOG = re.compile(
+    r"(?:<\d+>)?(?:1 )?"
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S*)"
+    r" \S+ [\w./-]+(?:\[\d+\])?:? "
+)
+_CSV_SEVERITIES = frozenset(
+    {"LOG", "ERROR", "FATAL", "PANIC", "WARNING", "NOTICE", "INFO", "DEBUG"}
+    | {f"DEBUG{i}" for i in range(1, 6)}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """What a source holds: its format, and for stderr the log_line_prefix."""
+
+    format: LogFormat
+    label: str
+    """How the summary names it."""
+    prefix: str = ""
+
+
+def _first_line(text: str) -> tuple[int, str]:
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            return number, line
+    return 1, ""
+
+
+def _is_csvlog(text: str) -> bool:
+    """The first record parses as a csvlog record: 22 to 26 fields, a log time first,
+    a severity where csvlog has it."""
+    try:
+        row = next(csv.reader(text.splitlines()[:200]))
+    except (csv.Error, StopIteration):
+        return False
+    return (
+        22 <= len(row) <= 26 and _LOG_TIME.match(row[0]) is not None and row[11] in _CSV_SEVERITIES
+    )
+
+
+def _is_jsonlog(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return '"timestamp"' in line[:200]  # a first record longer than the head
+    return isinstance(obj, dict) and "timestamp" in obj
+
+
+def detect(
+    head: bytes, name: str, *, fmt: LogFormat | None = None, prefix: str | None = None
+) -> Detected:
+    """Which log format ``head`` (the first bytes of a source, decompressed) is in.
+
+    ``fmt`` and ``prefix`` are what the user said (``--format``,
+    ``--log-line-prefix``); what is not said is detected. Raises :class:`InputError`
+    saying what the file looks like when it is not a PostgreSQL log capture reads.
+    """
+    text = head.decode("utf-8", "replace").lstrip("\ufeff")
+    number, first = _first_line(text)
+    if fmt is None and prefix is None:
+        if _is_jsonlog(first.lstrip()):
+            return Detected(LogFormat.JSONLOG, LogFormat.JSONLOG.value)
+        if _is_csvlog(text.lstrip()):
+            return Detected(LogFormat.CSVLOG, LogFormat.CSVLOG.value)
+    elif fmt is not None and fmt is not LogFormat.STDERR:
+        return Detected(fmt, fmt.value)
+    if not text.strip():
+        raise InputError(f"{name} is empty", hint="point capture at a PostgreSQL log file")
+    if prefix is not None:
+        return _stderr(compile_prefix(prefix), name, detected=False)
+    if _PGBOUNCER.match(first) or _SYSLOG.match(first):  # before any prefix is guessed
+        raise _not_a_log(head, name, number, first, stderr=False)
+    found = detect_prefix(head_lines(text))
+    if found is not None:
+        return _stderr(found.prefix, name, detected=True)
+    raise _not_a_log(head, name, number, first, stderr=fmt is LogFormat.STDERR)
+
+
+def _stderr(prefix: LinePrefix, name: str, *, detected: bool) -> Detected:
+    try:
+        prefix.check()
+    except PrefixError as exc:
+        raise InputError(f"{name}: {exc}", hint=stderr_recipe()) from exc
+    return Detected(LogFormat.STDERR, describe_prefix(prefix, detected=detected), prefix.text)
+
+
+def _not_a_log(head: bytes, name: str, number: int, first: str, *, stderr: bool) -> InputError:
+    where = f"{name}:{number}: {first[:200]}"
+    if head[257:262] == b"ustar" or head.startswith((b"PK\x03\x04", b"7z\xbc\xaf")):
+        return InputError(
+            f"{name} is an archive (tar, zip or 7z), not a log file",
+            hint="extract the log files from it and give those to capture",
         )
-    if not text:
-        raise InputError(f"{name} is empty", hint="point capture at a csvlog or jsonlog file")
-    raise InputError(
-        f"{name}:1: not a PostgreSQL csvlog or jsonlog file (starts with {text[:40]!r})",
-        hint="capture reads logs written with log_destination = 'csvlog' or 'jsonlog'; "
-        "use --format to force one. postgresql.conf for a capture:\n" + recipe,
+    if _PGBOUNCER.match(first):
+        return InputError(
+            f"this looks like a pgbouncer log, not a PostgreSQL server log:\n{where}",
+            hint="capture reads the logs of the PostgreSQL server behind pgbouncer; "
+            "postgresql.conf for a capture:\n" + capture_recipe(include_optional=False),
+        )
+    if _SYSLOG.match(first):
+        return InputError(
+            f"this looks like a syslog file; capture does not read syslog yet:\n{where}",
+            hint="log to files instead (log_destination = 'csvlog', or 'stderr' with "
+            "logging_collector = on); postgresql.conf for a capture:\n"
+            + capture_recipe(include_optional=False),
+        )
+    if stderr or _LOG_TIME.match(first):
+        return InputError(
+            f"this looks like a stderr-format log, but its log_line_prefix was not "
+            f"recognized:\n{where}",
+            hint="give it with --log-line-prefix '...' (SHOW log_line_prefix on the server "
+            "tells it), or log as csvlog:\n" + capture_recipe(include_optional=False),
+        )
+    return InputError(
+        f"not a PostgreSQL csvlog or jsonlog file, nor a stderr log:\n{where}",
+        hint="use --format to force one. postgresql.conf for a capture:\n"
+        + capture_recipe(include_optional=False),
     )

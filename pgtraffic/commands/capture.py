@@ -29,10 +29,11 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-CAPTURE_HELP = f"""Read PostgreSQL csvlog/jsonlog files and write a workload file.
+CAPTURE_HELP = f"""Read PostgreSQL csvlog, jsonlog or stderr logs and write a workload file.
 
-Give rotated files oldest first; .gz files and - (stdin) work too. The format
-is detected from the first bytes (--format overrides it).
+Give rotated files oldest first; compressed files (gzip, bzip2, xz, zstd) and -
+(stdin) work too. The format and, for stderr logs, the log_line_prefix are
+detected from the first bytes (--format and --log-line-prefix override them).
 
 \b
 Example:
@@ -174,7 +175,9 @@ def stats_tables(stats: WorkloadStats, name: str) -> list[Table]:
 def capture_command(
     logs: Annotated[
         list[str],
-        typer.Argument(metavar="LOG...", help="csvlog/jsonlog files, oldest first; .gz or - ok."),
+        typer.Argument(
+            metavar="LOG...", help="csvlog/jsonlog/stderr logs, oldest first; compressed or - ok."
+        ),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="FILE", help="Workload file to write.")
@@ -182,6 +185,14 @@ def capture_command(
     log_format: Annotated[
         LogFormat | None,
         typer.Option("--format", help="Log format (default: detect).", case_sensitive=False),
+    ] = None,
+    log_line_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--log-line-prefix",
+            metavar="PREFIX",
+            help="stderr logs: the server's log_line_prefix (default: detect).",
+        ),
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Stop at the first unusable record.")
@@ -254,7 +265,13 @@ def capture_command(
         until=opt.parse_time(until, "--until"),
         exclude_sql=tuple(exclude_sql or ()),
     )
-    options = CaptureOptions(format=log_format, filters=filters, strict=strict, jobs=jobs)
+    options = CaptureOptions(
+        format=log_format,
+        log_line_prefix=log_line_prefix,
+        filters=filters,
+        strict=strict,
+        jobs=jobs,
+    )
     summary = _capture(logs, output, options, quiet)
     if not quiet:
         from rich.console import Console
