@@ -106,6 +106,7 @@ def report_table(report: ReplayReport) -> Table:
         ("errors by SQLSTATE", _counts(report.errors)),
         ("unreplayable (skipped)", _counts(report.unreplayable)),
     ]
+    rows += report.sync_rows()
     div = report.divergence
     rate = "-" if div.agreement is None else f"{div.agreement:.2%}"
     rows += [
