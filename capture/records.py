@@ -49,6 +49,12 @@ class Statement:
     """Original SQLSTATE when the statement failed; None when it succeeded."""
     params_truncated: bool = False
     """Some parameter was cut by ``log_parameter_max_length``: replay cannot be exact."""
+    commit: int = 0
+    """Its completion is commit number ``commit`` of the commit clock (0: not a commit)."""
+    after: int = 0
+    """Commits 1..after were seen complete in the log before it started."""
+    after_objects: int = 0
+    """The latest of those that wrote a relation it touches, or was global (<= after)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -70,6 +76,12 @@ class Statement:
             out["sqlstate"] = self.sqlstate
         if self.params_truncated:
             out["params_truncated"] = True
+        if self.commit:
+            out["commit"] = self.commit
+        if self.after:
+            out["after"] = self.after
+        if self.after_objects:
+            out["after_objects"] = self.after_objects
         return out
 
     @classmethod
@@ -87,7 +99,14 @@ class Statement:
             duration_us=obj.get("duration_us"),
             sqlstate=obj.get("sqlstate"),
             params_truncated=obj.get("params_truncated", False),
+            commit=obj.get("commit", 0),
+            after=obj.get("after", 0),
+            after_objects=obj.get("after_objects", 0),
         )
+
+
+_SESSION_SYNC = ("disconnect_order", "after_disconnects", "connect_after", "connect_after_objects")
+"""Session members of format version 2, left out of the JSON when 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +124,17 @@ class Session:
     disconnect_us: int | None = None
     """When it disconnected; None when it outlived the capture."""
     statements: int = 0
+    disconnect_order: int = 0
+    """Its disconnection was the j-th of the file's sessions to be logged (0: none)."""
+    after_disconnects: int = 0
+    """Disconnections 1..after_disconnects were logged before its connection."""
+    connect_after: int = 0
+    """The commit clock when its connection was logged."""
+    connect_after_objects: int = 0
+    """The latest global commit at or before ``connect_after``."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "session",
             "id": self.id,
             "user": self.user,
@@ -118,6 +145,11 @@ class Session:
             "disconnect_us": self.disconnect_us,
             "statements": self.statements,
         }
+        for key in _SESSION_SYNC:
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Session:
@@ -130,6 +162,10 @@ class Session:
             connect_us=obj.get("connect_us"),
             disconnect_us=obj.get("disconnect_us"),
             statements=obj.get("statements", 0),
+            disconnect_order=obj.get("disconnect_order", 0),
+            after_disconnects=obj.get("after_disconnects", 0),
+            connect_after=obj.get("connect_after", 0),
+            connect_after_objects=obj.get("connect_after_objects", 0),
         )
 
 
@@ -185,6 +221,8 @@ class WorkloadHeader:
     counts: dict[str, int] = field(default_factory=dict)
     workload_id: str = ""
     """A digest of the statements: results files name it to prove what they replayed."""
+    sync: dict[str, int] = field(default_factory=dict)
+    """``{"commits": K, "disconnects": J}``: the commit clock's totals ({} in version 1)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -201,6 +239,7 @@ class WorkloadHeader:
             "filters": self.filters,
             "counts": self.counts,
             "workload_id": self.workload_id,
+            "sync": self.sync,
         }
 
     @classmethod
@@ -217,4 +256,5 @@ class WorkloadHeader:
             filters=dict(obj.get("filters", {})),
             counts=dict(obj.get("counts", {})),
             workload_id=obj.get("workload_id", ""),
+            sync=dict(obj.get("sync", {})),
         )

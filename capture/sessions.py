@@ -28,9 +28,11 @@ import json
 import operator
 import re
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+from capture.effects import Control, Effect, effect_of
 from capture.events import PLAIN_FIELDS, EventKind, LogEvent, SessionInfo, full_event
 from capture.filters import Filters
 from capture.messages import placeholder_count
@@ -51,6 +53,7 @@ _BIND = int(EventKind.BIND)
 _ERROR = int(EventKind.ERROR)
 _CONNECT = int(EventKind.CONNECT)
 _DISCONNECT = int(EventKind.DISCONNECT)
+_BEGIN, _COMMIT, _ROLLBACK = Control.BEGIN, Control.COMMIT, Control.ROLLBACK
 SIMPLE = StatementKind.SIMPLE
 EXECUTE = StatementKind.EXECUTE
 COPY = StatementKind.COPY_FROM_STDIN
@@ -67,13 +70,20 @@ LONG_SLACK_US = 300_000_000
 """A statement still waiting for its duration after this long is written without it."""
 MAX_BUFFERED = 200_000
 """Never hold more statements than this in memory, whatever the above says."""
+EVIDENCE_KEPT = 100_000
+"""Commits whose evidence time is remembered (for statements logged at their end)."""
+HISTORY_KEPT = 64
+"""Commit numbers remembered per relation written."""
 
 
 class OpenStatement:
     """A statement being assembled (mutable until it is written)."""
 
     __slots__ = (
+        "after",
+        "after_objects",
         "closed",
+        "commit",
         "duration_us",
         "emitted",
         "fingerprint",
@@ -83,6 +93,7 @@ class OpenStatement:
         "params_json",
         "params_truncated",
         "parsed",
+        "pending",
         "seq",
         "session",
         "sql",
@@ -122,6 +133,11 @@ class OpenStatement:
         self.emitted = False
         self.sql_json: str | None = None
         self.params_json: str | None = None
+        self.after = 0
+        self.after_objects = 0
+        self.commit = 0
+        self.pending: tuple[AbstractSet[str], bool] | None = None
+        """A commit waiting for its number: (relations written, global)."""
 
     def encode(self, offset_us: int) -> str:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
@@ -133,13 +149,15 @@ class OpenStatement:
             and self.sqlstate is None
             and not self.params_truncated
         ):
-            end = "}"  # the usual statement: no optional member
+            end = ""  # the usual statement: no optional member but the clock's
         else:
-            end = self._optional_members() + "}"
+            end = self._optional_members()
+        if self.after or self.commit:
+            end += self._sync_members()
         return (
             f'{{"type":"statement","session":{session_json},"seq":{self.seq},'
             f'"offset_us":{offset_us},"kind":"{self.kind._value_}",'
-            f'"sql":{self.sql_json or _dumps(self.sql)},"fingerprint":"{self.fingerprint}"{end}'
+            f'"sql":{self.sql_json or _dumps(self.sql)},"fingerprint":"{self.fingerprint}"{end}}}'
         )
 
     def _optional_members(self) -> str:
@@ -156,6 +174,14 @@ class OpenStatement:
             out += ',"params_truncated":true'
         return out
 
+    def _sync_members(self) -> str:
+        out = f',"commit":{self.commit}' if self.commit else ""
+        if self.after:
+            out += f',"after":{self.after}'
+        if self.after_objects:
+            out += f',"after_objects":{self.after_objects}'
+        return out
+
     def __lt__(self, other: OpenStatement) -> bool:
         return self.start_us < other.start_us
 
@@ -170,7 +196,22 @@ def _session_json(session: str) -> str:
 
 
 class _SessionState:
-    __slots__ = ("connect_us", "disconnect_us", "info", "kept", "last", "proto", "statements")
+    __slots__ = (
+        "after_disconnects",
+        "block",
+        "connect_after",
+        "connect_after_objects",
+        "connect_us",
+        "disconnect_seen",
+        "disconnect_us",
+        "info",
+        "kept",
+        "last",
+        "proto",
+        "statements",
+        "tx_global",
+        "tx_written",
+    )
 
     def __init__(self, info: SessionInfo, kept: bool) -> None:
         self.info = info
@@ -180,6 +221,17 @@ class _SessionState:
         self.last: OpenStatement | None = None
         self.proto: tuple[str, str, tuple[str | None, ...] | None, bool] | None = None
         self.statements = 0
+        self.block = False
+        """Inside BEGIN ... COMMIT/ROLLBACK."""
+        self.tx_written: set[str] | None = None
+        """What the open transaction may have written so far (None: nothing)."""
+        self.tx_global = False
+        self.connect_after = 0
+        self.connect_after_objects = 0
+        self.after_disconnects = 0
+        """Disconnections (of kept sessions) logged before its connection."""
+        self.disconnect_seen = 0
+        """Its disconnection was the n-th of a kept session (0: not logged)."""
 
 
 @dataclass(slots=True)
@@ -193,8 +245,6 @@ class TrackerCounts:
     """A duration or error that arrived after its statement had to be written."""
     filtered_sessions: int = 0
     filtered_statements: int = 0
-    reordered: int = 0
-    """Statements whose start was moved later to keep the file in time order."""
 
 
 _NO_INFO = SessionInfo(None, None, None, None, None)
@@ -223,6 +273,21 @@ class StatementTracker:
         self._order = 0
         self.durations_seen = False
         self.log_now = -(2**62)
+        # the commit clock (notes/SYNC_CONTRACT.md): numbers given in log order
+        self.commits = 0
+        self.disconnects = 0
+        self._effects: dict[str, Effect] = {}
+        """Effects by fingerprint (see capture.effects)."""
+        self._evidence: list[int] = []
+        """Evidence time of the latest commits (a running maximum: sorted)."""
+        self._evidence_base = 0
+        """Commits numbered before ``_evidence[0]``."""
+        self._written_by: dict[str, list[int]] = {}
+        """Relation name to the latest commit numbers that wrote it, ascending."""
+        self._last_write: dict[str, int] = {}
+        """Relation name to the latest commit that wrote it."""
+        self._global: list[int] = [0]
+        """The latest global commit numbers, ascending (0: none)."""
 
     # --- input -----------------------------------------------------------------
 
@@ -237,26 +302,22 @@ class StatementTracker:
     def feed_all(self, events: Iterable[tuple[Any, ...]]) -> None:
         """Take many events (plain tuples), as :meth:`feed` would one by one.
 
-        The usual event, a plain ``statement:`` of a known, kept session, is
-        handled here with the tracker's state in local variables: a busy log is
-        millions of them.
+        The one fast path: a plain ``statement:`` event of a kept session (a busy
+        log is millions of them) is opened here, with the tracker's state in local
+        variables, doing what :meth:`_open` and :meth:`_clock` do for it (a call per
+        statement costs more than that work; tests/test_tracker.py pins the two).
         """
         if self._filtering:
             for event in events:
                 self.feed(event)
             return
-        # The statement-building steps below are those of feed()'s fast path,
-        # written out again on purpose: a call per statement would cost more than
-        # they do.
-        sessions = self.sessions.get
-        feed = self.feed
+        sessions, effects = self.sessions.get, self._effects.get
+        feed, transit, number = self.feed, self._transit, self._number
+        last_write, global_commits = self._last_write.get, self._global
         tail = self._tail
         append = tail.append
-        log_now = self.log_now
-        order = self._order
-        count = 0
+        log_now, order, count = self.log_now, self._order, 0
         for event in events:
-            # a plain statement event (PLAIN_FIELDS long) always has its sql
             state = None
             if len(event) == PLAIN_FIELDS and event[0] == _STATEMENT and event[5] is not None:
                 state = sessions(event[1])
@@ -274,25 +335,36 @@ class StatementTracker:
             prev = state.last
             if prev is not None:
                 prev.closed = True
-                prev_start = prev.start_us
-                prev_end = prev_start + (prev.duration_us or 0)
+                if prev.pending is not None:
+                    number(prev, ts_us)
+                prev_end = prev.start_us + (prev.duration_us or 0)
                 if start_us < prev_end:
-                    start_us = max(prev_start, min(prev_end, ts_us))
-            stmt = OpenStatement(
-                session,
-                state.statements,
-                start_us,
+                    start_us = max(prev.start_us, min(prev_end, ts_us))
+            kind = (
                 COPY
                 if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
-                else SIMPLE,
-                sql,
-                fp,
-                parsed,
+                else SIMPLE
             )
+            stmt = OpenStatement(session, state.statements, start_us, kind, sql, fp, parsed)
             stmt.sql_json = sql_json
             state.statements += 1
             state.last = stmt
             count += 1
+            effect = effects(fp) or self._classify(fp, sql, parsed)
+            n = self.commits
+            if n:
+                stmt.after = n
+                if effect.is_global:
+                    stmt.after_objects = n
+                else:
+                    m = global_commits[-1]
+                    for relation in effect.relations:
+                        k = last_write(relation, 0)
+                        if k > m:
+                            m = k
+                    stmt.after_objects = m
+            if not effect.inert:
+                transit(state, stmt, effect, ts_us)
             order += 1
             if not tail or start_us >= tail[-1][0]:
                 append((start_us, order, stmt))
@@ -303,193 +375,174 @@ class StatementTracker:
 
     def feed(self, event: LogEvent | tuple[Any, ...]) -> None:
         """Take one event: a :class:`LogEvent`, or a plain tuple in its field order."""
-        event = full_event(event)
         (
             kind,
             session,
             ts_us,
             _,
-            raw_sql,
+            sql,
             fp,
             parsed,
             sql_json,
             name,
             params,
             truncated,
-            _,
-            _,
+            duration_us,
+            sqlstate,
             params_json,
-        ) = event
+        ) = full_event(event)
         if ts_us > self.log_now:
             self.log_now = ts_us
-        state = self.sessions.get(session)
-        if state is None:
-            info = self.infos.get(session, _NO_INFO)
-            reason = self.filters.keeps_session(info)
-            if reason is not None:
-                self.counts.filtered_sessions += 1
-                self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
-            state = self.sessions[session] = _SessionState(info, reason is None)
-        if kind in (_STATEMENT, _EXECUTE) and fp is not None and state.kept and not self._filtering:
-            # The fast path for the usual event: what _open() does for these
-            # arguments, without building a LogEvent and without the keywords.
-            sql = raw_sql or ""
+        state = self.sessions.get(session) or self._new_session(session)
+        if kind in (_STATEMENT, _EXECUTE):
+            if sql is None:
+                sql, sql_json = "", None
             if kind == _STATEMENT:
-                stmt_kind = (
-                    COPY
-                    if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
-                    else SIMPLE
-                )
-                params = name = params_json = None
-                truncated = False
+                self._open(state, session, ts_us, ts_us, SIMPLE, sql, sql_json, fp, parsed)
             else:
-                stmt_kind = EXECUTE
-                if params is None:
-                    params = ()
-                name = name or ""
-            start_us = ts_us
-            prev = state.last
-            if prev is not None:
-                prev.closed = True
-                prev_start = prev.start_us
-                prev_end = prev_start + (prev.duration_us or 0)
-                if start_us < prev_end:
-                    start_us = max(prev_start, min(prev_end, ts_us))
-            stmt = OpenStatement(
-                session,
-                state.statements,
-                start_us,
-                stmt_kind,
-                sql,
-                fp,
-                parsed,
-                params,
-                name,
-                truncated,
-            )
-            if raw_sql is not None:
-                stmt.sql_json = sql_json
-            stmt.params_json = params_json
-            state.statements += 1
-            state.last = stmt
-            self.statements += 1
-            order = self._order = self._order + 1
-            tail = self._tail
-            if not tail or start_us >= tail[-1][0]:
-                tail.append((start_us, order, stmt))
-            else:
-                heapq.heappush(self._heap, (start_us, order, stmt))
-            return
-        if type(event) is not LogEvent:
-            event = tuple.__new__(LogEvent, event)
-        assert isinstance(event, LogEvent)
-        kind = event.kind
-        if kind == _STATEMENT:
-            sql = event.sql or ""
-            stmt_kind = (
-                COPY
-                if ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql)
-                else SIMPLE
-            )
-            self._open(state, event, event.ts_us, stmt_kind)
-        elif kind == _EXECUTE:
-            self._open(state, event, event.ts_us, EXECUTE)
+                params = () if params is None else params
+                self._open(
+                    state, session, ts_us, ts_us, EXECUTE, sql, sql_json, fp, parsed,
+                    params, params_json, name or "", truncated,
+                )  # fmt: skip
         elif kind == _DURATION:
-            self.durations_seen = True
-            last = state.last
-            if last is not None and last.duration_us is None and last.sqlstate is None:
-                if last.emitted:
-                    self.counts.late_outcomes += 1
-                last.duration_us = event.duration_us
-                last.closed = True
-                self.counts.durations_attached += 1
+            self._duration(state, ts_us, duration_us)
         elif kind in (_DURATION_STATEMENT, _DURATION_EXECUTE):
             self.durations_seen = True
-            last = state.last
             stmt_kind = SIMPLE if kind == _DURATION_STATEMENT else EXECUTE
-            if (
-                last is not None
-                and not last.closed
-                and last.sql == event.sql
-                and (last.kind is stmt_kind or last.kind is COPY)
-            ):
-                last.duration_us = event.duration_us
-                last.closed = True
-                self.counts.durations_attached += 1
+            if self._duration_attaches(state, ts_us, sql, stmt_kind, duration_us):
+                return
+            start_us = ts_us - (duration_us or 0)
+            if sql is None:
+                sql, sql_json = "", None
+            if stmt_kind is SIMPLE:
+                self._open(
+                    state, session, ts_us, start_us, SIMPLE, sql, sql_json, fp, parsed,
+                    duration_us=duration_us,
+                )  # fmt: skip
             else:
-                if stmt_kind is SIMPLE and event.sql and _is_copy(event.sql):
-                    stmt_kind = COPY
-                start = event.ts_us - (event.duration_us or 0)
-                self._open(state, event, start, stmt_kind, duration_us=event.duration_us)
-        elif kind == _PARSE:
+                self._open(
+                    state, session, ts_us, start_us, EXECUTE, sql, sql_json, fp, parsed,
+                    () if params is None else params, params_json, name or "", truncated,
+                    duration_us,
+                )  # fmt: skip
+        elif kind in (_PARSE, _BIND):
             self.durations_seen = True
-            state.proto = (event.name or "", event.sql or "", None, False)
-        elif kind == _BIND:
-            self.durations_seen = True
-            state.proto = (event.name or "", event.sql or "", event.params, event.params_truncated)
+            bind = kind == _BIND
+            state.proto = (name or "", sql or "", params if bind else None, truncated and bind)
         elif kind == _ERROR:
-            self._error(state, event)
+            if sql is not None:
+                self._error(state, session, ts_us, sql, sql_json, fp, parsed, sqlstate)
         elif kind == _CONNECT:
-            state.connect_us = event.ts_us
+            state.connect_us = ts_us
+            state.connect_after = self.commits
+            state.connect_after_objects = self._global[-1]
+            state.after_disconnects = self.disconnects
         elif kind == _DISCONNECT:
-            state.disconnect_us = event.ts_us
-            if state.last is not None:
-                state.last.closed = True
+            self._disconnect(state, ts_us)
+
+    def _disconnect(self, state: _SessionState, ts_us: int) -> None:
+        state.disconnect_us = ts_us
+        last = state.last
+        if last is not None:
+            last.closed = True
+            if last.pending is not None:
+                self._number(last, ts_us)
+        if state.kept and not state.disconnect_seen:
+            self.disconnects += 1
+            state.disconnect_seen = self.disconnects
+
+    def _new_session(self, session: str) -> _SessionState:
+        info = self.infos.get(session, _NO_INFO)
+        reason = self.filters.keeps_session(info)
+        if reason is not None:
+            self.counts.filtered_sessions += 1
+            self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
+        state = self.sessions[session] = _SessionState(info, reason is None)
+        return state
+
+    def _duration(self, state: _SessionState, ts_us: int, duration_us: int | None) -> None:
+        """A bare ``duration:`` record: the end of the session's latest statement."""
+        self.durations_seen = True
+        last = state.last
+        if last is not None and last.duration_us is None and last.sqlstate is None:
+            if last.emitted:
+                self.counts.late_outcomes += 1
+            last.duration_us = duration_us
+            last.closed = True
+            self.counts.durations_attached += 1
+            if last.pending is not None:
+                self._number(last, ts_us)
+
+    def _duration_attaches(
+        self,
+        state: _SessionState,
+        ts_us: int,
+        sql: str | None,
+        kind: StatementKind,
+        duration_us: int | None,
+    ) -> bool:
+        """Whether ``duration: ... statement|execute`` ends the statement logged at its start."""
+        last = state.last
+        if (
+            last is not None
+            and not last.closed
+            and last.sql == sql
+            and (last.kind is kind or last.kind is COPY)
+        ):
+            last.duration_us = duration_us
+            last.closed = True
+            self.counts.durations_attached += 1
+            if last.pending is not None:
+                self._number(last, ts_us)
+            return True
+        return False
 
     def _open(
         self,
         state: _SessionState,
-        event: LogEvent,
+        session: str,
+        ts_us: int,
         start_us: int,
         kind: StatementKind,
-        *,
+        sql: str,
+        sql_json: str | None,
+        fp: str | None,
+        parsed: bool,
+        params: tuple[str | None, ...] | None = None,
+        params_json: str | None = None,
+        name: str | None = None,
+        truncated: bool = False,
         duration_us: int | None = None,
         sqlstate: str | None = None,
-        params: tuple[str | None, ...] | None = None,
-        params_truncated: bool | None = None,
-        name: str | None = None,
     ) -> None:
+        """Open a statement of ``state``'s session: the one place statements are made.
+
+        ``kind`` is SIMPLE or EXECUTE (SIMPLE becomes COPY_FROM_STDIN here when it is
+        one); ``params``, ``params_json``, ``name`` and ``truncated`` are for EXECUTE.
+        """
         prev = state.last
         if prev is not None:
             prev.closed = True
+            if prev.pending is not None:  # this record is evidence that it completed
+                self._number(prev, ts_us)
             # log times have millisecond resolution: keep a session's statements in order
-            if start_us < prev.start_us + (prev.duration_us or 0):
-                start_us = max(
-                    prev.start_us, min(prev.start_us + (prev.duration_us or 0), event.ts_us)
-                )
+            prev_end = prev.start_us + (prev.duration_us or 0)
+            if start_us < prev_end:
+                start_us = max(prev.start_us, min(prev_end, ts_us))
         if not state.kept:
             self.counts.filtered_statements += 1
             state.last = None
             return
-        sql = event.sql or ""
-        if self._filtering:
-            if (self._since is not None and start_us < self._since) or (
-                self._until is not None and start_us >= self._until
-            ):
-                self._filtered("outside the time window")
-                state.last = None
-                return
-            if self._exclude is not None and self._exclude.search(sql):
-                self._filtered("SQL excluded")
-                state.last = None
-                return
-        fp, parsed = event.fingerprint, event.parsed
+        if self._filtering and self._filters_out(start_us, sql):
+            state.last = None
+            return
         if fp is None:
             fp, parsed = compute_fingerprint(sql)
-        params_json = None
-        if kind is not EXECUTE:
-            params, name, truncated = None, None, False
-        else:
-            if params is None:
-                params = event.params
-                params_json = event.params_json
-            if params is None:
-                params = ()
-            if name is None:
-                name = event.name or ""
-            truncated = event.params_truncated if params_truncated is None else params_truncated
+        if kind is SIMPLE and ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql):
+            kind = COPY
         stmt = OpenStatement(
-            event.session,
+            session,
             state.statements,
             start_us,
             kind,
@@ -502,28 +555,152 @@ class StatementTracker:
             duration_us,
             sqlstate,
         )
-        if event.sql is not None:
-            stmt.sql_json = event.sql_json
+        stmt.sql_json = sql_json
         stmt.params_json = params_json
         state.statements += 1
         state.last = stmt
         self.statements += 1
-        self._order += 1
-        item = (start_us, self._order, stmt)
+        self._clock(state, stmt, ts_us, fp, sql, parsed, duration_us is not None)
+        order = self._order = self._order + 1
         tail = self._tail
         if not tail or start_us >= tail[-1][0]:
-            tail.append(item)  # the usual case: log order is start order
+            tail.append((start_us, order, stmt))  # the usual case: log order is start order
         else:
-            heapq.heappush(self._heap, item)
+            heapq.heappush(self._heap, (start_us, order, stmt))
+
+    def _clock(
+        self,
+        state: _SessionState,
+        stmt: OpenStatement,
+        ts_us: int,
+        fp: str,
+        sql: str,
+        parsed: bool,
+        logged_at_end: bool,
+    ) -> None:
+        """The commit clock's part of opening ``stmt``: its ``after`` members, and
+        whether it is a commit (numbered now when its own record shows it ended)."""
+        effect = self._effects.get(fp) or self._classify(fp, sql, parsed)
+        if logged_at_end:
+            n = self._commits_before(stmt.start_us)
+            stmt.after = n
+            stmt.after_objects = n if effect.is_global else self._objects_before(effect, n)
+        elif self.commits:
+            n = stmt.after = self.commits
+            if effect.is_global:
+                stmt.after_objects = n
+            else:
+                m = self._global[-1]
+                for relation in effect.relations:
+                    m = max(m, self._last_write.get(relation, 0))
+                stmt.after_objects = m
+        if not effect.inert:
+            self._transit(state, stmt, effect, ts_us)
+
+    def _transit(
+        self, state: _SessionState, stmt: OpenStatement, effect: Effect, ts_us: int
+    ) -> None:
+        """Follow the session's transaction through ``stmt``: is it a commit?"""
+        control = effect.control
+        if effect.autocommit is not None:  # one statement that may write
+            if not state.block:
+                stmt.pending = effect.autocommit
+            elif state.tx_written is None:
+                state.tx_written = set(effect.written)  # remembered for the COMMIT
+            else:
+                state.tx_written.update(effect.written)
+            if effect.writes_global and state.block:
+                state.tx_global = True
+        elif control is _BEGIN:
+            state.block = True
+        elif control is _COMMIT or control is _ROLLBACK:
+            if state.tx_written is not None:
+                if control is _COMMIT:
+                    stmt.pending = (state.tx_written, state.tx_global)
+                state.tx_written, state.tx_global = None, False
+            state.block = False
+        else:  # several statements in one record
+            stmt.pending = _transition(state, effect)
+        if stmt.closed and stmt.pending is not None:
+            self._number(stmt, ts_us)
+
+    def _classify(self, fp: str, sql: str, parsed: bool) -> Effect:
+        effects = self._effects
+        if len(effects) >= 100_000:
+            effects.clear()
+        effect = effects[fp] = effect_of(sql, parsed)
+        return effect
+
+    def _number(self, stmt: OpenStatement, ts_us: int) -> None:
+        """Give the pending commit ``stmt`` the next number; ``ts_us``: its evidence time."""
+        assert stmt.pending is not None
+        written, is_global = stmt.pending
+        stmt.pending = None
+        k = stmt.commit = self.commits = self.commits + 1
+        evidence = self._evidence
+        if evidence and ts_us < evidence[-1]:
+            ts_us = evidence[-1]
+        evidence.append(ts_us)
+        if len(evidence) > 2 * EVIDENCE_KEPT:
+            del evidence[:EVIDENCE_KEPT]
+            self._evidence_base += EVIDENCE_KEPT
+        written_by = self._written_by
+        last_write = self._last_write
+        for relation in written:
+            last_write[relation] = k
+            history = written_by.get(relation)
+            if history is None:
+                written_by[relation] = [k]
+            else:
+                history.append(k)
+                if len(history) > 2 * HISTORY_KEPT:
+                    del history[:HISTORY_KEPT]
+        if is_global:
+            self._global.append(k)
+            if len(self._global) > 2 * HISTORY_KEPT:
+                del self._global[:HISTORY_KEPT]
+
+    def _commits_before(self, ts_us: int) -> int:
+        """How many commits were evidenced before ``ts_us`` (older ones all count)."""
+        return self._evidence_base + bisect.bisect_left(self._evidence, ts_us)
+
+    def _objects_before(self, effect: Effect, n: int) -> int:
+        """The latest commit <= n that was global or wrote a relation ``effect`` touches."""
+        m = _latest(self._global, n)
+        for relation in effect.relations:
+            history = self._written_by.get(relation)
+            if history is not None:
+                m = max(m, _latest(history, n))
+        return m
+
+    def _filters_out(self, start_us: int, sql: str) -> bool:
+        """Whether the time window or the SQL pattern drops this statement (counted)."""
+        if (self._since is not None and start_us < self._since) or (
+            self._until is not None and start_us >= self._until
+        ):
+            self._filtered("outside the time window")
+            return True
+        if self._exclude is not None and self._exclude.search(sql):
+            self._filtered("SQL excluded")
+            return True
+        return False
 
     def _filtered(self, reason: str) -> None:
         self.counts.filtered_statements += 1
         self.filter_reasons[reason] = self.filter_reasons.get(reason, 0) + 1
 
-    def _error(self, state: _SessionState, event: LogEvent) -> None:
-        sql = event.sql
-        if sql is None:
-            return
+    def _error(
+        self,
+        state: _SessionState,
+        session: str,
+        ts_us: int,
+        sql: str,
+        sql_json: str | None,
+        fp: str | None,
+        parsed: bool,
+        sqlstate: str | None,
+    ) -> None:
+        """An ERROR with a query: the outcome of the latest statement, or one of its own."""
         last = state.last
         if (
             last is not None
@@ -534,47 +711,39 @@ class StatementTracker:
         ):
             if last.emitted:
                 self.counts.late_outcomes += 1
-            last.sqlstate = event.sqlstate
+            last.sqlstate = sqlstate
             last.closed = True
             self.counts.errors_attached += 1
+            if last.pending is not None:
+                self._number(last, ts_us)
             return
         if not state.kept:
             return
-        proto = state.proto
         self.counts.statements_from_errors += 1
+        proto = state.proto
         if proto is not None and proto[1] == sql:
-            params = proto[2]
-            truncated = proto[3]
-            if params is None:
+            name, _, params, truncated = proto
+            if params is None:  # failed in bind: the values were never logged
                 params = (None,) * placeholder_count(sql)
                 truncated = bool(params)
-            self._open(
-                state,
-                event,
-                event.ts_us,
-                StatementKind.EXECUTE,
-                sqlstate=event.sqlstate,
-                params=params,
-                params_truncated=truncated,
-                name=proto[0],
-            )
         elif "$" in sql and placeholder_count(sql) > 0:
-            count = placeholder_count(sql)
-            self._open(
-                state,
-                event,
-                event.ts_us,
-                StatementKind.EXECUTE,
-                sqlstate=event.sqlstate,
-                params=(None,) * count,
-                params_truncated=True,
-                name="",
-            )
+            name, params, truncated = "", (None,) * placeholder_count(sql), True
         else:
-            kind = StatementKind.COPY_FROM_STDIN if _is_copy(sql) else StatementKind.SIMPLE
-            self._open(state, event, event.ts_us, kind, sqlstate=event.sqlstate)
+            self._open(
+                state, session, ts_us, ts_us, SIMPLE, sql, sql_json, fp, parsed, sqlstate=sqlstate
+            )
+            return
+        self._open(
+            state, session, ts_us, ts_us, EXECUTE, sql, sql_json, fp, parsed, params, None,
+            name, truncated, sqlstate=sqlstate,
+        )  # fmt: skip
 
     # --- output ----------------------------------------------------------------
+
+    def _emit(self, stmt: OpenStatement) -> None:
+        stmt.emitted = True
+        if stmt.pending is not None:  # written before any evidence: numbered now
+            self._number(stmt, self.log_now)
 
     def _pop(self) -> OpenStatement:
         heap, tail = self._heap, self._tail
@@ -582,7 +751,7 @@ class StatementTracker:
             stmt = heapq.heappop(heap)[2]
         else:
             stmt = tail.popleft()[2]
-        stmt.emitted = True
+        self._emit(stmt)
         return stmt
 
     def pop_ready(self) -> list[OpenStatement]:
@@ -600,8 +769,11 @@ class StatementTracker:
             ready = max(bisect.bisect_right(tail, horizon, key=_start_of), len(tail) - MAX_BUFFERED)
             popleft = tail.popleft
             out = [popleft()[2] for _ in range(ready)]
+            now = self.log_now
             for stmt in out:
                 stmt.emitted = True
+                if stmt.pending is not None:  # written before any evidence: numbered now
+                    self._number(stmt, now)
             return out
         if not heap:
             popleft = tail.popleft
@@ -613,7 +785,7 @@ class StatementTracker:
                     if need_closed and not stmt.closed and start > long_horizon:
                         break
                 popleft()
-                stmt.emitted = True
+                self._emit(stmt)
                 append(stmt)
             return out
         while heap or tail:
@@ -628,7 +800,7 @@ class StatementTracker:
                 heapq.heappop(heap)
             else:
                 tail.popleft()
-            stmt.emitted = True
+            self._emit(stmt)
             append(stmt)
         return out
 
@@ -643,14 +815,12 @@ class StatementTracker:
 
     def session_records(self, capture_start_us: int) -> Iterator[Session]:
         """Kept sessions that ran at least one kept statement or connected in the window."""
-        for sid, state in self.sessions.items():
-            if not state.kept:
-                continue
-            if state.statements == 0 and state.connect_us is None:
-                continue
-            if state.statements == 0 and not self._in_window(state.connect_us):
-                continue
+        written = self._written_sessions()
+        order = sorted(state.disconnect_seen for _, state in written if state.disconnect_seen)
+        dense = {seen: j for j, seen in enumerate(order, start=1)}
+        for sid, state in written:
             info = state.info if state.info is not _NO_INFO else self.infos.get(sid, _NO_INFO)
+            connected = state.connect_us is not None
             yield Session(
                 id=sid,
                 user=info.user,
@@ -664,7 +834,31 @@ class StatementTracker:
                 if state.disconnect_us is None
                 else state.disconnect_us - capture_start_us,
                 statements=state.statements,
+                disconnect_order=dense.get(state.disconnect_seen, 0),
+                after_disconnects=bisect.bisect_right(order, state.after_disconnects)
+                if connected
+                else 0,
+                connect_after=state.connect_after,
+                connect_after_objects=state.connect_after_objects,
             )
+
+    def sync_header(self) -> dict[str, int]:
+        """The header's ``sync`` totals, once every statement was taken out."""
+        written = self._written_sessions()
+        return {
+            "commits": self.commits,
+            "disconnects": sum(1 for _, state in written if state.disconnect_seen),
+        }
+
+    def _written_sessions(self) -> list[tuple[str, _SessionState]]:
+        out = []
+        for sid, state in self.sessions.items():
+            if not state.kept:
+                continue
+            if state.statements == 0 and not self._in_window(state.connect_us):
+                continue
+            out.append((sid, state))
+        return out
 
     def _in_window(self, ts: int | None) -> bool:
         if ts is None:
@@ -674,5 +868,44 @@ class StatementTracker:
         return not (self._until is not None and ts >= self._until)
 
 
-def _is_copy(sql: str) -> bool:
-    return ("tdin" in sql or "TDIN" in sql) and _COPY_FROM_STDIN.search(sql) is not None
+def _latest(history: list[int], n: int) -> int:
+    """The largest number <= n in ``history`` (ascending, trimmed to its latest)."""
+    if history[-1] <= n:
+        return history[-1]
+    i = bisect.bisect_right(history, n)
+    if i:
+        return history[i - 1]
+    # every number kept is later: an older one may have been dropped, so wait for all
+    return n if len(history) >= HISTORY_KEPT else 0
+
+
+def _transition(state: _SessionState, effect: Effect) -> tuple[AbstractSet[str], bool] | None:
+    """Follow ``state``'s transaction through ``effect``'s steps: what it commits.
+
+    Writes outside a block commit when the record ends (several statements sent
+    as one query run as one implicit transaction); in a block, at COMMIT. The
+    result is (relations written, global), or None when nothing was committed.
+    """
+    committed: set[str] | None = None
+    committed_global = False
+    for step in effect.steps:
+        control = step.control
+        if control is Control.NONE:
+            if step.may_write:
+                if state.tx_written is None:
+                    state.tx_written = set()
+                state.tx_written.update(step.relations)
+                state.tx_global = state.tx_global or step.is_global
+        elif control is Control.BEGIN:
+            state.block = True
+        elif control is Control.COMMIT or control is Control.ROLLBACK:
+            if control is Control.COMMIT and state.tx_written is not None:
+                committed = (committed or set()) | state.tx_written
+                committed_global = committed_global or state.tx_global
+            state.block = False
+            state.tx_written, state.tx_global = None, False
+    if not state.block and state.tx_written is not None:
+        committed = (committed or set()) | state.tx_written
+        committed_global = committed_global or state.tx_global
+        state.tx_written, state.tx_global = None, False
+    return None if committed is None else (committed, committed_global)

@@ -60,7 +60,9 @@ def open_text(path: Path) -> IO[str]:
 
 
 FORMAT = "pgtraffic-workload"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = frozenset({1, 2})
+"""Version 1 files lack the commit clock (see :attr:`Workload.has_sync`)."""
 SUFFIX = ".pgtw"
 
 
@@ -178,6 +180,7 @@ class WorkloadWriter:
         sources: Iterable[str] = (),
         filters: Mapping[str, Any] | None = None,
         counts: Mapping[str, int] | None = None,
+        sync: Mapping[str, int] | None = None,
     ) -> WorkloadHeader:
         """Finish the file atomically and return its header."""
         try:
@@ -205,6 +208,7 @@ class WorkloadWriter:
                 **dict(counts or {}),
             },
             workload_id=self._digest.hexdigest()[:32],
+            sync=dict(sync or {}),
         )
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as out:
@@ -235,6 +239,14 @@ class Workload:
     header: WorkloadHeader
     classes: Mapping[str, QueryClass]
     sessions: Mapping[str, Session]
+
+    @property
+    def has_sync(self) -> bool:
+        """Whether the file records causal order (format version 2 and later).
+
+        A version 1 file does not: replay it with ``--sync none``.
+        """
+        return self.header.format_version >= 2
 
     @property
     def capture_start(self) -> dt.datetime:
@@ -335,10 +347,10 @@ def read_workload(path: Path | str) -> Workload:
                         f"{path} is not a pgtraffic workload file",
                         hint="create one with: pgtraffic capture LOG... -o workload.pgtw",
                     )
-                if obj.get("format_version") != FORMAT_VERSION:
+                if obj.get("format_version") not in READS_VERSIONS:
                     raise WorkloadFormatError(
                         f"{path} has workload format version {obj.get('format_version')}; "
-                        f"this pgtraffic ({__version__}) reads version {FORMAT_VERSION}",
+                        f"this pgtraffic ({__version__}) reads versions 1 to {FORMAT_VERSION}",
                         hint="use the pgtraffic version that wrote it, or capture the logs again",
                     )
                 header = WorkloadHeader.from_json(obj)

@@ -157,6 +157,7 @@ def test_huge_field_beyond_default_csv_limit() -> None:
     duration=st.one_of(st.none(), st.integers(0, 10**9)),
     sqlstate=st.one_of(st.none(), st.just("22012")),
     truncated=st.booleans(),
+    clock=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
 )
 def test_fast_encoding_matches_the_record(
     sql: str,
@@ -165,6 +166,7 @@ def test_fast_encoding_matches_the_record(
     duration: int | None,
     sqlstate: str | None,
     truncated: bool,
+    clock: tuple[int, int, int],
 ) -> None:
     kind = StatementKind.EXECUTE if params is not None else StatementKind.SIMPLE
     stmt = OpenStatement(
@@ -172,10 +174,13 @@ def test_fast_encoding_matches_the_record(
         params=tuple(params) if params is not None else None, name=name,
         params_truncated=truncated, duration_us=duration, sqlstate=sqlstate,
     )  # fmt: skip
+    clock = (clock[0], clock[1], min(clock[1], clock[2]))  # after_objects <= after
+    stmt.commit, stmt.after, stmt.after_objects = clock
     record = Statement(
         session="abc.1", seq=3, offset_us=42, kind=kind, sql=sql, fingerprint="0123456789abcdef",
         params=tuple(params) if params is not None else None, name=name, duration_us=duration,
-        sqlstate=sqlstate, params_truncated=truncated,
+        sqlstate=sqlstate, params_truncated=truncated, commit=clock[0], after=clock[1],
+        after_objects=clock[2],
     )  # fmt: skip
     line = stmt.encode(42)
     assert line == json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"))
