@@ -325,3 +325,41 @@ def test_sqlstates_from_messages() -> None:
     assert sqlstate_of_message('syntax error at or near "SELEC" at character 1') == "42601"
     assert sqlstate_of_message("canceling statement due to statement timeout") == "57014"
     assert sqlstate_of_message("something nobody wrote down") == "XX000"
+
+
+def test_pid_sessions_across_chunks(tmp_path: Path) -> None:
+    """With %p only, a pid reused after its disconnection is a new session, and a
+    session that spans many chunks stays one, in worker processes or not."""
+    lines = []
+    second = 0
+
+    def log(pid: int, text: str) -> None:
+        nonlocal second
+        second += 1
+        stamp = f"2024-05-06 09:{second // 60:02d}:{second % 60:02d}.000 UTC"
+        lines.append(f"{stamp} [{pid}] LOG:  {text}")
+
+    log(200, "connection received: host=[local]")
+    log(200, "connection authorized: user=long database=shop application_name=a")
+    for run in ("first", "second"):
+        log(100, "connection received: host=[local]")
+        log(100, f"connection authorized: user={run} database=shop application_name=b")
+        for n in range(40):
+            log(100, f"statement: SELECT '{run}', {n}")
+            log(200, f"statement: SELECT 'long', '{run}', {n}")
+        log(100, "disconnection: session time: 0:00:01.000 user=x database=shop host=[local]")
+    path = tmp_path / "pids.log"
+    path.write_text("\n".join(lines) + "\n")
+    for jobs in (1, 2):
+        out = tmp_path / f"w{jobs}.pgtw"
+        capture([str(path)], out, CaptureOptions(jobs=jobs, chunk_bytes=1024))
+        workload = read_workload(out)
+        sessions = sorted(workload.sessions.values(), key=lambda s: s.connect_us or 0)
+        assert [(s.user, s.statements) for s in sessions] == [
+            ("long", 80),
+            ("first", 40),
+            ("second", 40),
+        ]
+        for session in sessions[1:]:
+            got = [s.sql for s in workload.statements() if s.session == session.id]
+            assert got == [f"SELECT '{session.user}', {n}" for n in range(40)]
