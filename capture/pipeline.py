@@ -706,6 +706,7 @@ class _Capture:
                 "filtered_statements": tracker.counts.filtered_statements,
                 **{f"kind_{k}": v for k, v in self.by_kind().items()},
             },
+            sync=tracker.sync_header(),
         )
         return header, sessions, classes
 
