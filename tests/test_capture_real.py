@@ -125,6 +125,13 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
         assert [s.seq for s in stmts] == list(range(len(stmts))), sid
         assert sid in workload.sessions
         assert workload.sessions[sid].statements == len(stmts)
+    # the commit clock: numbers 1..K each on one statement, after < commit, m <= n
+    every = [s for stmts in statements.values() for s in stmts]
+    commits = sorted(s.commit for s in every if s.commit)
+    assert commits and commits == list(range(1, len(commits) + 1))
+    assert all(s.after_objects <= s.after and (not s.commit or s.after < s.commit) for s in every)
+    orders = sorted(s.disconnect_order for s in workload.sessions.values() if s.disconnect_order)
+    assert orders == list(range(1, len(orders) + 1))
 
     # psql: every statement of the script, once, in order, with its outcome
     (psql,) = [

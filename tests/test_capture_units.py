@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import gzip
 import io
 import json
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
+from capture.errors import WorkloadFormatError
 from capture.events import EventKind, LogEvent
 from capture.inspect import peak_concurrency, rate_buckets
 from capture.messages import classify, parse_parameters, placeholder_count
 from capture.normalize import Fingerprinter, fingerprint
 from capture.records import Statement, StatementKind
-from capture.sessions import OpenStatement
+from capture.sessions import OpenStatement, StatementTracker
 from capture.timestamps import TimestampParser
+from capture.workload import Workload, WorkloadWriter, read_workload
 
 
 def test_classify_statement_forms() -> None:
@@ -297,3 +303,61 @@ def test_fingerprinter_caches_agree_with_pglast() -> None:
         ]
     for sql in sqls:
         assert fingerprinter(sql) == fingerprint(sql), sql
+
+
+def _tracked_workload(path: Path) -> tuple[StatementTracker, Workload]:
+    """A workload built as capture builds it: tracker, then writer."""
+    tracker = StatementTracker()
+    events = [
+        (1, "a", 1000, 1, "CREATE TABLE t (a int)", *fingerprint("CREATE TABLE t (a int)"), None),
+        (10, "a", 2000, 2),
+        (1, "b", 3000, 3, "SELECT * FROM t", *fingerprint("SELECT * FROM t"), None),
+    ]
+    tracker.feed_all(events)
+    writer = WorkloadWriter(path)
+    for stmt in tracker.drain():
+        writer.write_encoded(stmt.start_us - 1000, stmt.encode(stmt.start_us - 1000))
+    now = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)
+    writer.close(
+        capture_start=now,
+        capture_end=now,
+        sessions=tracker.session_records(1000),
+        classes=[],
+        sync=tracker.sync_header(),
+    )
+    return tracker, read_workload(path)
+
+
+def test_workload_version_2_carries_the_commit_clock(tmp_path: Path) -> None:
+    _, workload = _tracked_workload(tmp_path / "w.pgtw")
+    assert workload.header.format_version == 2 and workload.has_sync
+    assert workload.header.sync == {"commits": 1, "disconnects": 1}
+    assert [(s.sql, s.commit, s.after, s.after_objects) for s in workload.statements()] == [
+        ("CREATE TABLE t (a int)", 1, 0, 0),
+        ("SELECT * FROM t", 0, 1, 1),
+    ]
+    assert workload.sessions["a"].disconnect_order == 1
+    assert workload.sessions["b"].after_disconnects == 0
+
+
+def test_version_1_workloads_are_still_read(tmp_path: Path) -> None:
+    """A file written before causal order was recorded: no sync members at all."""
+    path = tmp_path / "v1.pgtw"
+    _tracked_workload(path)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = [json.loads(line) for line in fh]
+    lines[0]["format_version"] = 1
+    del lines[0]["sync"]
+    for obj in lines[1:]:
+        for key in ("commit", "after", "after_objects", "disconnect_order"):
+            obj.pop(key, None)
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        out.write("".join(json.dumps(obj) + "\n" for obj in lines))
+    workload = read_workload(path)
+    assert not workload.has_sync and workload.header.sync == {}
+    assert all(s.commit == s.after == 0 for s in workload.statements())
+    lines[0]["format_version"] = 3
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        out.write(json.dumps(lines[0]) + "\n")
+    with pytest.raises(WorkloadFormatError, match="version 3"):
+        read_workload(path)
