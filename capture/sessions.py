@@ -17,6 +17,15 @@ order, so each session is a small state machine:
 
 Statements enter a heap keyed by start time and leave it once no later record
 can bring an earlier start (see :class:`StatementTracker.pop_ready`).
+
+The tracker also keeps the *commit clock* of notes/SYNC_CONTRACT.md, in log
+order: what each statement does to its session's transaction block comes from
+capture/effects.py (one dict lookup per statement, by fingerprint); a commit gets
+its number when the log shows it completed (the session's next statement record,
+its duration, an error attached to it, the disconnection) or, failing that, when
+it is written out; every statement records the clock when it was read
+(``after``, and ``after_objects`` for the relations it touches), every session
+the order of connections and disconnections.
 """
 
 from __future__ import annotations
