@@ -61,9 +61,10 @@ class ReplaySettings:
 
     def check(self) -> None:
         """UsageError when a setting is out of range."""
-        problem = None
+        problem = hint = None
         if self.speed <= 0:
             problem = f"--speed must be positive, not {self.speed:g}"
+            hint = "use --max-speed for no waiting at all"
         elif not 1 <= self.workers <= MAX_WORKERS:
             problem = f"--workers must be between 1 and {MAX_WORKERS}, not {self.workers}"
         elif self.event_loop not in EVENT_LOOPS:
@@ -73,7 +74,7 @@ class ReplaySettings:
         elif self.reconnect_interval_s <= 0:
             problem = f"--reconnect-interval must be positive, not {self.reconnect_interval_s:g}"
         if problem:
-            raise UsageError(problem, hint="use --max-speed for no waiting at all")
+            raise UsageError(problem, hint=hint)
 
     def options(self, dsn: str, schedule: Schedule) -> ReplayOptions:
         """The engine's options for this target and schedule (no target defaults yet)."""
