@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from pgtraffic.compare import FailOn, Thresholds
     from replay.runner import ReplaySettings
 
+# Help panels: typer groups options under them with rich help; the plain help the CLI
+# uses (see pgtraffic.cli) lists options in declaration order and ignores them.
 REPLAY = "Replay"
 """Help panel of the options that shape a replay."""
 COMPARE = "Comparison"
