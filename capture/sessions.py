@@ -760,7 +760,9 @@ class StatementTracker:
             stmt = heapq.heappop(heap)[2]
         else:
             stmt = tail.popleft()[2]
-        self._emit(stmt)
+        stmt.emitted = True
+        if stmt.pending is not None:  # written before any evidence: numbered now
+            self._number(stmt, self.log_now)
         return stmt
 
     def pop_ready(self) -> list[OpenStatement]:
