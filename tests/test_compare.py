@@ -20,6 +20,7 @@ from pgtraffic.compare import ExplainTargets, FailOn, Verdict, compare_files, ex
 from pgtraffic.compare.render_html import to_html
 from pgtraffic.rehearsal import ReplaySettings, SilentReporter, replay_once
 from pgtraffic.servers import Cluster, Profile
+from pgtraffic.servers.privileges import current_account, run_as
 from tests.conftest import require_version
 
 DB = "shop"
@@ -82,6 +83,13 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         source.stop()
 
 
+def _run(
+    argv: list[str], *, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a program (the CLI, a browser) as ourselves, capturing its output."""
+    return run_as(current_account(), argv, env=env, timeout=timeout)
+
+
 def _replay(workload: Path, cluster: Cluster, out: Path) -> Path:
     replay_once(
         workload, cluster.dsn(DB), out, ReplaySettings(max_speed=True), SilentReporter(), "t"
@@ -139,7 +147,7 @@ def test_missing_function_shows_as_new_errors_42883(
     example = c.errors[0].examples[0]
     assert example.sql is not None and "price(" in example.sql
     # The CLI says the same, with the documented exit code for new errors.
-    result = subprocess.run(
+    result = _run(
         [
             *pgtraffic_cmd,
             "compare",
@@ -151,11 +159,7 @@ def test_missing_function_shows_as_new_errors_42883(
             str(tmp_path / "r.md"),
             "--junit",
             str(tmp_path / "r.xml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        ]
     )
     assert result.returncode == 18, result.stderr
     assert "42883" in (tmp_path / "r.md").read_text()
@@ -178,13 +182,7 @@ def test_results_of_different_workloads_are_refused(
         classes=[QueryClass("f1", "SELECT $1", True, 1)],
     )
     unrelated = _replay(other, pg16, tmp_path / "other.pgtr")
-    result = subprocess.run(
-        [*pgtraffic_cmd, "compare", str(base), str(unrelated)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run([*pgtraffic_cmd, "compare", str(base), str(unrelated)])
     assert result.returncode == 3, result.stdout + result.stderr
     assert "replayed different workloads" in result.stderr
     assert "hint:" in result.stderr
@@ -209,7 +207,7 @@ def test_html_report_renders_its_charts_in_chromium(
     assert "<script src" not in text
     shot = tmp_path / "report.png"
     assert CHROMIUM is not None
-    result = subprocess.run(
+    result = _run(
         [
             CHROMIUM,
             "--headless",
@@ -224,11 +222,7 @@ def test_html_report_renders_its_charts_in_chromium(
             "--window-size=1280,2400",
             f"--screenshot={shot}",
             html.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        ]
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.exists()
@@ -253,24 +247,13 @@ def _png_colours(path: Path) -> dict[str, int]:
 
 
 def test_cli_help_documents_exit_codes(pgtraffic_cmd: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pgtraffic.cli", "compare", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={"COLUMNS": "200", "PATH": ""},
-    )
+    argv = [sys.executable, "-m", "pgtraffic.cli", "compare", "--help"]
+    result = _run(argv, timeout=60, env={"COLUMNS": "200", "PATH": ""})
+    assert result.returncode == 0, result.stderr
     assert "17 = regressed classes" in result.stdout
 
 
 def test_cli_unknown_option_is_a_usage_error(pgtraffic_cmd: list[str]) -> None:
-    result = subprocess.run(
-        [*pgtraffic_cmd, "compare", "a.pgtr", "b.pgtr", "--no-such-option"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run([*pgtraffic_cmd, "compare", "a.pgtr", "b.pgtr", "--no-such-option"], timeout=60)
     assert result.returncode == 2
     assert "No such option" in result.stderr

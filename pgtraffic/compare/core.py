@@ -349,7 +349,12 @@ def _error_divergence(p: _Paired) -> tuple[ErrorDivergence, ...]:
         examples = tuple(
             _example(a, int(ia[k]), f"{ca or 'ok'} -> {cb or 'ok'}") for k in ks[:MAX_EXAMPLES]
         )
-        out.append(ErrorDivergence(*p.text(fid), change, ca, cb, len(ks), examples))
+        fp, text = p.text(fid)
+        out.append(
+            ErrorDivergence(
+                fp, text, len(ks), examples, change, baseline_sqlstate=ca, candidate_sqlstate=cb
+            )
+        )
     out.sort(key=lambda d: ({"new": 0, "changed": 1, "resolved": 2}[d.change], -d.count))
     return tuple(out)
 
@@ -367,7 +372,7 @@ def _row_mismatches(p: _Paired) -> tuple[RowMismatch, ...]:
             _example(a, int(ia[k]), f"{int(ra[k])} rows -> {int(rb[k])} rows")
             for k in positions[:MAX_EXAMPLES]
         )
-        out.append(RowMismatch(*p.text(fid), int(ks.size), int(compared[fid].size), examples))
+        out.append(RowMismatch(*p.text(fid), int(ks.size), examples, int(compared[fid].size)))
     out.sort(key=lambda m: -m.count)
     return tuple(out)
 

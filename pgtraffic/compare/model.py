@@ -102,26 +102,31 @@ class Example:
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorDivergence:
-    """Statements of one class whose outcome changed the same way."""
+class Divergence:
+    """Statements of one class that came out differently on the candidate, the same way."""
 
     fingerprint: str
     text: str
-    change: str
-    """``new`` (failed only in the candidate), ``resolved`` or ``changed``."""
-    baseline_sqlstate: str
-    candidate_sqlstate: str
     count: int
     examples: tuple[Example, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class RowMismatch:
-    fingerprint: str
-    text: str
-    count: int
+class ErrorDivergence(Divergence):
+    """Statements of one class whose outcome changed the same way."""
+
+    change: str
+    """``new`` (failed only in the candidate), ``resolved`` or ``changed``."""
+    baseline_sqlstate: str
+    candidate_sqlstate: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowMismatch(Divergence):
+    """Statements of one class whose row counts differ between the runs."""
+
     compared: int
-    examples: tuple[Example, ...]
+    """Statements of the class whose row counts both runs reported."""
 
 
 @dataclass(frozen=True, slots=True)
