@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from capture.errors import PgTrafficError
+from pgtraffic.commands import capacity as capacity_commands
 from pgtraffic.commands import capture as capture_commands
 from pgtraffic.commands import compare as compare_commands
 from pgtraffic.commands import rehearse as rehearse_commands
@@ -50,6 +51,7 @@ def build_app() -> typer.Typer:
         replay_commands,
         compare_commands,
         rehearse_commands,
+        capacity_commands,
     ):
         commands.register(root)
     return root
