@@ -41,6 +41,8 @@ from capture.settings import capture_recipe
 from capture.sources import HEAD, LogFormat, SourceInfo, describe, detect, read_blocks
 from capture.stderrlog import StderrChunker, resolve_sessions
 from capture.stderrlog import parse_chunk as parse_stderr
+from capture.syslog import SyslogChunker, SyslogOptions
+from capture.syslog import parse_chunk as parse_syslog
 from capture.timestamps import to_datetime
 from capture.workload import WorkloadWriter
 
@@ -58,6 +60,7 @@ HINTS = {
     "file with iconv -f LATIN1 -t UTF-8",
     "unreadable log time": "set log_timezone = 'UTC' in postgresql.conf",
     "unreadable csv": "the csv quoting of this record is damaged",
+    "not a syslog line": "the line has no syslog header in the file's layout; capture skipped it",
 }
 
 
@@ -138,7 +141,7 @@ class Chunk:
     """Where ``data`` starts in the source file; -1 when it is not a plain byte range of
     it (stdin, gzip)."""
     prefix: str = ""
-    """stderr: the log_line_prefix of its lines."""
+    """stderr: the log_line_prefix of its lines; syslog: its encoded options."""
 
 
 _WORKER_DECODER: RecordDecoder | None = None
@@ -165,6 +168,17 @@ def parse_job(chunk: Chunk, data: bytes | None = None) -> ChunkResult:
             truncated_tail=chunk.truncated,
             check_encoding=dirty,
             prefix=chunk.prefix,
+        )
+        return decoder.take()
+    if chunk.format is LogFormat.SYSLOG:
+        parse_syslog(
+            decoder,
+            text,
+            source=chunk.source,
+            first_line=chunk.first_line,
+            truncated_tail=chunk.truncated,
+            check_encoding=dirty,
+            options=chunk.prefix,
         )
         return decoder.take()
     parse = parse_csv if chunk.format is LogFormat.CSVLOG else parse_json
@@ -241,7 +255,7 @@ class _Chunks:
         for info in self.infos:
             fmt: LogFormat | None = self.fmt
             prefix = ""
-            chunker: CsvChunker | JsonChunker | StderrChunker | None = None
+            chunker: CsvChunker | JsonChunker | StderrChunker | SyslogChunker | None = None
             consumed = 0
             offset = 0
             ranged = info.name != "-" and not info.gzipped
@@ -255,6 +269,8 @@ class _Chunks:
                         if fmt is LogFormat.CSVLOG
                         else StderrChunker(self.chunk_bytes, compile_prefix(prefix))
                         if fmt is LogFormat.STDERR
+                        else SyslogChunker(self.chunk_bytes, SyslogOptions.decode(prefix))
+                        if fmt is LogFormat.SYSLOG
                         else JsonChunker(self.chunk_bytes)
                     )
                 assert fmt is not None

@@ -119,3 +119,25 @@ def stderr_recipe() -> str:
         if s.required and s.name not in ("logging_collector", "log_destination")
     )
     return "\n".join(lines)
+
+
+SYSLOG_PREFIX = "%m [%p] %e %q%u@%d "
+"""With syslog too: the server's millisecond time (a BSD syslog time has no year and
+whole seconds), the SQLSTATE, user and database."""
+
+
+def syslog_recipe() -> str:
+    """What logging through syslog needs, as postgresql.conf text."""
+    lines = [
+        f"{'log_destination = ' + chr(39) + 'syslog' + chr(39):<34} # or 'csvlog' (recommended)",
+        f"{'syslog_sequence_numbers = on':<34} # [N-M]: pieces of one message joined back",
+        f"{'syslog_split_messages = on':<34} # lines under the daemon's size limit",
+        f"{'log_line_prefix = ' + chr(39) + SYSLOG_PREFIX + chr(39):<34}"
+        " # %m: times to the millisecond; %e: SQLSTATEs",
+    ]
+    lines.extend(
+        f"{s.conf_line():<34} # {s.why}"
+        for s in CAPTURE_SETTINGS
+        if s.required and s.name not in ("logging_collector", "log_destination")
+    )
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import datetime as dt
 import enum
 import gzip
 import json
@@ -17,7 +18,7 @@ import lzma
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, cast
 
@@ -32,7 +33,8 @@ from capture.prefix import (
     detect_prefix,
     head_lines,
 )
-from capture.settings import capture_recipe, stderr_recipe
+from capture.settings import capture_recipe, stderr_recipe, syslog_recipe
+from capture.syslog import detect_syslog, looks_like_syslog
 
 BLOCK = 1 << 20
 HEAD = 64 << 10
@@ -43,6 +45,7 @@ class LogFormat(enum.StrEnum):
     CSVLOG = "csvlog"
     JSONLOG = "jsonlog"
     STDERR = "stderr"
+    SYSLOG = "syslog"
 
 
 class Compression(enum.StrEnum):
@@ -261,18 +264,47 @@ def detect(
             return Detected(LogFormat.JSONLOG, LogFormat.JSONLOG.value)
         if _is_csvlog(text.lstrip()):
             return Detected(LogFormat.CSVLOG, LogFormat.CSVLOG.value)
-    elif fmt is not None and fmt is not LogFormat.STDERR:
+    elif fmt is not None and fmt not in (LogFormat.STDERR, LogFormat.SYSLOG):
         return Detected(fmt, fmt.value)
     if not text.strip():
         raise InputError(f"{name} is empty", hint="point capture at a PostgreSQL log file")
     if prefix is not None:
         return _stderr(compile_prefix(prefix), name, detected=False)
+    if fmt is LogFormat.SYSLOG or (fmt is None and looks_like_syslog(first)):
+        return _syslog(text, name, number, first)
     if _PGBOUNCER.match(first) or _SYSLOG.match(first):  # before any prefix is guessed
         raise _not_a_log(head, name, number, first, stderr=False)
     found = detect_prefix(head_lines(text))
     if found is not None:
         return _stderr(found.prefix, name, detected=True)
     raise _not_a_log(head, name, number, first, stderr=fmt is LogFormat.STDERR)
+
+
+def _year_of(name: str) -> tuple[int, int]:
+    """(year, month) the file was last written: BSD syslog times have no year."""
+    try:
+        mtime = Path(name).stat().st_mtime if name != "-" else None
+    except OSError:
+        mtime = None
+    moment = dt.datetime.fromtimestamp(mtime, dt.UTC) if mtime else dt.datetime.now(dt.UTC)
+    return moment.year, moment.month
+
+
+def _syslog(text: str, name: str, number: int, first: str) -> Detected:
+    year, month = _year_of(name)
+    lines = text.split("\n")[:-1] or text.split("\n")
+    found = detect_syslog(lines[:2000], year)
+    if found is None:
+        raise InputError(
+            f"this looks like a syslog file, but it holds no PostgreSQL messages capture "
+            f"recognizes (an [N-M] sequence number, a level, a log_line_prefix):\n"
+            f"{name}:{number}: {first[:200]}",
+            hint="capture reads the lines of PostgreSQL's syslog_ident (postgres); "
+            "postgresql.conf for a capture through syslog:\n" + syslog_recipe(),
+        )
+    if found.first_month > month:  # written last year, for the months after now
+        found = replace(found, year=year - 1)
+    return Detected(LogFormat.SYSLOG, found.describe(), found.encode())
 
 
 def _stderr(prefix: LinePrefix, name: str, *, detected: bool) -> Detected:
@@ -298,10 +330,11 @@ def _not_a_log(head: bytes, name: str, number: int, first: str, *, stderr: bool)
         )
     if _SYSLOG.match(first):
         return InputError(
-            f"this looks like a syslog file; capture does not read syslog yet:\n{where}",
-            hint="log to files instead (log_destination = 'csvlog', or 'stderr' with "
-            "logging_collector = on); postgresql.conf for a capture:\n"
-            + capture_recipe(include_optional=False),
+            f"this looks like a syslog file in a layout capture does not read:\n{where}",
+            hint="capture reads BSD (RFC 3164) and RFC 5424 syslog files (rsyslog's "
+            "RSYSLOG_TraditionalFileFormat, RSYSLOG_FileFormat, "
+            "RSYSLOG_SyslogProtocol23Format); postgresql.conf for a capture through "
+            "syslog:\n" + syslog_recipe(),
         )
     if stderr or _LOG_TIME.match(first):
         return InputError(
