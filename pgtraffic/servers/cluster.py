@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -176,24 +176,15 @@ class Cluster:
         return cluster
 
     def _run_server_tool(
-        self, args: Sequence[str | os.PathLike[str]], timeout: float = 300
+        self, tool: str, *args: str | os.PathLike[str], timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        return run_as(self.account, args, cwd=self.root, timeout=timeout)
+        """Run ``tool -D DATA_DIR ARGS`` (initdb, pg_ctl) as the server's account."""
+        argv = [self.installation.tool(tool), "-D", self.data_dir, *args]
+        return run_as(self.account, argv, cwd=self.root, timeout=timeout)
 
     def _initdb(self) -> None:
-        result = self._run_server_tool(
-            [
-                self.installation.tool("initdb"),
-                "-D",
-                self.data_dir,
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]
-        )
+        options = ("--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+        result = self._run_server_tool("initdb", "-U", SUPERUSER, *options)
         if result.returncode != 0:
             raise ServerError(
                 f"initdb for PostgreSQL {self.version} failed: {result.stderr.strip()}"
@@ -224,22 +215,8 @@ class Cluster:
             _LIVE[self.name] = self
         self.stop_report = None
         for attempt in range(3):
-            result = self._run_server_tool(
-                [
-                    self.installation.tool("pg_ctl"),
-                    "-D",
-                    self.data_dir,
-                    "-l",
-                    self.startup_log,
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    f"-p {self.port}",
-                    "start",
-                ],
-                timeout=90,
-            )
+            options = ("-l", self.startup_log, "-w", "-t", "60", "-o", f"-p {self.port}")
+            result = self._run_server_tool("pg_ctl", *options, "start", timeout=90)
             if result.returncode == 0:
                 self._register()
                 return
@@ -341,18 +318,7 @@ class Cluster:
     def _shutdown(self, pid: int) -> str:
         for mode in ("fast", "immediate"):
             result = self._run_server_tool(
-                [
-                    self.installation.tool("pg_ctl"),
-                    "-D",
-                    self.data_dir,
-                    "-m",
-                    mode,
-                    "-w",
-                    "-t",
-                    "30",
-                    "stop",
-                ],
-                timeout=60,
+                "pg_ctl", "-m", mode, "-w", "-t", "30", "stop", timeout=60
             )
             if result.returncode == 0 and _wait_dead(pid, 10):
                 return mode
