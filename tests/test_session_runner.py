@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def run_one(
     database: str = "postgres",
     table: SyncTable | None = None,
     cancel_after_s: float | None = None,
-    alongside: Callable[[], Awaitable[None]] | None = None,
+    alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
     **options: Any,
 ) -> tuple[list[tuple[Any, ...]], Counters, float]:
     """Run one session of ``items``; returns its records (as tuples with the sync
