@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 from capture.pipeline import CaptureOptions, capture  # noqa: E402
 from capture.workload import Workload, read_workload  # noqa: E402
 from pgtraffic.servers import Cluster, Installation, Profile, find_installation  # noqa: E402
-from replay.results import read_results  # noqa: E402
 from replay.sync import SyncMode  # noqa: E402
 from tests.replay_helpers import replay  # noqa: E402
 
@@ -92,12 +91,20 @@ def capture_run(major: int, psql: Installation, files: list[Path], out: Path) ->
     return read_workload(out)
 
 
+def session_ranks(workload: Workload) -> dict[str, int]:
+    """Sessions numbered by connection order: the same numbers in every run."""
+    ordered = sorted(workload.sessions, key=_connect_order(workload))
+    return {sid: i for i, sid in enumerate(ordered)}
+
+
 def keyed_outcomes(workload: Workload) -> dict[Key, str | None]:
-    rank = {sid: i for i, sid in enumerate(sorted(workload.sessions, key=_connect_order(workload)))}
-    return {(rank[s.session], s.seq): s.sqlstate for s in workload.statements() if s.kind.replayable}
+    rank = session_ranks(workload)
+    return {
+        (rank[s.session], s.seq): s.sqlstate for s in workload.statements() if s.kind.replayable
+    }
 
 
-def _connect_order(workload: Workload) -> object:
+def _connect_order(workload: Workload) -> Callable[[str], tuple[int, str]]:
     def key(sid: str) -> tuple[int, str]:
         session = workload.sessions[sid]
         return (session.connect_us if session.connect_us is not None else -1, sid)
@@ -117,24 +124,25 @@ class Outcome:
 def replay_once(workload: Workload, major: int, pace: str, mode: SyncMode, out: Path) -> Outcome:
     target = Cluster.create(find_installation(major), profile=Profile.TARGET)
     try:
-        target.psql("CREATE DATABASE regression")
-        kwargs: dict[str, object] = (
-            {"max_speed": True} if pace == "max" else {"speed": float(pace)}
-        )
+        # no CREATE DATABASE here: the workload's first session creates it, and every
+        # later session into it must wait for that (the causal order under test)
+        kwargs: dict[str, object] = {"max_speed": True} if pace == "max" else {"speed": float(pace)}
         start = time.monotonic()
         results = replay(workload, target, out, sync=mode, **kwargs)
         wall = time.monotonic() - start
     finally:
         target.stop()
     original = keyed_outcomes(workload)
-    rank = {sid: i for i, sid in enumerate(sorted(workload.sessions, key=_connect_order(workload)))}
+    rank = session_ranks(workload)
     divergent = set()
     for session, index, _, _, _, _, _, state, orig in results.rows():
         if state != orig:
             divergent.add((rank[session], index))
-    waits = results.records["sync_wait_us"].sum() / 1e6 if "sync_wait_us" in (
-        results.records.dtype.names or ()
-    ) else 0.0
+    waits = (
+        results.records["sync_wait_us"].sum() / 1e6
+        if "sync_wait_us" in (results.records.dtype.names or ())
+        else 0.0
+    )
     return Outcome(
         agreement=1 - len(divergent) / max(1, len(original)),
         divergent=frozenset(divergent),
@@ -176,6 +184,7 @@ def main() -> None:
     native = capture_run(args.candidate, psql, files, args.workdir / "candidate.pgtw")
     real, unaligned = truth(base, native)
     real -= noisy
+    (args.workdir / "truth.json").write_text(json.dumps(sorted(real)))
     print(
         f"statements {len(keyed_outcomes(base))}, differ natively {args.source} vs "
         f"{args.candidate}: {len(real)}, unaligned {len(unaligned)}",
@@ -185,10 +194,13 @@ def main() -> None:
     for mode in [SyncMode(m) for m in args.modes.split(",")]:
         for pace in args.paces.split(","):
             for major in (args.source, args.candidate):
+                name = f"r-{major}-{mode.value}-{pace}"
                 runs = [
-                    replay_once(base, major, pace, mode, args.workdir / f"r-{major}-{pace}.pgtr")
+                    replay_once(base, major, pace, mode, args.workdir / f"{name}.pgtr")
                     for _ in range(args.rounds)
                 ]
+                divergent = sorted(runs[0].divergent - noisy - unaligned)
+                (args.workdir / f"{name}.divergent.json").write_text(json.dumps(divergent))
                 row = summarize(runs, major, pace, mode, args.source, real, noisy | unaligned)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

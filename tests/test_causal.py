@@ -101,7 +101,9 @@ def test_without_sync_the_chain_breaks_at_max_speed(
 ) -> None:
     """The control: independent sessions overtake the sessions they depend on."""
     target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(chain.workload, target, tmp_path / "r.pgtr", sync=SyncMode.NONE, max_speed=True)
+    results = replay(
+        chain.workload, target, tmp_path / "r.pgtr", sync=SyncMode.NONE, max_speed=True
+    )
     share, _ = agreement(results, chain.workload)
     assert share < 0.95
 
@@ -111,7 +113,9 @@ def test_sessions_into_a_database_created_by_an_earlier_one(
     new_database: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
     target: Cluster = make_cluster(18, Profile.TARGET)
-    results = replay(new_database.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
+    results = replay(
+        new_database.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace
+    )
     share, misses = agreement(results, new_database.workload)
     assert share == 1.0, misses
 
@@ -163,10 +167,14 @@ def test_connection_per_transaction_keeps_its_concurrency(
     """pgbench -C never had more than 8 connections; with room for 12 on the target,
     no session may be refused (53300) or left unsent."""
     target: Cluster = make_cluster(
-        16, Profile.TARGET, settings={"max_connections": "15", "superuser_reserved_connections": "3"}
+        16,
+        Profile.TARGET,
+        settings={"max_connections": "15", "superuser_reserved_connections": "3"},
     )
     run_quiet(target, "pgbench", "-i", "-q", "-s", "1")
-    results = replay(connect_each.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
+    results = replay(
+        connect_each.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace
+    )
     share, misses = agreement(results, connect_each.workload)
     assert share == 1.0, misses
     assert len(connect_each.workload.sessions) > 100
