@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from capture.chunking import Chunker
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
@@ -34,10 +35,12 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
+from capture.platforms import LineChunker, WholeChunker
+from capture.platforms import parse_chunk as parse_platform
 from capture.prefix import compile_prefix
 from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
-from capture.settings import capture_recipe
+from capture.settings import recipe_for_formats
 from capture.sources import HEAD, LogFormat, SourceInfo, describe, detect, read_blocks
 from capture.stderrlog import StderrChunker, resolve_sessions
 from capture.stderrlog import parse_chunk as parse_stderr
@@ -170,8 +173,13 @@ def parse_job(chunk: Chunk, data: bytes | None = None) -> ChunkResult:
             prefix=chunk.prefix,
         )
         return decoder.take()
-    if chunk.format is LogFormat.SYSLOG:
-        parse_syslog(
+    if chunk.format in (
+        LogFormat.SYSLOG,
+        LogFormat.CLOUDSQL,
+        LogFormat.AZURE,
+        LogFormat.CLOUDNATIVEPG,
+    ):
+        (parse_syslog if chunk.format is LogFormat.SYSLOG else parse_platform)(
             decoder,
             text,
             source=chunk.source,
@@ -255,7 +263,7 @@ class _Chunks:
         for info in self.infos:
             fmt: LogFormat | None = self.fmt
             prefix = ""
-            chunker: CsvChunker | JsonChunker | StderrChunker | SyslogChunker | None = None
+            chunker: Chunker | None = None
             consumed = 0
             offset = 0
             ranged = info.name != "-" and not info.gzipped
@@ -271,6 +279,8 @@ class _Chunks:
                         if fmt is LogFormat.STDERR
                         else SyslogChunker(self.chunk_bytes, SyslogOptions.decode(prefix))
                         if fmt is LogFormat.SYSLOG
+                        else _platform_chunker(data, self.chunk_bytes)
+                        if fmt in (LogFormat.CLOUDSQL, LogFormat.AZURE, LogFormat.CLOUDNATIVEPG)
                         else JsonChunker(self.chunk_bytes)
                     )
                 assert fmt is not None
@@ -291,6 +301,11 @@ class _Chunks:
                     fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1, prefix
                 )
             done_before += consumed
+
+
+def _platform_chunker(head: bytes, chunk_bytes: int) -> Chunker:
+    """A JSON array is read whole (its entries are sorted); JSON lines by lines."""
+    return WholeChunker(1 << 62) if head.lstrip()[:1] == b"[" else LineChunker(chunk_bytes)
 
 
 def _results(jobs: Iterator[Chunk], workers: int, ranged: bool) -> Iterator[ChunkResult]:
@@ -620,7 +635,7 @@ class _Capture:
             self._write(list(tracker.drain()))
             if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
                 raise _no_statements(  # noqa: TRY301
-                    self.sources, self.records, self.non_english, self.skipped
+                    self.sources, self.records, self.non_english, self.skipped, self.chunks.formats
                 )
             header, sessions, classes = self._close()
         except BaseException:
@@ -760,10 +775,14 @@ class _Capture:
 
 
 def _no_statements(
-    sources: Sequence[str], records: int, non_english: int, skipped: collections.Counter[str]
+    sources: Sequence[str],
+    records: int,
+    non_english: int,
+    skipped: collections.Counter[str],
+    formats: Sequence[str] = (),
 ) -> InputError:
     names = ", ".join(sources)
-    recipe = capture_recipe(include_optional=False)
+    recipe = recipe_for_formats(formats)
     if records == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.most_common(3))
         return InputError(

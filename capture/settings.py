@@ -6,6 +6,7 @@ messages and the embedded server's *capture* profile all read it from here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -141,3 +142,98 @@ def syslog_recipe() -> str:
         if s.required and s.name not in ("logging_collector", "log_destination")
     )
     return "\n".join(lines)
+
+
+_MANAGED = ("log_statement", "log_connections", "log_disconnections", "log_min_error_statement")
+"""The settings hosted platforms let users change (logging itself is theirs)."""
+
+
+def _managed(value: str = "{name}={value}") -> list[str]:
+    return [
+        "  " + value.format(name=s.name, value=s.value.strip("'"))
+        for s in CAPTURE_SETTINGS
+        if s.name in _MANAGED
+    ]
+
+
+def platform_recipe(platform: str) -> str:
+    """Where and how to set the capture recipe on a hosting platform: ``rds``,
+    ``cloudsql``, ``azure``, ``cloudnativepg``, ``heroku``; anything else gets the
+    postgresql.conf recipe."""
+    if platform == "rds":
+        return "\n".join(
+            [
+                "AWS RDS/Aurora: in the instance's (or Aurora cluster's) DB parameter group "
+                "(a custom one: the default group cannot be changed), then download the "
+                "postgresql.log.* files (console > Logs & events, or aws rds "
+                "download-db-log-file-portion --db-instance-identifier DB --log-file-name "
+                "error/postgresql.log.YYYY-MM-DD-HH --starting-token 0 --output text):",
+                *_managed("{name} = {value}"),
+                "  e.g. aws rds modify-db-parameter-group --db-parameter-group-name G "
+                "--parameters ParameterName=log_statement,ParameterValue=all,"
+                "ApplyMethod=immediate",
+            ]
+        )
+    if platform == "cloudsql":
+        return "\n".join(
+            [
+                "Google Cloud SQL: set these database flags (gcloud sql instances patch "
+                "INSTANCE --database-flags=... sets the whole list: repeat the flags "
+                "already set), then export with gcloud logging read "
+                '\'resource.type="cloudsql_database" AND '
+                'logName:"postgres.log"\' --format=json > cloudsql.json:',
+                *_managed("{name}={value}"),
+            ]
+        )
+    if platform == "azure":
+        return "\n".join(
+            [
+                "Azure Database for PostgreSQL: set these server parameters (portal > "
+                "Server parameters, or az postgres flexible-server parameter set "
+                "--resource-group RG --server-name S --name NAME --value VALUE), and send "
+                "the PostgreSQLLogs category to a storage account (Diagnostic settings):",
+                *_managed("{name} = {value}"),
+            ]
+        )
+    if platform == "cloudnativepg":
+        return "\n".join(
+            [
+                "CloudNativePG: in the Cluster resource (the operator keeps logging_collector "
+                "and csvlog itself; read the pods' logs with kubectl logs POD > pg.json):",
+                "spec:",
+                "  postgresql:",
+                "    parameters:",
+                *("  " + line for line in _managed('  {name}: "{value}"')),
+            ]
+        )
+    if platform == "heroku":
+        return "\n".join(
+            [
+                "Heroku Postgres: heroku pg:settings:log-statement all --app APP "
+                "(log-min-duration-statement for durations); connections are logged; "
+                "read the logs with heroku logs --num 1500 --source app --dyno postgres "
+                "or from a log drain",
+            ]
+        )
+    return "In postgresql.conf (then reload; logging_collector needs a restart):\n" + (
+        capture_recipe(include_optional=False)
+    )
+
+
+_PLATFORM_LABELS = (
+    ("AWS RDS", "rds"),
+    ("Cloud SQL", "cloudsql"),
+    ("Azure", "azure"),
+    ("CloudNativePG", "cloudnativepg"),
+    ("Heroku", "heroku"),
+)
+
+
+def recipe_for_formats(labels: Sequence[str]) -> str:
+    """The recipe for the platform the inputs were taken for (their format labels);
+    postgresql.conf's when none."""
+    for label in labels:
+        for mark, platform in _PLATFORM_LABELS:
+            if mark in label:
+                return platform_recipe(platform)
+    return capture_recipe(include_optional=False)

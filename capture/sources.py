@@ -25,6 +25,7 @@ from typing import IO, cast
 import zstandard
 
 from capture.errors import InputError
+from capture.platforms import PLATFORM_NAMES, Platform, azure_prefix, detect_platform
 from capture.prefix import (
     LinePrefix,
     PrefixError,
@@ -46,6 +47,14 @@ class LogFormat(enum.StrEnum):
     JSONLOG = "jsonlog"
     STDERR = "stderr"
     SYSLOG = "syslog"
+    CLOUDSQL = "cloudsql"
+    AZURE = "azure"
+    CLOUDNATIVEPG = "cloudnativepg"
+
+
+PLATFORM_FORMATS = frozenset({"cloudsql", "azure", "cloudnativepg"})
+"""Formats read by :mod:`capture.platforms`."""
+RDS_PREFIXES = frozenset({"%t:%r:%u@%d:[%p]:", "%m:%r:%u@%d:[%p]:"})
 
 
 class Compression(enum.StrEnum):
@@ -259,12 +268,16 @@ def detect(
     """
     text = head.decode("utf-8", "replace").lstrip("\ufeff")
     number, first = _first_line(text)
+    if (fmt is None and first.lstrip()[:1] in ("{", "[")) or (fmt and fmt in PLATFORM_FORMATS):
+        platform = _platform(text, fmt)
+        if platform is not None:
+            return platform
     if fmt is None and prefix is None:
         if _is_jsonlog(first.lstrip()):
             return Detected(LogFormat.JSONLOG, LogFormat.JSONLOG.value)
         if _is_csvlog(text.lstrip()):
             return Detected(LogFormat.CSVLOG, LogFormat.CSVLOG.value)
-    elif fmt is not None and fmt not in (LogFormat.STDERR, LogFormat.SYSLOG):
+    elif fmt is not None and fmt not in (LogFormat.STDERR, LogFormat.SYSLOG, *PLATFORM_FORMATS):
         return Detected(fmt, fmt.value)
     if not text.strip():
         raise InputError(f"{name} is empty", hint="point capture at a PostgreSQL log file")
@@ -278,6 +291,22 @@ def detect(
     if found is not None:
         return _stderr(found.prefix, name, detected=True)
     raise _not_a_log(head, name, number, first, stderr=fmt is LogFormat.STDERR)
+
+
+def _platform(text: str, fmt: LogFormat | None) -> Detected | None:
+    """A hosting platform's export (Cloud SQL, Azure, CloudNativePG), or None."""
+    found = detect_platform(text)
+    if found is None:
+        if fmt is None:
+            return None
+        return Detected(fmt, PLATFORM_NAMES[Platform(fmt.value)], f"{fmt.value}:")
+    platform, prefix = found
+    if platform is Platform.AZURE:
+        prefix = azure_prefix(text)
+    label = PLATFORM_NAMES[platform]
+    if platform is Platform.CLOUDSQL:
+        label += f", log_line_prefix '{prefix}'"
+    return Detected(LogFormat(platform.value), label, f"{platform.value}:{prefix}")
 
 
 def _year_of(name: str) -> tuple[int, int]:
@@ -312,7 +341,10 @@ def _stderr(prefix: LinePrefix, name: str, *, detected: bool) -> Detected:
         prefix.check()
     except PrefixError as exc:
         raise InputError(f"{name}: {exc}", hint=stderr_recipe()) from exc
-    return Detected(LogFormat.STDERR, describe_prefix(prefix, detected=detected), prefix.text)
+    label = describe_prefix(prefix, detected=detected)
+    if prefix.text in RDS_PREFIXES:
+        label += " (the AWS RDS/Aurora layout)"
+    return Detected(LogFormat.STDERR, label, prefix.text)
 
 
 def _not_a_log(head: bytes, name: str, number: int, first: str, *, stderr: bool) -> InputError:

@@ -344,6 +344,8 @@ class SyslogChunker(Chunker):
         piece, after = self._piece(at)
         if after < 0 or (piece is not None and piece.number not in (None, 1)):
             return False
+        if piece is not None and "LOG:  connection auth" in piece.text[:400]:
+            return False  # the session's connection received is just before: keep them together
         begun: set[tuple[str, int | None]] = set()
         if piece is not None:
             begun.add((piece.pid, piece.seq))
