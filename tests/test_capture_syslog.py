@@ -180,7 +180,6 @@ def test_rsyslog_matches_csvlog(
     csv_workload = read_workload(csv_out)
     text = trad.read_text()
     assert "-2] " in text and "#011" in text  # split messages, escaped tabs
-    shutil.copy(trad, "/tmp/last-syslog-bsd.log")
     for path, layout in ((trad, "BSD, RFC 3164"), (rfc, "RFC 5424")):
         out = tmp_path / f"{path.stem}.pgtw"
         summary = capture([str(path)], out, CaptureOptions(jobs=2, chunk_bytes=8192))
