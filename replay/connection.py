@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from replay.protocol import WireChannel, extended_messages, query_message
+from replay.protocol import IDLE, WireChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
 """(oid, name, schema) of a server data type."""
@@ -158,6 +158,13 @@ class ReplayConnection:
             conn.terminate()
             raise
         return cls(conn=conn, text_oids=oids)
+
+    def in_transaction(self) -> bool:
+        """The session is inside a transaction block on the target (it may hold locks)."""
+        channel = self.channel
+        if channel is not None and channel.installed:
+            return channel.transaction_status != IDLE
+        return bool(self.conn.is_in_transaction())
 
     def is_closed(self) -> bool:
         channel = self.channel

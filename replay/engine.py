@@ -677,6 +677,12 @@ class _SessionRunner:
         self.start = (time.monotonic_ns() - self.start_ns) // 1000
         return message
 
+    @property
+    def in_transaction(self) -> bool:
+        """Inside a transaction block on the target: a wait may hold locks (a cycle)."""
+        conn = self.conn
+        return conn is not None and conn.in_transaction()
+
     def owns(self, commit: int) -> bool:
         """This session's statement in flight or one waiting to start is ``commit``."""
         if self.item.commit == commit:

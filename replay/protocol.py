@@ -39,6 +39,8 @@ _unpack_length = _LENGTH.unpack_from
 
 _COMMAND_COMPLETE = ord("C")
 _READY = ord("Z")
+IDLE = ord("I")
+"""ReadyForQuery's status outside a transaction block ("T": in one, "E": in a failed one)."""
 _ERROR = ord("E")
 _DATA_ROW = ord("D")
 _PARAMETER_STATUS = ord("S")
@@ -148,6 +150,8 @@ class WireChannel(asyncio.Protocol):
         self.lost = False
         self.lost_sqlstate = CONNECTION_LOST
         self.abandoned = False
+        self.transaction_status = IDLE
+        """The last ReadyForQuery's status: :data:`IDLE`, else in a transaction block."""
         """A statement may still be running: the connection can only be terminated."""
 
     @classmethod
@@ -251,6 +255,7 @@ class WireChannel(asyncio.Protocol):
                     pos = size
                 break
             if kind == _READY:
+                self.transaction_status = data[pos + 5]
                 self._ready()
             elif kind == _COMMAND_COMPLETE:
                 self._tag = data[pos + 5 : end - 1]

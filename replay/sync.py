@@ -55,6 +55,10 @@ DEFAULT_SYNC_TIMEOUT_S = 10.0
 
 CYCLE_CHECK_AFTER_S = 0.1
 """A wait this old makes :class:`CycleBreaker` look for a lock cycle on the target."""
+CYCLE_CHECK_FIRST_S = 0.002
+"""How soon a wait of a session inside a transaction block makes it look for a cycle."""
+CYCLE_CHECK_MAX_S = 1.6
+"""The longest interval between two looks at the same lowest incomplete commit."""
 POLL_INTERVAL_S = 0.001
 """How often a worker with waiters reads the shared flags of the other workers."""
 
@@ -273,15 +277,29 @@ class Party(Protocol):
     @property
     def pid(self) -> int | None: ...
 
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+_BLOCKERS_SQL = """
+WITH RECURSIVE chain (pid) AS (
+    SELECT unnest(pg_blocking_pids($1::int))
+    UNION
+    SELECT unnest(pg_blocking_pids(chain.pid)) FROM chain
+)
+SELECT array_agg(pid) FROM chain
+"""
+"""Every backend that blocks ``$1``, directly or through other blocked backends."""
+
 
 class CycleBreaker:
     """Finds sync waits that close a cycle with a row lock on the target, and ends them.
 
     While some wait has lasted more than :data:`CYCLE_CHECK_AFTER_S`, it asks the
-    target, at most once per that interval, which backends block the one that
-    owns the lowest incomplete commit (``pg_blocking_pids``). Waiting parties
-    among those blockers are released: their next statement goes ahead (it is
-    typically the one that ends the transaction holding the lock).
+    target which backends block the one that owns the lowest incomplete commit
+    (``pg_blocking_pids``, followed through backends that are blocked in turn).
+    Waiting parties among those blockers are released: their next statement goes
+    ahead (it is typically the one that ends the transaction holding the lock).
     """
 
     def __init__(
@@ -300,14 +318,36 @@ class CycleBreaker:
         self.checks = 0
 
     async def run(self) -> None:
-        """Watch the table until cancelled."""
-        interval_ns = int(CYCLE_CHECK_AFTER_S * 1e9)
+        """Watch the table until cancelled.
+
+        Only a session inside a transaction block can hold the lock of a cycle, so
+        while one of them waits, the target is asked within milliseconds; any other
+        wait is looked at once it has lasted :data:`CYCLE_CHECK_AFTER_S` (a session
+        lock, say). While the same commit stays the lowest incomplete one and no
+        cycle is found, the interval doubles up to :data:`CYCLE_CHECK_MAX_S`, so a
+        long legitimate wait costs the target a handful of queries.
+        """
+        table = self.table
+        slow_ns = int(CYCLE_CHECK_AFTER_S * 1e9)
+        last_mark, due_ns, backoff_s = -1, 0, CYCLE_CHECK_FIRST_S
         try:
             while not self._failed:
-                await asyncio.sleep(CYCLE_CHECK_AFTER_S)
-                old = self.table.waiting_since(time.monotonic_ns() - interval_ns)
-                if old:
-                    await self.check()
+                await asyncio.sleep(CYCLE_CHECK_FIRST_S)
+                now = time.monotonic_ns()
+                holding = any(getattr(p, "in_transaction", False) for p in table.waiting)
+                if not holding and not table.waiting_since(now - slow_ns):
+                    last_mark = -1
+                    continue
+                if table.commits.mark != last_mark:
+                    last_mark, due_ns = table.commits.mark, now
+                    backoff_s = CYCLE_CHECK_FIRST_S if holding else CYCLE_CHECK_AFTER_S
+                if now < due_ns:
+                    continue
+                if await self.check():
+                    last_mark = -1
+                else:
+                    due_ns = now + int(backoff_s * 1e9)
+                    backoff_s = min(backoff_s * 2, CYCLE_CHECK_MAX_S)
         finally:
             if self._conn is not None:
                 self._conn.terminate()
@@ -338,7 +378,7 @@ class CycleBreaker:
         try:
             if self._conn is None:
                 self._conn = await self._connect()
-            row = await self._conn.fetchval("SELECT pg_blocking_pids($1::int)", pid)
+            row = await self._conn.fetchval(_BLOCKERS_SQL, pid)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             self._failed = True  # the timeout still breaks every cycle
             return []

@@ -15,6 +15,7 @@ import pytest
 from pgtraffic.servers import Cluster
 from replay.connection import ConnectSpec, ReplayConnection, probe_target
 from replay.protocol import (
+    IDLE,
     ChannelLost,
     WireChannel,
     error_sqlstate,
@@ -365,3 +366,25 @@ def test_a_statement_with_forty_thousand_parameters(server: Cluster, tmp_path: P
     )
     results = replay(workload, server, tmp_path / "r.pgtr", max_speed=True)
     assert [(rows, state) for *_, rows, state, _ in results.rows()] == [(1, None)]
+
+
+def test_the_channel_keeps_the_transaction_status() -> None:
+    """ReadyForQuery's status tells the replayer whether its session is inside a
+    transaction block (a sync wait there may hold locks)."""
+
+    async def main() -> list[int]:
+        channel = WireChannel(_Transport(), _Owner())
+        seen = [channel.transaction_status]
+        states = iter([query_message("COMMIT"), None])
+
+        def step(tag: bytes | None, state: str | None) -> bytes | None:
+            seen.append(channel.transaction_status)
+            return next(states)
+
+        done = channel.run(query_message("BEGIN"), step)
+        channel.data_received(_message(b"C", b"BEGIN\x00") + _message(b"Z", b"T"))
+        channel.data_received(_message(b"C", b"COMMIT\x00") + _message(b"Z", b"I"))
+        await done
+        return seen
+
+    assert asyncio.run(main()) == [IDLE, ord("T"), IDLE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from pathlib import Path
@@ -287,3 +288,53 @@ def test_lag_is_split_into_sync_wait_waiting_behind_and_the_replayers_own() -> N
     assert sync.tolist() == [0, 0, 200, 7_000]
     assert behind.tolist() == [0, 4_100, 0, 0]
     assert own.tolist() == [100, 50, 100, 30]
+
+
+def test_sync_table_watermark_waits_timeouts_and_releases() -> None:
+    from replay.sync import Outcome, SyncTable
+
+    async def main() -> None:
+        table = SyncTable(5, 2)
+        assert table.commit_reached(0)
+        assert table.commit_reached(9)  # not in the workload: done from the start
+        table.commit_done(2)
+        assert table.commits.mark == 0  # 1 is not done yet
+        assert not table.commit_reached(2)
+        waiter = asyncio.ensure_future(table.wait_commits(2, 5.0, "w"))
+        await asyncio.sleep(0)
+        table.commit_done(1)
+        assert table.commits.mark == 2
+        assert await waiter is Outcome.DONE
+        assert await table.wait_commits(4, 0.05, "t") is Outcome.TIMEOUT
+        released = asyncio.ensure_future(table.wait_commits(5, 5.0, "r"))
+        await asyncio.sleep(0)
+        assert table.waiting == ["r"]
+        assert table.release(["r", "nobody"]) == 1
+        assert await released is Outcome.RELEASED
+        assert table.waiting == []
+        table.disconnect_done(2)
+        assert await table.wait_disconnects(2, 0.05, "d") is Outcome.TIMEOUT
+        table.disconnect_done(1)
+        assert table.disconnects.mark == 2
+
+    asyncio.run(main())
+
+
+def test_sync_tables_of_two_processes_share_their_flags() -> None:
+    from replay.sync import Outcome, SyncTable, map_flags, shared_flags
+
+    async def main(path: str) -> None:
+        mine = SyncTable(3, 1, map_flags(path, 3, 1), shared=True)
+        theirs = SyncTable(3, 1, map_flags(path, 3, 1), shared=True)
+        waiter = asyncio.ensure_future(mine.wait_commits(2, 5.0, "w"))
+        await asyncio.sleep(0.01)
+        theirs.commit_done(1)
+        theirs.commit_done(2)
+        assert await asyncio.wait_for(waiter, 1.0) is Outcome.DONE  # seen by polling
+        theirs.disconnect_done(1)
+        assert mine.commit_reached(2)
+        assert await mine.wait_disconnects(1, 1.0, "d") is Outcome.DONE
+
+    with shared_flags(3, 1) as path:
+        asyncio.run(main(path))
+    assert not Path(path).exists()
