@@ -343,7 +343,7 @@ def _stderr(prefix: LinePrefix, name: str, *, detected: bool) -> Detected:
         raise InputError(f"{name}: {exc}", hint=stderr_recipe()) from exc
     label = describe_prefix(prefix, detected=detected)
     if prefix.text in RDS_PREFIXES:
-        label += " (the AWS RDS/Aurora layout)"
+        label = label[:-1] + "; the AWS RDS/Aurora layout)"
     return Detected(LogFormat.STDERR, label, prefix.text)
 
 

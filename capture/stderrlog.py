@@ -129,7 +129,10 @@ class StderrChunker(Chunker):
             return False
         line_end = buf.find(b"\n", at, at + 4096)
         head = bytes(buf[at : line_end if line_end >= 0 else at + 4096])
-        found = self._prefix.match(head.decode("utf-8", "replace"))
+        text = head.decode("utf-8", "replace")
+        if "LOG:  connection auth" in text:
+            return False  # its session's "connection received" is just before: keep them together
+        found = self._prefix.match(text)
         return found is None or found.group("level") not in FOLLOW_UPS
 
 

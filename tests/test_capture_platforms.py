@@ -53,7 +53,7 @@ def test_rds_download_name(tmp_path: Path) -> None:
     path = tmp_path / "postgresql.log.2026-12-01-10"
     shutil.copy(LOGS / "rds_stderr.log", path)
     summary = capture([str(path)], tmp_path / "w.pgtw", CaptureOptions(jobs=1))
-    assert summary.formats[0].endswith("(the AWS RDS/Aurora layout)")
+    assert summary.formats[0].endswith("; the AWS RDS/Aurora layout)")
     assert summary.statements == 4
 
 

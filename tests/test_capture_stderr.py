@@ -134,7 +134,7 @@ def test_stderr_matches_csvlog(
     assert summary.skipped == {}
     how = "given" if given else "detected"
     note = "; %t: log times to the second" if "%t" in prefix else ""
-    note += " (the AWS RDS/Aurora layout)" if prefix == "%t:%r:%u@%d:[%p]:" else ""
+    note += "; the AWS RDS/Aurora layout" if prefix == "%t:%r:%u@%d:[%p]:" else ""
     assert summary.formats == (f"stderr (log_line_prefix '{prefix}', {how}{note})",) * len(
         stderr_files
     )
@@ -189,8 +189,8 @@ def test_rds_download(tmp_path: Path) -> None:
     out = tmp_path / "w.pgtw"
     summary = capture([str(LOGS / "rds_stderr.log")], out, CaptureOptions(jobs=1))
     assert summary.formats == (
-        "stderr (log_line_prefix '%t:%r:%u@%d:[%p]:', detected; %t: log times to the second)"
-        " (the AWS RDS/Aurora layout)",
+        "stderr (log_line_prefix '%t:%r:%u@%d:[%p]:', detected; %t: log times to the second;"
+        " the AWS RDS/Aurora layout)",
     )
     assert summary.skipped == {}
     workload = read_workload(out)
