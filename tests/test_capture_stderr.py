@@ -228,11 +228,11 @@ def test_comma_prefix_is_not_csvlog(tmp_path: Path) -> None:
     ("name", "looks_like"),
     [("pgbouncer.log", "a pgbouncer log")],
 )
-def test_detector_refuses_other_logs(name: str, looks_like: str) -> None:
+def test_detector_refuses_other_logs(name: str, looks_like: str, tmp_path: Path) -> None:
     path = LOGS / name
     first = path.read_text().splitlines()[0]
     with pytest.raises(InputError) as info:
-        capture([str(path)], path.with_suffix(".pgtw"), CaptureOptions(jobs=1))
+        capture([str(path)], tmp_path / "w.pgtw", CaptureOptions(jobs=1))
     assert looks_like in info.value.message
     assert f"{path}:1: {first}" in info.value.message  # file:line, the text verbatim
 
