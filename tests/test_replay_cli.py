@@ -227,3 +227,21 @@ def test_ctrl_c_stops_cleanly(pgtraffic_cmd: list[str], pg16: Cluster, tmp_path:
     assert results.damaged_bytes == 0
     assert json.loads(stdout)["completed"] is False  # the report of what ran is printed
     assert 40 < len(results) < 600
+
+
+def test_a_replay_whose_sessions_cannot_connect_is_not_a_clean_exit(
+    pg16: Cluster, pgtraffic_cmd: list[str], tmp_path: Path
+) -> None:
+    """Every session logs in as a role the target lacks: the replay runs to its end,
+    says loudly that nothing was sent, and exits 6, never 0."""
+    wl = _workload(tmp_path, 0.2)
+    out = tmp_path / "r.pgtr"
+    args = ["--target", pg16.dsn(), "-o", str(out), "--max-speed", "--no-progress"]
+    result = _run(pgtraffic_cmd, "replay", str(wl), *args, "--map-user", "postgres=ghost", "--json")
+    assert result.returncode == 6, result.stderr
+    assert "incomplete replay" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["connect_failures"] == {"28000": 2}
+    assert report["errors"] == {"08003": 20}
+    table = _run(pgtraffic_cmd, "results", "report", str(out))
+    assert "INCOMPLETE" in table.stdout

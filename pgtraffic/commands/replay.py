@@ -49,7 +49,8 @@ Examples:
     pgtraffic replay monday.pgtw -t postgresql://pg18/shop -o x4.pgtr --speed 4 --workers 2
 
 Exit codes: 0 done (errors of replayed statements are results, not failures),
-2 bad options, 3 unusable workload, 5 target unreachable, 130 interrupted.
+2 bad options, 3 unusable workload, 5 target unreachable, 6 incomplete (connections
+refused or statements not sent: see the report), 130 interrupted.
 """
 
 
@@ -69,7 +70,7 @@ def report_table(report: ReplayReport) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     rows: list[tuple[str, str]] = [
-        ("completed", "yes" if report.completed else "NO (interrupted)"),
+        ("completed", _completed(report)),
         ("run time", "-" if report.run_time_s is None else f"{report.run_time_s:.2f} s"),
         ("statements", f"{report.statements}"),
         (
@@ -296,6 +297,7 @@ def _replay(
     from replay.runner import replay_workload
 
     live = _LiveBar(err, settings, progress)
+    report: ReplayReport | None = None
     try:
         replay_workload(
             workload, output, target, settings, on_target=live.on_target, on_status=live.on_status
@@ -306,8 +308,45 @@ def _replay(
         # left by an earlier run is not this replay's).
         if live.started:
             with contextlib.suppress(PgTrafficError):
-                _print_report(build_report(read_results(output)), as_json, out, err)
+                report = build_report(read_results(output))
+                _print_report(report, as_json, out, err)
                 err.print(f"results: {output}", highlight=False)
+    if report is not None:
+        _exit_if_incomplete(report, err)
+
+
+INCOMPLETE_EXIT = 6
+"""The replay ran to its end, but sessions could not connect or statements were not sent."""
+
+
+def _completed(report: ReplayReport) -> str:
+    from replay.sqlstates import NO_CONNECTION
+
+    if not report.completed:
+        return "NO (interrupted)"
+    refused = sum(report.connect_failures.values())
+    unsent = report.errors.get(NO_CONNECTION, 0)
+    if refused or unsent:
+        return f"ran to the end, INCOMPLETE: {refused} connects failed, {unsent} statements unsent"
+    return "yes"
+
+
+def _exit_if_incomplete(report: ReplayReport, err: Console) -> None:
+    """A replay that could not send part of the workload must not pass for a clean one."""
+    from replay.sqlstates import NO_CONNECTION
+
+    refused = sum(report.connect_failures.values())
+    unsent = report.errors.get(NO_CONNECTION, 0)
+    if not refused and not unsent:
+        return
+    codes = ", ".join(f"{k} x{v}" for k, v in report.connect_failures.items()) or "none"
+    err.print(
+        f"[bold red]incomplete replay:[/] {refused} connection attempts failed ({codes}) "
+        f"and {unsent} of {report.statements} statements were not sent; the results "
+        "describe only part of the workload",
+        highlight=False,
+    )
+    raise typer.Exit(INCOMPLETE_EXIT)
 
 
 @results_app.command("export")
