@@ -80,6 +80,11 @@ class ReplayOptions:
     sync: SyncMode = SyncMode.NONE
     """Which happens-before edges of the capture to keep (``--sync``)."""
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+    sync_in_blocks: bool = False
+    """Also wait inside a transaction block. Off by default: a statement in a block may
+    hold row locks, and waiting there for another session's commit closes a cycle
+    whenever the target grants a lock in another order than the source did; the
+    block's first statement (its BEGIN) waits for everything before it instead."""
     """How long one sync wait may last before the statement goes ahead anyway."""
     sync_flags: str | None = None
     """With several workers: the file mapped as their shared sync table
@@ -421,6 +426,7 @@ class _SessionRunner:
         "sync_wait",
         "table",
         "timed",
+        "wait_in_blocks",
         "writer",
     )
 
@@ -439,6 +445,7 @@ class _SessionRunner:
         self.session_ref = replayer.writer.intern(session.id)
         self.table = replayer.table
         self.objects = replayer.counters.sync == SyncMode.OBJECTS.value
+        self.wait_in_blocks = replayer.options.sync_in_blocks
         self.conn: ReplayConnection | None = None
         self.sender: _Sender = _WIRE
         self.pid: int | None = None
@@ -513,7 +520,7 @@ class _SessionRunner:
         self.intended = intended
         self.sync_wait = 0
         table = self.table
-        if table is not None:
+        if table is not None and (self.wait_in_blocks or not self.in_transaction):
             number = item.after_objects if self.objects else item.after
             if number and not table.commit_reached(number):
                 self.sync_wait = await self._sync_wait(table, number, item.fingerprint)
@@ -664,7 +671,7 @@ class _SessionRunner:
         if intended > end:
             return None  # not due yet: the session sleeps first
         table = self.table
-        if table is not None:
+        if table is not None and (self.wait_in_blocks or not conn.in_transaction()):
             number = item.after_objects if self.objects else item.after
             if number and not table.commit_reached(number):
                 return None  # the session's coroutine waits for the commit

@@ -58,6 +58,7 @@ class ReplaySettings:
     direct_simple: bool = True
     sync: SyncMode = SyncMode.COMMIT
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+    sync_in_blocks: bool = False
 
     def check(self) -> None:
         """UsageError when a setting is out of range."""
@@ -89,6 +90,7 @@ class ReplaySettings:
             direct_simple=self.direct_simple,
             sync=self.sync,
             sync_timeout_s=self.sync_timeout_s,
+            sync_in_blocks=self.sync_in_blocks,
         )
 
 

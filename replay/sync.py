@@ -93,7 +93,7 @@ def effective_mode(requested: SyncMode, header: Any) -> SyncMode:
 class _Waits:
     """The waiters of one number line (commits, or disconnections) of a table."""
 
-    __slots__ = ("base", "count", "heap", "mark")
+    __slots__ = ("base", "count", "heap", "mark", "moved_ns")
 
     def __init__(self, base: int, count: int) -> None:
         self.base = base
@@ -101,6 +101,8 @@ class _Waits:
         self.count = count
         self.mark = 0
         """The watermark: 1..mark are done."""
+        self.moved_ns = time.monotonic_ns()
+        """When the watermark last moved: a wait times out only after a stall this long."""
         self.heap: list[tuple[int, int, asyncio.Future[Outcome]]] = []
 
 
@@ -160,7 +162,9 @@ class SyncTable:
         mark = line.mark
         while mark < count and flags[base + mark + 1]:
             mark += 1
-        line.mark = mark
+        if mark != line.mark:
+            line.mark = mark
+            line.moved_ns = time.monotonic_ns()
         heap = line.heap
         while heap and heap[0][0] <= mark:
             future = heapq.heappop(heap)[2]
@@ -193,7 +197,7 @@ class SyncTable:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         heapq.heappush(line.heap, (number, next(self._serial), future))
-        timer = loop.call_later(timeout_s, _settle, future, Outcome.TIMEOUT)
+        timer = _StallTimer(loop, line, future, timeout_s)
         self._waiting[party] = (future, time.monotonic_ns())
         if self.shared and self._poller is None:
             self._poller = asyncio.create_task(self._poll())
@@ -242,6 +246,39 @@ class SyncTable:
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not future.done():
         future.set_result(outcome)
+
+
+class _StallTimer:
+    """Ends a wait with TIMEOUT once its line's watermark has not moved for
+    ``timeout_s``: a long chain of dependencies that keeps completing (a thousand
+    sessions, each after the previous one's disconnection) is waited for to its end,
+    a stalled one (a lock cycle the breaker did not see, a statement that hangs)
+    is not."""
+
+    __slots__ = ("_future", "_handle", "_line", "_loop", "_timeout_ns")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        line: _Waits,
+        future: asyncio.Future[Outcome],
+        timeout_s: float,
+    ) -> None:
+        self._loop, self._line, self._future = loop, line, future
+        self._timeout_ns = int(timeout_s * 1e9)
+        self._handle = loop.call_later(timeout_s, self._fire)
+
+    def _fire(self) -> None:
+        if self._future.done():
+            return
+        quiet_ns = time.monotonic_ns() - self._line.moved_ns
+        if quiet_ns >= self._timeout_ns:
+            self._future.set_result(Outcome.TIMEOUT)
+        else:
+            self._handle = self._loop.call_later((self._timeout_ns - quiet_ns) / 1e9, self._fire)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def table_size(commits: int, disconnects: int) -> int:

@@ -130,6 +130,17 @@ SyncTimeout = Annotated[
         rich_help_panel=REPLAY,
     ),
 ]
+SyncInBlocks = Annotated[
+    bool,
+    typer.Option(
+        "--sync-in-blocks",
+        help="With --sync, also wait inside transaction blocks (by default only a block's "
+        "first statement waits: a statement inside one may hold row locks, and waiting "
+        "there for another session's commit can close a cycle with the target's locks; "
+        "the cycle breaker and --sync-timeout then resolve it, at a cost).",
+        rich_help_panel=REPLAY,
+    ),
+]
 MapUser = Annotated[
     list[str] | None,
     typer.Option(
@@ -331,6 +342,7 @@ def replay_settings(
     workers: int = 1,
     sync: SyncChoice = DEFAULT_SYNC,
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+    sync_in_blocks: bool = False,
     map_user: list[str] | None = None,
     map_database: list[str] | None = None,
     reconnect_interval: float = 1.0,
@@ -353,6 +365,7 @@ def replay_settings(
         direct_simple=not via_asyncpg,
         sync=SyncMode(sync.value),
         sync_timeout_s=sync_timeout,
+        sync_in_blocks=sync_in_blocks,
     )
     settings.check()
     return settings

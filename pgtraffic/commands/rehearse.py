@@ -135,6 +135,7 @@ def demo_command(
     workers: opt.Workers = 1,
     sync: opt.Sync = opt.DEFAULT_SYNC,
     sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    sync_in_blocks: opt.SyncInBlocks = False,
     workdir: Workdir = Path("pgtraffic-demo"),
     html: opt.Html = None,
     keep: Annotated[
@@ -153,7 +154,11 @@ def demo_command(
         pgtraffic demo --seconds 20 --workdir /tmp/demo
     """
     settings = opt.replay_settings(
-        speed=speed, workers=workers, sync=sync, sync_timeout=sync_timeout
+        speed=speed,
+        workers=workers,
+        sync=sync,
+        sync_timeout=sync_timeout,
+        sync_in_blocks=sync_in_blocks,
     )
     from rich.console import Console
 
@@ -189,6 +194,7 @@ def rehearse_command(
     workers: opt.Workers = 1,
     sync: opt.Sync = opt.DEFAULT_SYNC,
     sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    sync_in_blocks: opt.SyncInBlocks = False,
     map_user: opt.MapUser = None,
     map_database: opt.MapDatabase = None,
     explain: Annotated[bool, typer.Option(help="EXPLAIN the top classes on both servers.")] = True,
@@ -221,6 +227,7 @@ def rehearse_command(
         workers=workers,
         sync=sync,
         sync_timeout=sync_timeout,
+        sync_in_blocks=sync_in_blocks,
         map_user=map_user,
         map_database=map_database,
     )

@@ -212,6 +212,7 @@ def replay_command(
     workers: opt.Workers = 1,
     sync: opt.Sync = opt.DEFAULT_SYNC,
     sync_timeout: opt.SyncTimeout = opt.DEFAULT_SYNC_TIMEOUT,
+    sync_in_blocks: opt.SyncInBlocks = False,
     map_user: opt.MapUser = None,
     map_database: opt.MapDatabase = None,
     dry_run: Annotated[
@@ -256,6 +257,7 @@ def replay_command(
         workers=workers,
         sync=sync,
         sync_timeout=sync_timeout,
+        sync_in_blocks=sync_in_blocks,
         map_user=map_user,
         map_database=map_database,
         reconnect_interval=reconnect_interval,
