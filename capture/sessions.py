@@ -622,6 +622,10 @@ class StatementTracker:
                 state.tx_global = True
         elif control is _BEGIN:
             state.block = True
+            # replay waits at a block's start, not inside it (no wait while holding
+            # row locks), and which relations the block will touch is not known yet:
+            # its BEGIN waits for every commit before it, in objects mode too
+            stmt.after_objects = stmt.after
         elif control is _COMMIT or control is _ROLLBACK:
             if state.tx_written is not None:
                 if control is _COMMIT:

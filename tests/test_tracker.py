@@ -573,3 +573,21 @@ def test_clock_invariants_hold_on_any_stream(events: list[tuple[Any, ...]], chun
     assert [(r.commit, r.after, r.after_objects) for r in records(stmts)] == [
         (s.commit, s.after, s.after_objects) for s in stmts
     ]
+
+
+def test_a_block_begin_waits_for_every_earlier_commit_in_objects_mode_too() -> None:
+    """Replay waits at a block's start, not inside it: the BEGIN cannot know the
+    relations its block will touch, so its after_objects is its after."""
+    stmts, tracker = run(
+        [
+            st_("a", 1, "INSERT INTO t1 VALUES (1)"),
+            st_("a", 2, "SELECT 1"),  # evidence: commit 1
+            st_("b", 3, "BEGIN"),
+            st_("b", 4, "SELECT * FROM t2"),  # touches nothing a wrote
+            st_("b", 5, "COMMIT"),
+        ]
+    )
+    got = {s.sql: (s.after, s.after_objects) for s in stmts}
+    assert got["BEGIN"] == (1, 1)
+    assert got["SELECT * FROM t2"] == (1, 0)
+    check_clock(stmts, tracker)
