@@ -102,10 +102,10 @@ def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path, how: str) 
     failed = {state for state, _ in got.values() if state is not None}
     assert failed, "the restart left no trace"
     assert failed <= {"57P01", "57P02", "08001", "08003", "08006", "57P03"}, failed
-    report = build_report(results)
-    assert report.completed
-    assert sum(report.connections_lost.values()) >= 1
-    assert report.reconnects >= 1
+    closing = build_report(results)
+    assert closing.completed
+    assert sum(closing.connections_lost.values()) >= 1
+    assert closing.reconnects >= 1
     # after the restart the sessions reconnected and their last statements succeeded
     for s in range(3):
         last = max(i for (sid, i) in got if sid == f"s{s}")

@@ -30,7 +30,16 @@ from replay.sync import SyncMode
 from tests.replay_helpers import START, replay
 
 
-def sql_stmt(session: str, seq: int, offset_ms: float, sql: str, **sync: int) -> Statement:
+def sql_stmt(
+    session: str,
+    seq: int,
+    offset_ms: float,
+    sql: str,
+    *,
+    commit: int = 0,
+    after: int = 0,
+    after_objects: int = 0,
+) -> Statement:
     return Statement(
         session,
         seq,
@@ -38,7 +47,9 @@ def sql_stmt(session: str, seq: int, offset_ms: float, sql: str, **sync: int) ->
         StatementKind.SIMPLE,
         sql,
         f"fp:{sql.split()[0]}:{seq}",
-        **sync,
+        commit=commit,
+        after=after,
+        after_objects=after_objects,
     )
 
 
