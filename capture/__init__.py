@@ -19,7 +19,7 @@ _EXPORTS = {
     "CaptureOptions": "capture.pipeline",
     "CaptureSummary": "capture.pipeline",
     "Filters": "capture.filters",
-    "LogFormat": "capture.sources",
+    "LogFormat": "capture.formats",
     "read_workload": "capture.workload",
     "Workload": "capture.workload",
     "WorkloadWriter": "capture.workload",
@@ -40,9 +40,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from capture.filters import Filters
+    from capture.formats import LogFormat
     from capture.inspect import workload_stats
     from capture.pipeline import CaptureOptions, CaptureSummary, capture
-    from capture.sources import LogFormat
     from capture.workload import Workload, WorkloadWriter, read_workload
 
 

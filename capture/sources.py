@@ -25,6 +25,7 @@ from typing import IO, cast
 import zstandard
 
 from capture.errors import InputError
+from capture.formats import LogFormat as LogFormat  # re-exported: readers and tests name it here
 from capture.platforms import PLATFORM_NAMES, Platform, azure_prefix, detect_platform
 from capture.prefix import (
     LinePrefix,
@@ -40,16 +41,6 @@ from capture.syslog import detect_syslog, looks_like_syslog
 BLOCK = 1 << 20
 HEAD = 64 << 10
 """Bytes of a source's start that format detection looks at."""
-
-
-class LogFormat(enum.StrEnum):
-    CSVLOG = "csvlog"
-    JSONLOG = "jsonlog"
-    STDERR = "stderr"
-    SYSLOG = "syslog"
-    CLOUDSQL = "cloudsql"
-    AZURE = "azure"
-    CLOUDNATIVEPG = "cloudnativepg"
 
 
 PLATFORM_FORMATS = frozenset({"cloudsql", "azure", "cloudnativepg"})

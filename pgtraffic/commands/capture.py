@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from capture.errors import UsageError
+from capture.formats import LogFormat
 from capture.settings import capture_recipe
-from capture.sources import LogFormat
 from pgtraffic.commands import options as opt
 
 if TYPE_CHECKING:
