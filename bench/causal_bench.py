@@ -98,9 +98,16 @@ def session_ranks(workload: Workload) -> dict[str, int]:
 
 
 def keyed_outcomes(workload: Workload) -> dict[Key, str | None]:
+    return {k: state for k, (_, state) in keyed(workload).items()}
+
+
+def keyed(workload: Workload) -> dict[Key, tuple[str, str | None]]:
+    """(session rank, index) -> (SQL, original SQLSTATE) of each replayable statement."""
     rank = session_ranks(workload)
     return {
-        (rank[s.session], s.seq): s.sqlstate for s in workload.statements() if s.kind.replayable
+        (rank[s.session], s.seq): (s.sql, s.sqlstate)
+        for s in workload.statements()
+        if s.kind.replayable
     }
 
 
@@ -153,10 +160,14 @@ def replay_once(workload: Workload, major: int, pace: str, mode: SyncMode, out: 
 
 
 def truth(base: Workload, other: Workload) -> tuple[set[Key], set[Key]]:
-    """Statements whose native outcome differs between the runs, and keys not aligned."""
-    a, b = keyed_outcomes(base), keyed_outcomes(other)
-    differ = {k for k in a if k in b and a[k] != b[k]}
-    return differ, set(a) ^ set(b)
+    """Statements whose native outcome differs between the runs, and the keys that do
+    not align: absent from one run, or with other SQL there (psql sends catalog
+    queries that depend on the server's version, which shifts a session's later
+    statements)."""
+    a, b = keyed(base), keyed(other)
+    aligned = {k for k in a if k in b and a[k][0] == b[k][0]}
+    differ = {k for k in aligned if a[k][1] != b[k][1]}
+    return differ, (set(a) | set(b)) - aligned
 
 
 def main() -> None:
@@ -170,7 +181,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--control", action="store_true", help="a second native run of --source")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-causal-bench"))
+    parser.add_argument(
+        "--rescore", action="store_true", help="score the runs saved in --workdir again"
+    )
     args = parser.parse_args()
+    if args.rescore:
+        rescore(args.workdir, args.source)
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     files = scripts(args.regress_dir, args.limit)
     psql = find_installation(args.source)
@@ -179,7 +196,8 @@ def main() -> None:
     noisy: set[Key] = set()
     if args.control:
         again = capture_run(args.source, psql, files, args.workdir / "control.pgtw")
-        noisy, _ = truth(base, again)
+        differ, shifted = truth(base, again)
+        noisy = differ | shifted
         print(f"nondeterministic statements (two native runs disagree): {len(noisy)}")
     native = capture_run(args.candidate, psql, files, args.workdir / "candidate.pgtw")
     real, unaligned = truth(base, native)
@@ -199,11 +217,33 @@ def main() -> None:
                     replay_once(base, major, pace, mode, args.workdir / f"{name}.pgtr")
                     for _ in range(args.rounds)
                 ]
-                divergent = sorted(runs[0].divergent - noisy - unaligned)
+                divergent = sorted(runs[0].divergent)
                 (args.workdir / f"{name}.divergent.json").write_text(json.dumps(divergent))
-                row = summarize(runs, major, pace, mode, args.source, real, noisy | unaligned)
+                excluded = noisy if major == args.source else noisy | unaligned
+                row = summarize(runs, major, pace, mode, args.source, real, excluded)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    print_table(rows)
+
+
+def rescore(workdir: Path, source: int) -> None:
+    """The figures again from what a run left in ``workdir`` (wall times are not kept)."""
+    base = read_workload(workdir / "source.pgtw")
+    real, unaligned = truth(base, read_workload(workdir / "candidate.pgtw"))
+    noisy: set[Key] = set()
+    if (workdir / "control.pgtw").is_file():
+        differ, shifted = truth(base, read_workload(workdir / "control.pgtw"))
+        noisy = differ | shifted
+    real -= noisy
+    total = len(keyed(base))
+    print(f"statements {total}, really different {len(real)}, unaligned {len(unaligned)}")
+    rows = []
+    for path in sorted(workdir.glob("r-*.divergent.json")):
+        _, major, mode, pace = path.name.split(".")[0].split("-")
+        found = {tuple(k) for k in json.loads(path.read_text())}
+        run = Outcome(0.0, frozenset(found), total, 0.0, 0.0)  # type: ignore[arg-type]
+        excluded = noisy if int(major) == source else noisy | unaligned
+        rows.append(summarize([run], int(major), pace, SyncMode(mode), source, real, excluded))
     print_table(rows)
 
 
