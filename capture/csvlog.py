@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from capture.chunking import Chunker
+from capture.chunking import BoundaryChunker, ChunkText
 from capture.decode import RecordDecoder
 
 COLUMNS = {23: "PostgreSQL 12 or older", 24: "PostgreSQL 13", 26: "PostgreSQL 14 or newer"}
@@ -25,7 +25,7 @@ _LOOKS_LIKE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 csv.field_size_limit(sys.maxsize)  # statements and parameter lists can be huge
 
 
-class CsvChunker(Chunker):
+class CsvChunker(BoundaryChunker):
     """Feed bytes, get chunks that end at record boundaries.
 
     Each chunk comes with the 1-based line number of its first line. A stray quote
@@ -40,13 +40,6 @@ class CsvChunker(Chunker):
 
     def _ends_inside_record(self, start: int) -> bool:
         return self._buf.count(b'"', start) % 2 == 1
-
-    def _cut(self, start: int) -> int | None:
-        size = len(self._buf) - start
-        cut = self._search(start, start + min(size, self._target))
-        if cut is None and size > self._target:
-            cut = self._search(start, len(self._buf))  # a record longer than the target
-        return cut
 
     def _search(self, start: int, end: int) -> int | None:
         """The last record boundary in ``buf[start:end]``, if any."""
@@ -73,20 +66,10 @@ class CsvChunker(Chunker):
         return None
 
 
-def parse_chunk(
-    decoder: RecordDecoder,
-    text: str,
-    *,
-    source: str,
-    first_line: int,
-    truncated_tail: bool = False,
-    check_encoding: bool = False,
-) -> None:
-    """Decode every record of ``text`` (a chunk from :class:`CsvChunker`) into ``decoder``.
-
-    ``check_encoding``: the chunk was decoded with ``surrogateescape`` because it
-    is not valid UTF-8; records holding such bytes are reported and skipped.
-    """
+def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
+    """Decode every record of a chunk from :class:`CsvChunker` into ``decoder``."""
+    text, source, first_line = chunk.text, chunk.source, chunk.first_line
+    truncated_tail, check_encoding = chunk.truncated_tail, chunk.check_encoding
     ends_without_newline = not text.endswith("\n")
     if not (truncated_tail or ends_without_newline or check_encoding):
         rows = _one_line_rows(text)
@@ -96,7 +79,7 @@ def parse_chunk(
             decoder.result.lines += len(rows)
             return
     reader = csv.reader(io.StringIO(text))
-    total = _line_count(text) if (truncated_tail or ends_without_newline) else -1
+    total = chunk.line_count() if (truncated_tail or ends_without_newline) else -1
     check = _RowCheck(decoder, source, total, truncated_tail, check_encoding)
     before = 0
     while True:
@@ -174,10 +157,6 @@ class _RowCheck:
             decoder.problem(source, line, "not UTF-8", "the record holds bytes that are not UTF-8")
         else:
             decoder.add_csv_row(source, line, row, ncols)
-
-
-def _line_count(text: str) -> int:
-    return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
 def _is_clean(row: list[str]) -> bool:

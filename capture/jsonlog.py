@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from capture.chunking import Chunker
+from capture.chunking import ChunkText, LineChunker
 from capture.decode import RecordDecoder
 
-
-class JsonChunker(Chunker):
-    """Chunks of whole lines: a jsonlog record is one line."""
-
-    def _cut(self, start: int) -> int | None:
-        newline = self._buf.rfind(b"\n", start)
-        return newline + 1 if newline >= 0 else None
-
-    def _ends_inside_record(self, start: int) -> bool:
-        return not self._buf.endswith(b"\n")
+JsonChunker = LineChunker
+"""Chunks of whole lines: a jsonlog record is one line."""
 
 
 def _client(obj: dict[str, Any]) -> str:
@@ -28,19 +20,11 @@ def _client(obj: dict[str, Any]) -> str:
     return f"{host}:{port}" if port else str(host)
 
 
-def parse_chunk(
-    decoder: RecordDecoder,
-    text: str,
-    *,
-    source: str,
-    first_line: int,
-    truncated_tail: bool = False,
-    check_encoding: bool = False,
-) -> None:
-    """Decode every line of ``text`` (a chunk from :class:`JsonChunker`) into ``decoder``."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
+    """Decode every line of a chunk from :class:`JsonChunker` into ``decoder``."""
+    source, first_line = chunk.source, chunk.first_line
+    truncated_tail, check_encoding = chunk.truncated_tail, chunk.check_encoding
+    lines = chunk.lines()
     last = len(lines) - 1
     loads = json.loads
     for index, raw in enumerate(lines):

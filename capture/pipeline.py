@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from capture.chunking import Chunker
+from capture.chunking import Chunker, ChunkText, LineChunker
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
@@ -35,7 +35,7 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
-from capture.platforms import LineChunker, WholeChunker
+from capture.platforms import WholeChunker
 from capture.platforms import parse_chunk as parse_platform
 from capture.prefix import compile_prefix
 from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
@@ -147,6 +147,16 @@ class Chunk:
     """stderr: the log_line_prefix of its lines; syslog: its encoded options."""
 
 
+_READERS: dict[LogFormat, Callable[[RecordDecoder, ChunkText], None]] = {
+    LogFormat.CSVLOG: parse_csv,
+    LogFormat.JSONLOG: parse_json,
+    LogFormat.STDERR: parse_stderr,
+    LogFormat.SYSLOG: parse_syslog,
+    LogFormat.CLOUDSQL: parse_platform,
+    LogFormat.AZURE: parse_platform,
+    LogFormat.CLOUDNATIVEPG: parse_platform,
+}
+"""Each log format's ``parse_chunk``."""
 _WORKER_DECODER: RecordDecoder | None = None
 
 
@@ -162,41 +172,9 @@ def parse_job(chunk: Chunk, data: bytes | None = None) -> ChunkResult:
 
     decoder = _WORKER_DECODER
     text, dirty = _decode_bytes(chunk.data if data is None else data)
-    if chunk.format is LogFormat.STDERR:
-        parse_stderr(
-            decoder,
-            text,
-            source=chunk.source,
-            first_line=chunk.first_line,
-            truncated_tail=chunk.truncated,
-            check_encoding=dirty,
-            prefix=chunk.prefix,
-        )
-        return decoder.take()
-    if chunk.format in (
-        LogFormat.SYSLOG,
-        LogFormat.CLOUDSQL,
-        LogFormat.AZURE,
-        LogFormat.CLOUDNATIVEPG,
-    ):
-        (parse_syslog if chunk.format is LogFormat.SYSLOG else parse_platform)(
-            decoder,
-            text,
-            source=chunk.source,
-            first_line=chunk.first_line,
-            truncated_tail=chunk.truncated,
-            check_encoding=dirty,
-            options=chunk.prefix,
-        )
-        return decoder.take()
-    parse = parse_csv if chunk.format is LogFormat.CSVLOG else parse_json
-    parse(
+    _READERS[chunk.format](
         decoder,
-        text,
-        source=chunk.source,
-        first_line=chunk.first_line,
-        truncated_tail=chunk.truncated,
-        check_encoding=dirty,
+        ChunkText(text, chunk.source, chunk.first_line, chunk.truncated, dirty, chunk.prefix),
     )
     return decoder.take()
 

@@ -28,10 +28,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from capture.chunking import Chunker
+from capture.chunking import Chunker, ChunkText
 from capture.decode import RecordDecoder
 from capture.prefix import compile_prefix, detect_prefix, head_lines
-from capture.stderrlog import parse_chunk as parse_stderr
+from capture.stderrlog import parse_translated
 
 
 class Platform(enum.StrEnum):
@@ -61,17 +61,6 @@ class WholeChunker(Chunker):
 
     def _ends_inside_record(self, start: int) -> bool:
         return False
-
-
-class LineChunker(Chunker):
-    """Chunks of whole lines (one JSON object each)."""
-
-    def _cut(self, start: int) -> int | None:
-        newline = self._buf.rfind(b"\n", start)
-        return newline + 1 if newline >= 0 else None
-
-    def _ends_inside_record(self, start: int) -> bool:
-        return not self._buf.endswith(b"\n")
 
 
 def log_time(text: str) -> str:
@@ -266,20 +255,12 @@ def _cnpg(
         )
 
 
-def parse_chunk(
-    decoder: RecordDecoder,
-    text: str,
-    *,
-    source: str,
-    first_line: int,
-    truncated_tail: bool = False,
-    check_encoding: bool = False,
-    options: str,
-) -> None:
+def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
     """Decode one chunk of a platform export (``options``: ``platform:prefix``)."""
-    name, _, prefix = options.partition(":")
+    name, _, prefix = chunk.options.partition(":")
     platform = Platform(name)
-    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    text, source, first_line = chunk.text, chunk.source, chunk.first_line
+    lines = chunk.line_count()
     objects = _objects(text)
     if platform is Platform.CLOUDNATIVEPG:
         before = decoder.result.lines
@@ -294,14 +275,4 @@ def parse_chunk(
     reason = f"not a {platform.value} log entry"
     for index in bad:
         decoder.problem(source, first_line + index, reason)
-    before = decoder.result.lines
-    parse_stderr(
-        decoder,
-        stderr_text,
-        source=source,
-        first_line=first_line,
-        truncated_tail=truncated_tail,
-        check_encoding=check_encoding,
-        prefix=prefix,
-    )
-    decoder.result.lines = before + lines
+    parse_translated(decoder, chunk, stderr_text, prefix, lines)

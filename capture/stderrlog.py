@@ -22,9 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from capture.chunking import Chunker
+from capture.chunking import BoundaryChunker, ChunkText
 from capture.decode import RecordDecoder
 from capture.events import ChunkResult, SessionInfo
 from capture.messages import FAILURE_SEVERITIES
@@ -96,7 +96,7 @@ def sqlstate_of_message(message: str) -> str:
     return UNKNOWN_SQLSTATE
 
 
-class StderrChunker(Chunker):
+class StderrChunker(BoundaryChunker):
     """Chunks that end before a line beginning a new message (not a tab-continued
     line, not a DETAIL/STATEMENT/... line of the message before)."""
 
@@ -104,26 +104,7 @@ class StderrChunker(Chunker):
         super().__init__(target)
         self._prefix = prefix
 
-    def _ends_inside_record(self, start: int) -> bool:
-        return not self._buf.endswith(b"\n")
-
-    def _cut(self, start: int) -> int | None:
-        size = len(self._buf) - start
-        cut = self._search(start, start + min(size, self._target))
-        if cut is None and size > self._target:
-            cut = self._search(start, len(self._buf))  # a message longer than the target
-        return cut
-
-    def _search(self, start: int, end: int) -> int | None:
-        buf = self._buf
-        pos = buf.rfind(b"\n", start, end)
-        while pos >= start:
-            if self._begins_message(pos + 1):
-                return pos + 1
-            pos = buf.rfind(b"\n", start, pos)
-        return None
-
-    def _begins_message(self, at: int) -> bool:
+    def _begins_record(self, at: int) -> bool:
         buf = self._buf
         if at >= len(buf) or buf[at] == 0x09:  # nothing after it yet, or a tab
             return False
@@ -227,22 +208,14 @@ def _epoch_text(epoch: str) -> str:
     return f"{base}.{millis} UTC"
 
 
-def parse_chunk(
-    decoder: RecordDecoder,
-    text: str,
-    *,
-    source: str,
-    first_line: int,
-    truncated_tail: bool = False,
-    check_encoding: bool = False,
-    prefix: str = "%m [%p] ",
-) -> None:
-    """Decode every message of ``text`` (a chunk from :class:`StderrChunker`)."""
-    line_prefix = compile_prefix(prefix)
+def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
+    """Decode every message of a chunk from :class:`StderrChunker` (``options``: its
+    log_line_prefix)."""
+    source, first_line = chunk.source, chunk.first_line
+    truncated_tail, check_encoding = chunk.truncated_tail, chunk.check_encoding
+    line_prefix = compile_prefix(chunk.options)
     sessions = _Sessions(by_pid="c" not in line_prefix.escapes)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = chunk.lines()
     message: _Message | None = None
     for index, raw in enumerate(lines):
         line = first_line + index
@@ -278,6 +251,16 @@ def parse_chunk(
         else:
             _flush(decoder, sessions, message, source, check_encoding)
     decoder.result.lines += len(lines)
+
+
+def parse_translated(
+    decoder: RecordDecoder, chunk: ChunkText, stderr_text: str, prefix: str, lines: int
+) -> None:
+    """Decode ``stderr_text``, a chunk of another format written as stderr lines with
+    ``prefix``, line for line; ``lines``: the chunk's own lines, counted instead."""
+    before = decoder.result.lines
+    parse_chunk(decoder, replace(chunk, text=stderr_text, options=prefix))
+    decoder.result.lines = before + lines
 
 
 def _flush(

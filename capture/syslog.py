@@ -30,11 +30,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from capture.chunking import Chunker
+from capture.chunking import BoundaryChunker, ChunkText
 from capture.decode import RecordDecoder
 from capture.prefix import LEVEL, compile_prefix, detect_prefix
-from capture.stderrlog import FOLLOW_UPS
-from capture.stderrlog import parse_chunk as parse_stderr
+from capture.stderrlog import FOLLOW_UPS, parse_translated
 
 PIECE_LIMIT = 900
 """PG_SYSLOG_LIMIT: the longest piece PostgreSQL sends, in bytes."""
@@ -270,38 +269,19 @@ def to_stderr(lines: Sequence[str], options: SyslogOptions) -> tuple[str, list[i
     return "\n".join(out) + "\n", bad
 
 
-def parse_chunk(
-    decoder: RecordDecoder,
-    text: str,
-    *,
-    source: str,
-    first_line: int,
-    truncated_tail: bool = False,
-    check_encoding: bool = False,
-    options: str,
-) -> None:
-    """Decode every PostgreSQL message of ``text`` (a chunk from :class:`SyslogChunker`)."""
-    opts = SyslogOptions.decode(options)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
+    """Decode every PostgreSQL message of a chunk from :class:`SyslogChunker`
+    (``options``: encoded :class:`SyslogOptions`)."""
+    opts = SyslogOptions.decode(chunk.options)
+    lines = chunk.lines()
     stderr_text, bad = to_stderr(lines, opts)
+    source, first_line = chunk.source, chunk.first_line
     for index in bad:
         decoder.problem(source, first_line + index, "not a syslog line", f"{lines[index][:80]!r}")
-    before = decoder.result.lines
-    parse_stderr(
-        decoder,
-        stderr_text,
-        source=source,
-        first_line=first_line,
-        truncated_tail=truncated_tail,
-        check_encoding=check_encoding,
-        prefix=opts.stderr_prefix(),
-    )
-    decoder.result.lines = before + len(lines)
+    parse_translated(decoder, chunk, stderr_text, opts.stderr_prefix(), len(lines))
 
 
-class SyslogChunker(Chunker):
+class SyslogChunker(BoundaryChunker):
     """Chunks that end before the first piece of a message, where no message of the
     lines just after the cut began before it."""
 
@@ -312,25 +292,6 @@ class SyslogChunker(Chunker):
         super().__init__(target)
         self._options = options
 
-    def _ends_inside_record(self, start: int) -> bool:
-        return not self._buf.endswith(b"\n")
-
-    def _cut(self, start: int) -> int | None:
-        size = len(self._buf) - start
-        cut = self._search(start, start + min(size, self._target))
-        if cut is None and size > self._target:
-            cut = self._search(start, len(self._buf))
-        return cut
-
-    def _search(self, start: int, end: int) -> int | None:
-        buf = self._buf
-        pos = buf.rfind(b"\n", start, end)
-        while pos >= start:
-            if self._safe(pos + 1):
-                return pos + 1
-            pos = buf.rfind(b"\n", start, pos)
-        return None
-
     def _piece(self, at: int) -> tuple[Piece | None, int]:
         """The piece of the line at ``at`` (None if it is not one), and where the next
         line begins (-1 when the buffer has no whole line there)."""
@@ -340,7 +301,7 @@ class SyslogChunker(Chunker):
         raw = bytes(self._buf[at:end]).decode("utf-8", "replace")
         return parse_line(raw, 0, self._options), end + 1
 
-    def _safe(self, at: int) -> bool:
+    def _begins_record(self, at: int) -> bool:
         piece, after = self._piece(at)
         if after < 0 or (piece is not None and piece.number not in (None, 1)):
             return False

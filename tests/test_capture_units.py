@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capture.chunking import ChunkText
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
@@ -133,7 +134,7 @@ def test_csv_quoting_and_multiline_fields_survive_chunking(
     assert b"".join(p for p, _ in pieces) == data
     decoder = RecordDecoder()
     for piece, line in pieces:
-        parse_csv(decoder, piece.decode(), source="t.csv", first_line=line)
+        parse_csv(decoder, ChunkText(piece.decode(), "t.csv", line))
     result = decoder.take()
     assert result.problems == []
     events = [LogEvent(*raw) for raw in result.events]
@@ -151,7 +152,7 @@ def test_huge_field_beyond_default_csv_limit() -> None:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(_csv_record(1, "statement: " + sql, ""))
     decoder = RecordDecoder()
-    parse_csv(decoder, out.getvalue(), source="t.csv", first_line=1)
+    parse_csv(decoder, ChunkText(out.getvalue(), "t.csv", 1))
     (raw,) = decoder.take().events
     assert LogEvent(*raw).sql == sql
 
@@ -235,7 +236,7 @@ def test_csv_chunker_resynchronizes_after_a_stray_quote() -> None:
     assert max(len(p) for p, _ in pieces) <= 50_000 + 1000 + 4096
     decoder = RecordDecoder()
     for piece, line in pieces:
-        parse_csv(decoder, piece.decode(), source="t.csv", first_line=line)
+        parse_csv(decoder, ChunkText(piece.decode(), "t.csv", line))
     result = decoder.take()
     assert [e[4] for e in result.events] == [f"SELECT {i}" for i in range(3000)]
     garbage_line = data[: data.index(b"garbage")].count(b"\n") + 1
@@ -272,7 +273,7 @@ def test_bulk_and_per_row_csv_decoding_agree() -> None:
     for per_row in (False, True):
         decoder = RecordDecoder()
         # check_encoding makes parse_chunk take the record-by-record path
-        parse_csv(decoder, text, source="t.csv", first_line=7, check_encoding=per_row)
+        parse_csv(decoder, ChunkText(text, "t.csv", 7, check_encoding=per_row))
         results.append(decoder.take())
     bulk, single = results
     assert "\r" in text and text.count("\n") == 201

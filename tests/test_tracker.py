@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capture.chunking import ChunkText
 from capture.csvlog import parse_chunk as parse_csv
 from capture.decode import RecordDecoder
 from capture.events import PLAIN_FIELDS, EventKind, LogEvent, SessionInfo
@@ -346,7 +347,7 @@ def test_the_paths_agree_on_real_logs() -> None:
     for path in sorted(Path(__file__).parent.joinpath("logs").glob("*.csv")):
         decoder = RecordDecoder()
         text = path.read_bytes().decode("utf-8", "surrogateescape")
-        parse_csv(decoder, text, source=path.name, first_line=1, check_encoding=True)
+        parse_csv(decoder, ChunkText(text, path.name, 1, check_encoding=True))
         events = decoder.take().events
         fed += len(events)
         assert _outcome(events, 1, False) == _outcome(events, 1, True)
