@@ -198,30 +198,9 @@ def capture_command(
         bool, typer.Option("--strict", help="Stop at the first unusable record.")
     ] = False,
     database: opt.Database = None,
-    exclude_database: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-database",
-            metavar="NAME",
-            help="Leave out this database.",
-            rich_help_panel=opt.CAPTURE,
-        ),
-    ] = None,
-    user: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--user", "-U", metavar="NAME", help="Keep only this user.", rich_help_panel=opt.CAPTURE
-        ),
-    ] = None,
-    exclude_user: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-user",
-            metavar="NAME",
-            help="Leave out this user.",
-            rich_help_panel=opt.CAPTURE,
-        ),
-    ] = None,
+    exclude_database: opt.ExcludeDatabase = None,
+    user: opt.User = None,
+    exclude_user: opt.ExcludeUser = None,
     application: opt.Application = None,
     exclude_application: opt.ExcludeApplication = None,
     since: opt.Since = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -224,29 +224,29 @@ Html = Annotated[
 
 # ---- capture filters -----------------------------------------------------------------
 
-Database = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--database", "-d", metavar="NAME", help="Keep only this database.", rich_help_panel=CAPTURE
-    ),
-]
-Application = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--application",
-        metavar="NAME",
-        help="Keep only this application_name.",
-        rich_help_panel=CAPTURE,
-    ),
-]
+
+def _keep_only(flag: str, short: str | None, what: str) -> Any:
+    """A repeatable capture filter that keeps only the named ``what``."""
+    names = (flag, short) if short else (flag,)
+    return typer.Option(
+        *names, metavar="NAME", help=f"Keep only this {what}.", rich_help_panel=CAPTURE
+    )
+
+
+def _leave_out(flag: str, what: str) -> Any:
+    """A repeatable capture filter that leaves out the named ``what``."""
+    return typer.Option(
+        flag, metavar="NAME", help=f"Leave out this {what}.", rich_help_panel=CAPTURE
+    )
+
+
+Database = Annotated[list[str] | None, _keep_only("--database", "-d", "database")]
+ExcludeDatabase = Annotated[list[str] | None, _leave_out("--exclude-database", "database")]
+User = Annotated[list[str] | None, _keep_only("--user", "-U", "user")]
+ExcludeUser = Annotated[list[str] | None, _leave_out("--exclude-user", "user")]
+Application = Annotated[list[str] | None, _keep_only("--application", None, "application_name")]
 ExcludeApplication = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--exclude-application",
-        metavar="NAME",
-        help="Leave out this application_name.",
-        rich_help_panel=CAPTURE,
-    ),
+    list[str] | None, _leave_out("--exclude-application", "application_name")
 ]
 Since = Annotated[
     str | None,
