@@ -16,7 +16,7 @@ import pytest
 from capture.workload import Workload
 from pgtraffic.capacity.model import Problem, culprits, judge_step
 from pgtraffic.capacity.reset import Reset, ResetMode
-from pgtraffic.capacity.sweep import SweepPlan, run_sweep
+from pgtraffic.capacity.sweep import Sweep, SweepPlan, run_sweep
 from pgtraffic.servers import Cluster, Profile
 from replay.runner import ReplaySettings
 from replay.sync import SyncMode
@@ -36,7 +36,10 @@ def inserts(path: Path, sessions: int = 4, per_session: int = 25) -> Workload:
     return write_workload(path, stmts)
 
 
-def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_path: Path) -> None:
+def _sweep_inserts(
+    make_cluster: Any, tmp_path: Path, speeds: tuple[float, ...], reset: ResetMode
+) -> tuple[Cluster, Sweep]:
+    """A sweep of :func:`inserts` at ``speeds`` on a new target with an ``items`` table."""
     target: Cluster = make_cluster(16, Profile.TARGET)
     target.psql("CREATE TABLE items (id int PRIMARY KEY)")
     workload = inserts(tmp_path / "w.pgtw")
@@ -44,10 +47,15 @@ def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_p
         workload.path,
         target.dsn(),
         tmp_path / "cap",
-        plan=SweepPlan(speeds=(1.0, 2.0, 4.0)),
+        plan=SweepPlan(speeds=speeds),
         settings=ReplaySettings(sync=SyncMode.NONE),
-        reset=Reset(ResetMode.TEMPLATE, target.dsn(), ("postgres",)),
+        reset=Reset(reset, target.dsn(), ("postgres",)),
     )
+    return target, sweep
+
+
+def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_path: Path) -> None:
+    target, sweep = _sweep_inserts(make_cluster, tmp_path, (1.0, 2.0, 4.0), ResetMode.TEMPLATE)
     assert [s.speed for s in sweep.steps] == [1.0, 2.0, 4.0]
     for step in sweep.steps:
         assert step.errors == {}, step.errors
@@ -66,17 +74,7 @@ def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_p
 def test_without_a_reset_the_second_step_fails_and_is_not_sustained(
     make_cluster: Any, tmp_path: Path
 ) -> None:
-    target: Cluster = make_cluster(16, Profile.TARGET)
-    target.psql("CREATE TABLE items (id int PRIMARY KEY)")
-    workload = inserts(tmp_path / "w.pgtw")
-    sweep = run_sweep(
-        workload.path,
-        target.dsn(),
-        tmp_path / "cap",
-        plan=SweepPlan(speeds=(1.0, 2.0)),
-        settings=ReplaySettings(sync=SyncMode.NONE),
-        reset=Reset(ResetMode.NONE, target.dsn(), ("postgres",)),
-    )
+    _, sweep = _sweep_inserts(make_cluster, tmp_path, (1.0, 2.0), ResetMode.NONE)
     assert sweep.steps[0].new_errors == {}
     assert sweep.steps[1].new_errors == {"23505": 100}
     assert Problem.NEW_ERRORS in {f.problem for f in judge_step(sweep.steps[1], [])}
