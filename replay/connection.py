@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from capture.fields import field_dict
 from replay.protocol import IDLE, WireChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
@@ -281,14 +282,7 @@ class TargetInfo:
     types: tuple[TypeEntry, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "database": self.database,
-            "user": self.user,
-            "server_version": self.server_version,
-            "settings": dict(self.settings),
-        }
+        return field_dict(self, exclude=("types",), settings=dict(self.settings))
 
 
 async def probe_target(dsn: str, timeout_s: float = 10.0) -> TargetInfo:

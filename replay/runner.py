@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.errors import UsageError
+from capture.fields import field_dict
 from capture.records import StatementKind
 from capture.version import __version__
 from capture.workload import Workload, read_workload
@@ -175,20 +176,7 @@ class ReplayPlan:
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions,
-            "statements": self.statements,
-            "replayable": self.replayable,
-            "unreplayable": self.unreplayable,
-            "peak_sessions": self.peak_sessions,
-            "capture_span_us": self.capture_span_us,
-            "intended_duration_us": self.intended_duration_us,
-            "skipped_idle_us": self.skipped_idle_us,
-            "statements_with_truncated_params": self.truncated_params,
-            "logins": self.logins,
-            "sync": self.sync,
-            "sync_timeout_s": self.sync_timeout_s,
-        }
+        return field_dict(self, rename={"truncated_params": "statements_with_truncated_params"})
 
 
 def plan_replay(
@@ -316,21 +304,12 @@ class ResultsHeader:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "pgtraffic_version": self.pgtraffic_version,
-            "workload_id": self.workload_id,
-            "workload_path": self.workload_path,
-            "workload_capture_start": self.workload_capture_start,
-            "source_server_version": self.source_server_version,
-            "target": dict(self.target),
-            "speed": self.speed,
-            "max_speed": self.max_speed,
-            "jump_idle": self.jump_idle,
-            "workers": self.workers,
-            "map_user": dict(self.map_user),
-            "map_database": dict(self.map_database),
-            "start_time": self.start_time,
-        }
+        return field_dict(
+            self,
+            target=dict(self.target),
+            map_user=dict(self.map_user),
+            map_database=dict(self.map_database),
+        )
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ResultsHeader:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capture.errors import UsageError
+from capture.fields import field_dict
 
 KEEP_UP = 0.95
 """A step is sustained only when it achieved at least this share of its offered load."""
@@ -231,15 +232,11 @@ class Knee:
     replayer_limited: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "achieved_statements_per_s": self.achieved_statements_per_s,
-            "speed": self.speed,
-            "reason": self.reason,
-            "broke": [{"problem": f.problem.value, "detail": f.detail} for f in self.broke],
-            "culprits": list(self.culprits),
-            "replayer_limited": self.replayer_limited,
-        }
+        return field_dict(
+            self,
+            broke=[{"problem": f.problem.value, "detail": f.detail} for f in self.broke],
+            culprits=list(self.culprits),
+        )
 
 
 def find_knee(steps: Sequence[Step], slos: Sequence[Slo]) -> Knee:
