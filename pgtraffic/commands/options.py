@@ -141,23 +141,21 @@ SyncInBlocks = Annotated[
         rich_help_panel=REPLAY,
     ),
 ]
-MapUser = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--map-user",
+
+
+def _mapping_option(flag: str, replaced: str) -> Any:
+    """A repeatable ``OLD=NEW`` option (parsed by :func:`mapping`)."""
+    return typer.Option(
+        flag,
         metavar="OLD=NEW",
-        help="Replay the sessions of user OLD as user NEW (repeatable).",
+        help=f"Replay the sessions of {replaced} (repeatable).",
         rich_help_panel=REPLAY,
-    ),
-]
+    )
+
+
+MapUser = Annotated[list[str] | None, _mapping_option("--map-user", "user OLD as user NEW")]
 MapDatabase = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--map-database",
-        metavar="OLD=NEW",
-        help="Replay the sessions of database OLD in database NEW (repeatable).",
-        rich_help_panel=REPLAY,
-    ),
+    list[str] | None, _mapping_option("--map-database", "database OLD in database NEW")
 ]
 Progress = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")
