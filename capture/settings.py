@@ -108,12 +108,18 @@ and the connection messages), the SQLSTATE, user and database on session lines."
 
 def stderr_recipe() -> str:
     """What stderr logging needs, as postgresql.conf text."""
-    lines = [
+    return _recipe(
         f"{'logging_collector = on':<34} # one writer: messages of backends never interleave",
         f"{'log_destination = ' + chr(39) + 'stderr' + chr(39):<34} # or 'csvlog' (recommended)",
         f"{'log_line_prefix = ' + chr(39) + STDERR_PREFIX + chr(39):<34}"
         " # needs a time (%m) and %c or %p; %e: SQLSTATEs",
-    ]
+    )
+
+
+def _recipe(*head: str) -> str:
+    """``head``'s lines, then the other required capture settings, as postgresql.conf
+    text (the destination and collector lines are the format's own, in ``head``)."""
+    lines = list(head)
     lines.extend(
         f"{s.conf_line():<34} # {s.why}"
         for s in CAPTURE_SETTINGS
@@ -129,19 +135,13 @@ whole seconds), the SQLSTATE, user and database."""
 
 def syslog_recipe() -> str:
     """What logging through syslog needs, as postgresql.conf text."""
-    lines = [
+    return _recipe(
         f"{'log_destination = ' + chr(39) + 'syslog' + chr(39):<34} # or 'csvlog' (recommended)",
         f"{'syslog_sequence_numbers = on':<34} # [N-M]: pieces of one message joined back",
         f"{'syslog_split_messages = on':<34} # lines under the daemon's size limit",
         f"{'log_line_prefix = ' + chr(39) + SYSLOG_PREFIX + chr(39):<34}"
         " # %m: times to the millisecond; %e: SQLSTATEs",
-    ]
-    lines.extend(
-        f"{s.conf_line():<34} # {s.why}"
-        for s in CAPTURE_SETTINGS
-        if s.required and s.name not in ("logging_collector", "log_destination")
     )
-    return "\n".join(lines)
 
 
 _MANAGED = ("log_statement", "log_connections", "log_disconnections", "log_min_error_statement")
