@@ -3,7 +3,7 @@
 Pure: SQL text in, :class:`Effect` out. The capture tracker asks once per query
 class (it keeps the answers in a dict keyed by fingerprint: literals never change
 the answer) and then follows each session's transaction block with it (see
-``notes/SYNC_CONTRACT.md`` and ``docs/workload-format.md``).
+``docs/workload-format.md`` and ``docs/replay.md``).
 
 The classification is deliberately conservative: when in doubt a statement
 *may write*, and when it is not known what it may write it is *global* (it may

@@ -18,7 +18,7 @@ order, so each session is a small state machine:
 Statements enter a heap keyed by start time and leave it once no later record
 can bring an earlier start (see :class:`StatementTracker.pop_ready`).
 
-The tracker also keeps the *commit clock* of notes/SYNC_CONTRACT.md, in log
+The tracker also keeps the *commit clock* of docs/workload-format.md, in log
 order: what each statement does to its session's transaction block comes from
 capture/effects.py (one dict lookup per statement, by fingerprint); a commit gets
 its number when the log shows it completed (the session's next statement record,
@@ -282,7 +282,7 @@ class StatementTracker:
         self._order = 0
         self.durations_seen = False
         self.log_now = -(2**62)
-        # the commit clock (notes/SYNC_CONTRACT.md): numbers given in log order
+        # the commit clock (docs/workload-format.md): numbers given in log order
         self.commits = 0
         self.disconnects = 0
         self._effects: dict[str, Effect] = {}

@@ -2,7 +2,7 @@
 
 The capture records, from the log's record order, which commits and which
 disconnections each statement and each connection came after (see
-/work/notes/SYNC_CONTRACT.md and docs/workload-format.md): commits are numbered
+docs/workload-format.md and docs/replay.md): commits are numbered
 1..K, disconnections 1..J. During a replay a :class:`SyncTable` keeps which of
 those have happened on the target; its *watermark* is the largest n such that
 all of 1..n are done, and a session waits until the watermark reaches the number

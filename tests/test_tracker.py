@@ -355,7 +355,7 @@ def test_the_paths_agree_on_real_logs() -> None:
     assert any(len(e) == PLAIN_FIELDS for e in events)
 
 
-# --- the commit clock (notes/SYNC_CONTRACT.md) -------------------------------------
+# --- the commit clock (docs/workload-format.md) -------------------------------------
 
 
 def clock(stmts: Sequence[OpenStatement]) -> dict[str, tuple[int, int, int]]:
