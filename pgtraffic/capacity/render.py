@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from pgtraffic.capacity.sweep import Sweep
-from pgtraffic.compare.charts import _svg
+from pgtraffic.compare.charts import svg_of
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
@@ -50,7 +50,7 @@ def throughput_chart(sweeps: Sequence[Sweep]) -> str:
     right.set_xlabel("offered statements/s")
     right.set_ylabel("p99 service time (ms)")
     right.set_yscale("log")
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def class_chart(sweep: Sweep) -> str | None:
@@ -70,7 +70,7 @@ def class_chart(sweep: Sweep) -> str | None:
     ax.set_ylabel("p99 by class (ms)")
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=2)
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def waits_chart(sweep: Sweep) -> str | None:
@@ -86,7 +86,7 @@ def waits_chart(sweep: Sweep) -> str | None:
         bottom = [b + v for b, v in zip(bottom, shares, strict=True)]
     ax.set_ylabel("share of active backends")
     ax.legend(fontsize=7, ncol=4)
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def _table(sweep: Sweep) -> str:

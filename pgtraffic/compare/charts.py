@@ -19,7 +19,7 @@ BASE_COLOR = "#1f77b4"
 CAND_COLOR = "#d62728"
 
 
-def _svg(fig: Figure) -> str:
+def svg_of(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
@@ -58,7 +58,7 @@ def distributions(c: Comparison) -> str | None:
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def timeline(c: Comparison) -> str | None:
@@ -78,7 +78,7 @@ def timeline(c: Comparison) -> str | None:
     bottom.set_xlabel("seconds into the replay schedule")
     bottom.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg_of(fig)
 
 
 def ratios(c: Comparison, limit: int = 20) -> str | None:
@@ -110,4 +110,4 @@ def ratios(c: Comparison, limit: int = 20) -> str | None:
     ax.set_xlabel("candidate / baseline median service time (log scale, 95% CI)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg_of(fig)
