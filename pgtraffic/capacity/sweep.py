@@ -107,6 +107,22 @@ def run_sweep(
     done: list[tuple[float, bool]] = []
     target: dict[str, Any] = {}
     complete = False
+
+    def saved() -> Sweep:
+        """The sweep so far, written to DIR/capacity.json (also when it stops early)."""
+        sweep = Sweep(
+            workload=str(workload.path),
+            target=target,
+            sync=settings.sync.value,
+            reset=reset.mode.value,
+            slos=tuple(slos),
+            steps=tuple(steps),
+            knee=find_knee(steps, slos),
+            complete=complete,
+        )
+        (out_dir / "capacity.json").write_text(json.dumps(sweep.to_json(), indent=1))
+        return sweep
+
     prepare_s = reset.prepare()
     try:
         while (speed := plan.next_speed(done)) is not None:
@@ -124,17 +140,7 @@ def run_sweep(
     finally:
         if complete:
             reset.finish()
-    sweep = Sweep(
-        workload=str(workload.path),
-        target=target,
-        sync=settings.sync.value,
-        reset=reset.mode.value,
-        slos=tuple(slos),
-        steps=tuple(steps),
-        knee=find_knee(steps, slos),
-        complete=complete,
-    )
-    (out_dir / "capacity.json").write_text(json.dumps(sweep.to_json(), indent=1))
+        sweep = saved()
     return sweep
 
 
