@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from pgtraffic.compare.model import RunData
+from pgtraffic.compare.multi import round_locations
 from pgtraffic.compare.rounds import (
     balanced_order,
     class_effect,
@@ -147,3 +149,46 @@ def test_moderation_keeps_a_noisy_class_noisy() -> None:
     assert judged.prior is not None
     assert judged.effects["noisy"].floor is not None and judged.effects["noisy"].floor > 0.2
     assert not significant(judged.effects["noisy"], judged.q_values["noisy"], ALPHA)
+
+
+def _run(
+    service_us: list[int], sqlstate: list[int], *, fingerprints: tuple[str, ...] = ("fa", "fb")
+) -> RunData:
+    n = len(service_us)
+    ints = np.arange(n, dtype=np.int64)
+    return RunData(
+        path="r.pgtr",
+        label="r",
+        workload_id="w",
+        server_version="16",
+        max_speed=False,
+        speed=1.0,
+        duration_s=1.0,
+        sessions=("s1",),
+        fingerprints=fingerprints,
+        sqlstates=("", "42P01"),
+        session=np.zeros(n, dtype=np.int64),
+        index=ints,
+        fingerprint=ints % 2,
+        intended_us=ints,
+        start_us=ints,
+        service_us=np.array(service_us, dtype=np.int64),
+        rows=np.zeros(n, dtype=np.int64),
+        sqlstate=np.array(sqlstate, dtype=np.int64),
+        original_sqlstate=np.zeros(n, dtype=np.int64),
+    )
+
+
+def test_round_locations_use_the_statements_that_succeeded_everywhere() -> None:
+    ok = [0] * 6
+    base = [_run([100, 1000, 100, 1000, 100, 1000], ok)]
+    # statement 2 (class fa) failed in the candidate round: left out of every round,
+    # so its fast time does not lower the baseline's location of fa
+    cand = [_run([200, 1000, 5, 1000, 200, 1000], [0, 0, 1, 0, 0, 0])]
+    base[0].service_us[2] = 5
+    got = round_locations(base, cand)
+    assert set(got) == {"fa", "fb"}
+    (a_fa,), (b_fa,) = got["fa"]
+    assert math.exp(b_fa - a_fa) == pytest.approx(2.0)
+    (a_fb,), (b_fb,) = got["fb"]
+    assert a_fb == pytest.approx(b_fb)
