@@ -12,6 +12,8 @@ from capture.errors import UsageError
 from pgtraffic.commands import options as opt
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from pgtraffic.compare import Comparison
 
 
@@ -38,6 +40,7 @@ def compare(
     ] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML for CI.")] = None,
     fail_on: opt.FailOnOption = None,
+    allow_incomplete: opt.AllowIncomplete = False,
     explain: Annotated[
         bool,
         typer.Option(
@@ -74,13 +77,24 @@ def compare(
     mismatches, plan changes (--explain), and whether either run lagged too far behind
     schedule to be trusted.
 
+    A run that is incomplete (interrupted, killed, sessions that could not connect,
+    statements not sent, sync timeouts) is named in every report, and compare exits 6
+    unless --allow-incomplete accepts it. Plans that could not be had (a server
+    unreachable, an EXPLAIN that failed) are reported with the side and the reason,
+    never as unchanged, and count as a plans finding. Comparing a file with itself, or
+    two runs on one server, is pointed out.
+
     \b
     Example:
         pgtraffic compare pg16.pgtr pg18.pgtr --html report.html --fail-on regression,errors
+        pgtraffic compare pg16.pgtr pg18.pgtr --explain --fail-on plans \\
+            --baseline-dsn postgresql://app@pg16/shop --candidate-dsn postgresql://app@pg18/shop
 
     Exit codes: 0 no selected finding; 16 + flags when --fail-on findings are present
-    (regression 1, errors 2, rows 4, plans 8: 17 = regressed classes, 18 = new errors,
-    19 = both); 2 bad usage; 3 unreadable input or results of different workloads.
+    (regression 1, errors 2, rows 4, plans 8 = changed or not compared;
+    17 = regressed classes, 18 = new errors, 19 = both); 6 a run is incomplete (it
+    comes before any finding; --allow-incomplete accepts it); 2 bad usage;
+    3 unreadable input or results of different workloads.
     """
     failures = opt.fail_on(fail_on)
     thresholds = opt.thresholds(min_ratio, min_delta_ms, alpha, min_samples)
@@ -100,6 +114,7 @@ def compare(
     out = Console(highlight=False)
     if as_json:
         typer.echo(to_json(comparison))
+        _warn(comparison, Console(stderr=True, highlight=False))
     else:
         out.print(terminal(comparison, limit=limit, width=out.width))
     renderers: list[tuple[Path | None, Callable[[], str]]] = [
@@ -112,9 +127,21 @@ def compare(
             path.write_text(render(), encoding="utf-8")
             if not as_json:
                 out.print(f"wrote {path}")
-    code = exit_code(comparison, failures)
+    code = exit_code(comparison, failures, allow_incomplete=allow_incomplete)
     if code:
         raise typer.Exit(code)
+
+
+def _warn(comparison: Comparison, err: Console) -> None:
+    """With --json (stdout is the document), what must not go unseen goes to stderr."""
+    from pgtraffic.compare.render_text import incomplete_lines, plan_problem_lines
+
+    for line in incomplete_lines(comparison):
+        err.print(f"[bold red]incomplete:[/] {line}", highlight=False)
+    for notice in comparison.notices:
+        err.print(f"[bold yellow]warning:[/] {notice}", highlight=False)
+    for line in plan_problem_lines(comparison)[:1]:
+        err.print(f"[bold red]warning:[/] {line}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -179,6 +179,16 @@ FailOnOption = Annotated[
         rich_help_panel=COMPARE,
     ),
 ]
+AllowIncomplete = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete",
+        help="Accept an incomplete run (interrupted, killed, sessions that could not "
+        "connect, statements not sent, sync timeouts) instead of exiting 6; the reports "
+        "still say it is incomplete.",
+        rich_help_panel=COMPARE,
+    ),
+]
 MinRatio = Annotated[
     float,
     typer.Option(

@@ -14,12 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgtraffic.compare.core import DifferentWorkloadsError, compare_runs
-from pgtraffic.compare.load import attach_sql, find_workload, load_run, representative_statements
-from pgtraffic.compare.model import Comparison, Thresholds, Verdict
+from pgtraffic.compare.load import (
+    attach_sql,
+    find_workload,
+    load_run,
+    representative_statements,
+    run_identity,
+    same_target,
+)
+from pgtraffic.compare.model import Comparison, Completeness, RunData, Thresholds, Verdict
 from pgtraffic.compare.plans import compare_plans
 
 __all__ = [
+    "INCOMPLETE_EXIT",
     "Comparison",
+    "Completeness",
     "DifferentWorkloadsError",
     "ExplainTargets",
     "FailOn",
@@ -51,8 +60,18 @@ def compare_files(
     wl = find_workload(run_a, workload) or find_workload(run_b, workload)
     texts = {fp: cls.normalized for fp, cls in wl.classes.items()} if wl else {}
     comparison = compare_runs(run_a, run_b, thresholds=thresholds, class_text=texts)
+    comparison = dataclasses.replace(
+        comparison, notices=_notices(baseline, candidate, run_a, run_b)
+    )
     if wl is None:
-        return comparison
+        if explain is None:
+            return comparison
+        named = workload or run_a.workload_path or run_b.workload_path
+        return dataclasses.replace(
+            comparison,
+            explain_error=f"the workload file ({named or 'not named by the results'}) was not "
+            "found, so there were no statements to EXPLAIN; pass --workload FILE",
+        )
     comparison = attach_sql(comparison, wl)
     if explain is not None:
         by_time = sorted(
@@ -70,7 +89,38 @@ def compare_files(
             reps, texts, databases, explain.baseline_dsn, explain.candidate_dsn, order
         )
         comparison = dataclasses.replace(comparison, plans=plans)
+        if not plans:
+            comparison = dataclasses.replace(
+                comparison,
+                explain_error=f"none of the {len(order)} classes chosen has a statement "
+                "EXPLAIN accepts (SELECT, INSERT, UPDATE, DELETE, MERGE)",
+            )
     return comparison
+
+
+def _notices(path_a: Path, path_b: Path, a: RunData, b: RunData) -> tuple[str, ...]:
+    """What the reader must know about the two inputs themselves."""
+    try:
+        same_file = path_a.samefile(path_b)
+    except OSError:
+        same_file = False
+    if same_file:
+        return (
+            f"{path_a} and {path_b} are the same file: the run is compared with itself, "
+            "so nothing can differ",
+        )
+    if run_identity(a) == run_identity(b):
+        return (
+            f"{path_a} and {path_b} hold the same replay (same workload, target and start "
+            "time: one is a copy of the other): nothing can differ",
+        )
+    where = same_target(a, b)
+    if where is not None:
+        return (
+            f"both runs replayed on the same server ({where}): an A/A comparison of one "
+            "server, the second run on the state the first one left unless it was reset",
+        )
+    return ()
 
 
 class FailOn(enum.Enum):
@@ -83,18 +133,26 @@ class FailOn(enum.Enum):
 
 
 EXIT_BASE = 16
+INCOMPLETE_EXIT = 6
+"""A run was incomplete (``pgtraffic replay`` exits 6 for such a run too)."""
 _FLAG = {FailOn.REGRESSION: 1, FailOn.ERRORS: 2, FailOn.ROWS: 4, FailOn.PLANS: 8}
 
 
-def exit_code(comparison: Comparison, fail_on: Iterable[FailOn]) -> int:
-    """0 when no selected finding is present, else 16 + the sum of the findings' flags:
-    regression 1, errors 2, rows 4, plans 8 (so 17 = regressions only, 19 = regressions
-    and new errors)."""
+def exit_code(
+    comparison: Comparison, fail_on: Iterable[FailOn], *, allow_incomplete: bool = False
+) -> int:
+    """6 when a run is incomplete (interrupted, killed, sessions that could not connect,
+    statements not sent, sync timeouts) unless ``allow_incomplete``; else 0 when no
+    selected finding is present, else 16 + the sum of the findings' flags: regression 1,
+    errors 2, rows 4, plans 8 (changed, or could not be compared), so 17 = regressions
+    only, 19 = regressions and new errors."""
+    if comparison.incomplete_runs() and not allow_incomplete:
+        return INCOMPLETE_EXIT
     found = {
         FailOn.REGRESSION: bool(comparison.by_verdict(Verdict.REGRESSED)),
         FailOn.ERRORS: comparison.new_errors > 0,
         FailOn.ROWS: bool(comparison.rows),
-        FailOn.PLANS: any(p.changed for p in comparison.plans),
+        FailOn.PLANS: any(p.changed for p in comparison.plans) or comparison.plans_unavailable,
     }
     flags = sum(_FLAG[f] for f in set(fail_on) if found[f])
     return EXIT_BASE + flags if flags else 0

@@ -74,7 +74,15 @@ def timeline(c: Comparison) -> str | None:
     top.grid(True, alpha=0.3)
     bottom.plot(xs, [p.baseline_lag_p95_ms for p in c.timeline], color=BASE_COLOR)
     bottom.plot(xs, [p.candidate_lag_p95_ms for p in c.timeline], color=CAND_COLOR)
+    fast = [
+        side
+        for side, run in (("baseline", c.baseline), ("candidate", c.candidate))
+        if run.max_speed
+    ]
     bottom.set_ylabel("p95 lag (ms)")
+    if fast:
+        # --max-speed has no schedule: its lag is not drawn (it would be meaningless).
+        bottom.set_title(f"lag n/a for the {' and '.join(fast)} run (--max-speed)", fontsize=9)
     bottom.set_xlabel("seconds into the replay schedule")
     bottom.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -100,15 +100,17 @@ def run_summary(run: RunData, thresholds: Thresholds) -> RunSummary:
         duration_s=run.duration_s,
         throughput=len(run) / run.duration_s if run.duration_s > 0 else math.nan,
         total_service_ms=float(run.service_us[ok].sum()) / 1000.0,
-        lag_p50_ms=fidelity.lag_p50_ms,
-        lag_p95_ms=fidelity.lag_p95_ms,
-        lag_p99_ms=fidelity.lag_p99_ms,
-        lag_max_ms=fidelity.lag_max_ms,
+        # At --max-speed statements go as soon as they can: there is no schedule to lag.
+        lag_p50_ms=math.nan if run.max_speed else fidelity.lag_p50_ms,
+        lag_p95_ms=math.nan if run.max_speed else fidelity.lag_p95_ms,
+        lag_p99_ms=math.nan if run.max_speed else fidelity.lag_p99_ms,
+        lag_max_ms=math.nan if run.max_speed else fidelity.lag_max_ms,
         max_speed=run.max_speed,
         speed=run.speed,
         faithful=fidelity.faithful,
         fidelity_note=fidelity.note,
         fidelity=fidelity.verdict,
+        completeness=run.completeness,
     )
 
 
@@ -389,7 +391,7 @@ def _timeline(a: RunData, b: RunData, max_points: int = 300) -> tuple[TimelinePo
             okpos = pos[ok[pos]]
             svc = float(np.percentile(run.service_us[okpos], 95)) / 1000 if okpos.size else math.nan
             lag = (run.start_us[pos] - run.intended_us[pos]) / 1000.0
-            out[key * width] = (svc, float(np.percentile(lag, 95)))
+            out[key * width] = (svc, math.nan if run.max_speed else float(np.percentile(lag, 95)))
         return out
 
     def span_of(run: RunData) -> int:

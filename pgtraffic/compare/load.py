@@ -9,8 +9,9 @@ from typing import Any
 
 from capture.records import Statement
 from capture.workload import Workload, read_workload
-from pgtraffic.compare.model import Comparison, Example, RunData
-from replay.results import read_results
+from pgtraffic.compare.model import Comparison, Completeness, Example, RunData
+from replay.results import Results, read_results
+from replay.sqlstates import NO_CONNECTION
 
 
 def load_run(path: Path | str) -> RunData:
@@ -49,7 +50,49 @@ def load_run(path: Path | str) -> RunData:
         workload_path=header.get("workload_path"),
         header=header,
         sync_wait_us=rec["sync_wait_us"],
+        completeness=completeness(results),
     )
+
+
+def completeness(results: Results) -> Completeness:
+    """What of the workload a results file covers: the replay report's own counts
+    (``completed``, connect failures, statements not sent, sync timeouts)."""
+    final = results.final
+    not_sent = results.string_id(NO_CONNECTION)
+    unsent = 0 if not_sent is None else int((results.records["sqlstate"] == not_sent).sum())
+
+    def total(key: str) -> int:
+        return sum(sum((s.get(key) or {}).values()) for s in results.summaries)
+
+    return Completeness(
+        finished=bool(final and final.get("completed")),
+        killed=final is None,
+        connect_failures=total("connect_failures"),
+        unsent=unsent,
+        sync_timeouts=total("sync_timeouts"),
+        statements=len(results),
+    )
+
+
+def run_identity(run: RunData) -> tuple[object, ...]:
+    """What names one replay: its workload, target and start time (a copy of a results
+    file has the same identity as the original)."""
+    header = run.header
+    return (run.workload_id, header.get("start_time"), repr(header.get("target")))
+
+
+def same_target(a: RunData, b: RunData) -> str | None:
+    """``host:port/database`` when both runs name the same target, else None."""
+
+    def where(run: RunData) -> tuple[object, object, object]:
+        target = run.header.get("target")
+        t = target if isinstance(target, dict) else {}
+        return (t.get("host"), t.get("port"), t.get("database"))
+
+    wa, wb = where(a), where(b)
+    if wa != wb or wa[0] is None:
+        return None
+    return f"{wa[0]}:{wa[1]}/{wa[2]}"
 
 
 def find_workload(run: RunData, explicit: Path | None) -> Workload | None:

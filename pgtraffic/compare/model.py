@@ -15,6 +15,52 @@ from replay.fidelity import FidelityLimits, FidelityVerdict
 IntArray = npt.NDArray[np.integer[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """Whether a run replayed the whole workload; if not, what is missing.
+
+    A run is incomplete when the replay stopped early (Ctrl-C, or killed: the results
+    file has no final summary), when sessions could not connect or statements were not
+    sent (the replay report's connect failures and ``08003`` counts), or when sync waits
+    timed out (those statements went ahead of the commits they came after).
+    """
+
+    finished: bool = True
+    """The replay ran to its end (False: interrupted or killed)."""
+    killed: bool = False
+    """No final summary: the replay was killed (``kill -9``, a crash) or is still running."""
+    connect_failures: int = 0
+    """Connection attempts the target refused."""
+    unsent: int = 0
+    """Statements not sent for want of a connection."""
+    sync_timeouts: int = 0
+    """Sync waits that reached ``--sync-timeout``."""
+    statements: int = 0
+    """Statements in the results file."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.reasons()
+
+    def reasons(self) -> tuple[str, ...]:
+        """Why the run is incomplete, one phrase per cause (empty when complete)."""
+        out = []
+        if self.killed:
+            out.append("the replay was killed before it finished (no final summary)")
+        elif not self.finished:
+            out.append("the replay was interrupted before it finished")
+        if self.connect_failures:
+            out.append(f"{self.connect_failures:,} connection attempts failed")
+        if self.unsent:
+            out.append(f"{self.unsent:,} of {self.statements:,} statements were not sent")
+        if self.sync_timeouts:
+            out.append(
+                f"{self.sync_timeouts:,} sync waits timed out (those statements went ahead "
+                "of the commits they came after)"
+            )
+        return tuple(out)
+
+
 @dataclass(frozen=True)
 class RunData:
     """One results file, as columns: everything compare needs, nothing more.
@@ -47,6 +93,7 @@ class RunData:
     header: dict[str, object] = field(default_factory=dict)
     sync_wait_us: IntArray | None = None
     """Per statement: time waited for other sessions' commits (--sync); None: no waits."""
+    completeness: Completeness = field(default_factory=Completeness)
 
     def __len__(self) -> int:
         return int(self.service_us.size)
@@ -131,6 +178,9 @@ class RowMismatch(Divergence):
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
+    """One side of a comparison. The lag fields are NaN for --max-speed runs: without a
+    schedule, lag (send time minus intended send time) means nothing."""
+
     label: str
     path: str
     server_version: str | None
@@ -148,6 +198,17 @@ class RunSummary:
     faithful: bool
     fidelity_note: str
     fidelity: FidelityVerdict = FidelityVerdict.ON_SCHEDULE
+    completeness: Completeness = field(default_factory=Completeness)
+
+    @property
+    def complete(self) -> bool:
+        return self.completeness.complete
+
+    def lag_text(self) -> str:
+        """Lag p50 / p99 / max in ms, or why it does not apply."""
+        if self.max_speed:
+            return "n/a (--max-speed: no schedule)"
+        return f"{self.lag_p50_ms:.1f} / {self.lag_p99_ms:.1f} / {self.lag_max_ms:.1f}"
 
     @property
     def error_rate(self) -> float:
@@ -167,6 +228,13 @@ class PlanDiff:
     candidate_plan: str
     changed: bool
     error: str | None = None
+    """Why the plans could not be compared (None: they were)."""
+    failed: str | None = None
+    """The side(s) whose EXPLAIN failed: ``baseline``, ``candidate`` or ``both``."""
+
+    @property
+    def compared(self) -> bool:
+        return self.error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +261,25 @@ class Comparison:
     plans: tuple[PlanDiff, ...] = ()
     samples: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     """Per top class: latency samples (ms, subsampled) of each side, for charts."""
+    notices: tuple[str, ...] = ()
+    """Things the reader must know about the inputs (the same file twice, one server)."""
+    explain_error: str | None = None
+    """--explain was asked for but nothing could be explained, and why."""
+
+    def incomplete_runs(self) -> list[tuple[str, RunSummary]]:
+        """(``baseline``/``candidate``, summary) of each side that is incomplete."""
+        sides = (("baseline", self.baseline), ("candidate", self.candidate))
+        return [(side, run) for side, run in sides if not run.complete]
+
+    @property
+    def unexplained(self) -> list[PlanDiff]:
+        """Classes whose plans could not be compared."""
+        return [p for p in self.plans if not p.compared]
+
+    @property
+    def plans_unavailable(self) -> bool:
+        """Plans were asked for, and some (or all) could not be compared."""
+        return self.explain_error is not None or bool(self.unexplained)
 
     def by_verdict(self, verdict: Verdict) -> list[ClassComparison]:
         return [c for c in self.classes if c.verdict is verdict]

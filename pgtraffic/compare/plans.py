@@ -71,6 +71,16 @@ def explain_statement(conninfo: str, stmt: Statement, dbname: str | None) -> lis
     return plan_shape(doc[0]["Plan"])
 
 
+def _failure(exc: psycopg.Error) -> tuple[str, bool]:
+    """The reason an EXPLAIN failed, and whether it was the connection (the server is
+    unreachable for every class: no use trying it again)."""
+    state = getattr(exc, "sqlstate", None)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if state is None or state[:2] in ("08", "28"):
+        return f"cannot connect: {first}", True
+    return f"EXPLAIN failed ({state}): {first}", False
+
+
 def compare_plans(
     statements: Mapping[str, Statement],
     texts: Mapping[str, str],
@@ -79,33 +89,39 @@ def compare_plans(
     candidate_dsn: str,
     order: Sequence[str],
 ) -> tuple[PlanDiff, ...]:
-    """EXPLAIN each class's representative statement on both servers."""
+    """EXPLAIN each class's representative statement on both servers.
+
+    A class whose plan could not be had on a side is reported with that side and the
+    reason (never as an unchanged plan); after a connection failure, a side (and
+    database) is not tried again for the remaining classes, which get the same reason.
+    """
     out = []
+    unreachable: dict[tuple[str, str | None], str] = {}
+    sides = (("baseline", baseline_dsn), ("candidate", candidate_dsn))
     for fp in order:
         stmt = statements.get(fp)
         if stmt is None or not explainable(stmt.sql):
             continue
         db = databases.get(stmt.session)
-        try:
-            base = explain_statement(baseline_dsn, stmt, db)
-            cand = explain_statement(candidate_dsn, stmt, db)
-        except psycopg.Error as exc:
-            state = getattr(exc, "sqlstate", None) or "connection"
-            out.append(
-                PlanDiff(
-                    fp,
-                    texts.get(fp, fp),
-                    stmt.sql,
-                    "",
-                    "",
-                    False,
-                    error=f"EXPLAIN failed ({state}): {str(exc).strip().splitlines()[0]}",
-                )
-            )
+        shapes: dict[str, list[str]] = {}
+        errors: dict[str, str] = {}
+        for side, dsn in sides:
+            if (side, db) in unreachable:
+                errors[side] = unreachable[side, db]
+                continue
+            try:
+                shapes[side] = explain_statement(dsn, stmt, db)
+            except psycopg.Error as exc:
+                errors[side], lost = _failure(exc)
+                if lost:
+                    unreachable[side, db] = errors[side]
+        text = texts.get(fp, fp)
+        base, cand = shapes.get("baseline"), shapes.get("candidate")
+        if base is None or cand is None:
+            failed = "both" if len(errors) == 2 else next(iter(errors))
+            reason = "; ".join(f"{side}: {why}" for side, why in errors.items())
+            plans = ("\n".join(base or ()), "\n".join(cand or ()))
+            out.append(PlanDiff(fp, text, stmt.sql, *plans, False, error=reason, failed=failed))
             continue
-        out.append(
-            PlanDiff(
-                fp, texts.get(fp, fp), stmt.sql, "\n".join(base), "\n".join(cand), base != cand
-            )
-        )
+        out.append(PlanDiff(fp, text, stmt.sql, "\n".join(base), "\n".join(cand), base != cand))
     return tuple(out)

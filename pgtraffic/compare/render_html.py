@@ -8,7 +8,14 @@ import jinja2
 
 from pgtraffic.compare import charts
 from pgtraffic.compare.model import Comparison, Verdict
-from pgtraffic.compare.render_text import fmt_ratio, headline, ms
+from pgtraffic.compare.render_text import (
+    completeness_text,
+    fmt_ratio,
+    headline,
+    incomplete_lines,
+    ms,
+    plan_problem_lines,
+)
 
 _TEMPLATE = "report.html.j2"
 
@@ -24,6 +31,9 @@ def to_html(c: Comparison, *, version: str) -> str:
         c=c,
         th=c.thresholds,
         headline=headline(c),
+        incomplete=incomplete_lines(c),
+        plan_problems=plan_problem_lines(c),
+        completeness=completeness_text,
         ratio_svg=charts.ratios(c),
         dist_svg=charts.distributions(c),
         time_svg=charts.timeline(c),

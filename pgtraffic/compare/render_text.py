@@ -6,14 +6,15 @@ import dataclasses
 import json
 import math
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
 from rich import box
 from rich.console import Group, RenderableType
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from pgtraffic.compare.model import ClassComparison, Comparison, Verdict
+from pgtraffic.compare.model import ClassComparison, Comparison, RunSummary, Verdict
 
 VERDICT_STYLE = {
     Verdict.REGRESSED: "bold red",
@@ -42,10 +43,43 @@ def short(text: str, width: int = 60) -> str:
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
+def incomplete_lines(c: Comparison) -> list[str]:
+    """One line per incomplete run: which, and why (empty when both are complete)."""
+    return [
+        f"the {side} run ({run.path}) is INCOMPLETE: {'; '.join(run.completeness.reasons())}. "
+        "Its verdicts cover only what ran; replay it again, or pass --allow-incomplete "
+        "to accept it"
+        for side, run in c.incomplete_runs()
+    ]
+
+
+def plan_problem_lines(c: Comparison) -> list[str]:
+    """Why plans (some or all) could not be compared, in a few lines."""
+    if c.explain_error is not None:
+        return [f"plans were not compared: {c.explain_error}"]
+    missing = c.unexplained
+    if not missing:
+        return []
+    reasons: dict[str, int] = {}
+    for p in missing:
+        reasons[p.error or "?"] = reasons.get(p.error or "?", 0) + 1
+    lines = [f"plans of {len(missing)} of {len(c.plans)} explained classes could not be compared:"]
+    lines += [f"  {n} x {why}" for why, n in reasons.items()]
+    return lines
+
+
+def completeness_text(run: RunSummary) -> str:
+    return "yes" if run.complete else "NO: " + "; ".join(run.completeness.reasons())
+
+
 def headline(c: Comparison) -> str:
     reg = len(c.by_verdict(Verdict.REGRESSED))
     imp = len(c.by_verdict(Verdict.IMPROVED))
-    return (
+    sides = [side for side, _ in c.incomplete_runs()]
+    prefix = (
+        f"INCOMPLETE ({' and '.join(sides)} run{'s' if len(sides) > 1 else ''}): " if sides else ""
+    )
+    return prefix + (
         f"{reg} regressed, {imp} improved, {len(c.by_verdict(Verdict.UNCHANGED))} unchanged, "
         f"{len(c.by_verdict(Verdict.TOO_FEW))} with too few samples; "
         f"total time {fmt_ratio(c.total_ratio)}, geometric mean of class ratios "
@@ -58,10 +92,24 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
 
     ``width`` is the terminal's: narrow ones get fewer columns.
     """
-    parts: list[RenderableType] = [_runs_table(c), *_class_table(c, limit, width)]
+    parts: list[RenderableType] = [*_banners(c), _runs_table(c), *_class_table(c, limit, width)]
     parts += _divergence_tables(c, limit)
-    parts.append(Text(headline(c), style="bold"))
+    parts += _plan_tables(c)
+    parts.append(Text(headline(c), style="bold red" if c.incomplete_runs() else "bold"))
     return Group(*parts)
+
+
+def _banners(c: Comparison) -> list[RenderableType]:
+    """What must be read before any verdict: incomplete runs, odd inputs."""
+    out: list[RenderableType] = []
+    lines = incomplete_lines(c)
+    if lines:
+        out.append(
+            Panel(Text("\n".join(lines)), title="INCOMPLETE RUN", style="bold red", box=box.HEAVY)
+        )
+    for notice in c.notices:
+        out.append(Text(f"warning: {notice}", style="bold yellow"))
+    return out
 
 
 def _runs_table(c: Comparison) -> Table:
@@ -80,10 +128,11 @@ def _runs_table(c: Comparison) -> Table:
         f"{k.total_service_ms / 1000:,.2f}",
     )
     runs.add_row(
-        "lag p50/p99/max (ms)",
-        f"{b.lag_p50_ms:.1f} / {b.lag_p99_ms:.1f} / {b.lag_max_ms:.1f}",
-        f"{k.lag_p50_ms:.1f} / {k.lag_p99_ms:.1f} / {k.lag_max_ms:.1f}",
+        "complete",
+        Text(completeness_text(b), style="" if b.complete else "bold red"),
+        Text(completeness_text(k), style="" if k.complete else "bold red"),
     )
+    runs.add_row("lag p50/p99/max (ms)", b.lag_text(), k.lag_text())
     runs.add_row(
         "fidelity",
         Text(b.fidelity_note, style="" if b.faithful else "bold yellow"),
@@ -139,7 +188,7 @@ def _class_table(c: Comparison, limit: int, width: int) -> list[RenderableType]:
 
 
 def _divergence_tables(c: Comparison, limit: int) -> list[RenderableType]:
-    """Error divergence, row-count mismatches and plan changes (what there is of them)."""
+    """Error divergence and row-count mismatches (what there is of them)."""
     parts: list[RenderableType] = []
     if c.errors:
         err = Table(title="Error divergence")
@@ -167,17 +216,33 @@ def _divergence_tables(c: Comparison, limit: int) -> list[RenderableType]:
                 m.examples[0].detail if m.examples else "",
             )
         parts.append(rows)
+    return parts
+
+
+def _plan_tables(c: Comparison) -> list[RenderableType]:
+    """Changed plans side by side, and the plans that could not be compared (never
+    counted as unchanged)."""
+    parts: list[RenderableType] = []
     changed = [p for p in c.plans if p.changed]
-    if c.plans:
-        plans = Table(title=f"Plans ({len(changed)} of {len(c.plans)} explained classes changed)")
+    compared = [p for p in c.plans if p.compared]
+    if changed:
+        plans = Table(title=f"Plans ({len(changed)} of {len(compared)} compared classes changed)")
         for col in ("query class", "baseline plan", "candidate plan"):
             plans.add_column(col)
         for p in changed:
             plans.add_row(short(p.text, 40), p.baseline_plan, p.candidate_plan)
-        if changed:
-            parts.append(plans)
-        else:
-            parts.append(Text(f"Plans: no change in the {len(c.plans)} explained classes"))
+        parts.append(plans)
+    elif compared:
+        parts.append(Text(f"Plans: no change in the {len(compared)} compared classes"))
+    if c.unexplained:
+        missing = Table(title="Plans not compared", title_style="bold red")
+        for col in ("query class", "failed on", "why"):
+            missing.add_column(col)
+        for p in c.unexplained:
+            missing.add_row(short(p.text, 40), p.failed or "?", p.error or "")
+        parts.append(missing)
+    if c.explain_error is not None:
+        parts.append(Text(f"Plans were not compared: {c.explain_error}", style="bold red"))
     return parts
 
 
@@ -212,7 +277,14 @@ def to_json(c: Comparison) -> str:
         "candidate_error_rate": c.candidate.error_rate,
         "row_mismatches": sum(m.count for m in c.rows),
         "changed_plans": sum(1 for p in c.plans if p.changed),
+        "plans_not_compared": len(c.unexplained),
+        "explain_error": c.explain_error,
     }
+    data["complete"] = not c.incomplete_runs()
+    data["incomplete"] = {
+        side: list(run.completeness.reasons()) for side, run in c.incomplete_runs()
+    }
+    data["notices"] = list(c.notices)
     return json.dumps(_clean(data), indent=2, default=str)
 
 
@@ -222,18 +294,20 @@ def _md(text: str) -> str:
 
 def to_markdown(c: Comparison, *, limit: int = 30) -> str:
     b, k = c.baseline, c.candidate
-    out = [
-        "## pgtraffic comparison",
-        "",
+    out = ["## pgtraffic comparison", ""]
+    out += [f"> **:warning: {_md(line)}**\n" for line in incomplete_lines(c)]
+    out += [f"> **warning:** {_md(notice)}\n" for notice in c.notices]
+    out += [
         f"**{headline(c)}**",
         "",
         "| | baseline | candidate |",
         "|---|---|---|",
         f"| server | {_md(b.label)} | {_md(k.label)} |",
+        f"| complete | {_md(completeness_text(b))} | {_md(completeness_text(k))} |",
         f"| statements | {b.statements:,} | {k.statements:,} |",
         f"| errors | {b.errors_text()} | {k.errors_text()} |",
         f"| throughput (stmt/s) | {b.throughput:,.0f} | {k.throughput:,.0f} |",
-        f"| lag p99 (ms) | {b.lag_p99_ms:.1f} | {k.lag_p99_ms:.1f} |",
+        f"| lag p50 / p99 / max (ms) | {_md(b.lag_text())} | {_md(k.lag_text())} |",
         f"| fidelity | {_md(b.fidelity_note)} | {_md(k.fidelity_note)} |",
         "",
         "| verdict | query class | n | p50 ms | p95 ms | p50 ratio [95% CI] | q |",
@@ -288,41 +362,94 @@ def to_markdown(c: Comparison, *, limit: int = 30) -> str:
                 p.candidate_plan,
                 "```",
             ]
+    out += _markdown_plan_problems(c, limit)
     return "\n".join(out) + "\n"
 
 
-def to_junit(c: Comparison) -> str:
-    """One test case per query class plus one per error divergence; failures are findings."""
+def _markdown_plan_problems(c: Comparison, limit: int) -> list[str]:
+    problems = plan_problem_lines(c)
+    if not problems:
+        return []
+    out = ["", "### Plans not compared", "", f"**{_md(problems[0])}**"]
+    if c.unexplained:
+        out += ["", "| query class | failed on | why |", "|---|---|---|"]
+        out += [
+            f"| `{_md(short(p.text, 70))}` | {p.failed} | {_md(p.error or '')} |"
+            for p in c.unexplained[:limit]
+        ]
+    return out
+
+
+def _case(classname: str, name: str, failure: tuple[str, str] | None, time: str = "") -> str:
+    """A JUnit testcase; ``failure`` is (type, message)."""
+    attrs = f'classname="{classname}" name={quoteattr(short(name, 120))}'
+    if time:
+        attrs += f' time="{time}"'
+    body = ""
+    if failure is not None:
+        body = f"<failure message={quoteattr(failure[1])} type={quoteattr(failure[0])}/>"
+    return f"<testcase {attrs}>{body}</testcase>"
+
+
+def _run_cases(c: Comparison) -> list[str]:
+    """One case per side: the run is complete (a failure when it is not)."""
     cases = []
-    failures = 0
-    for cls in c.classes:
-        body = ""
-        if cls.verdict is Verdict.REGRESSED:
-            failures += 1
-            msg = (
-                f"p50 {ms(cls.baseline.p50)} ms -> {ms(cls.candidate.p50)} ms "
-                f"({fmt_ratio(cls.ratio_p50)}, q={cls.q_value:.2g})"
+    for side, run in (("baseline", c.baseline), ("candidate", c.candidate)):
+        failure = None
+        if not run.complete:
+            failure = ("incomplete-run", f"{run.path}: " + "; ".join(run.completeness.reasons()))
+        cases.append(_case("pgtraffic.runs", f"the {side} run is complete", failure))
+    return cases
+
+
+def _plan_cases(c: Comparison) -> list[str]:
+    """One case per explained class (changed or not compared: a failure)."""
+    cases = []
+    for p in c.plans:
+        failure = None
+        if not p.compared:
+            failure = ("plan-not-compared", f"{p.failed}: {p.error}")
+        elif p.changed:
+            failure = (
+                "plan-changed",
+                f"baseline:\n{p.baseline_plan}\ncandidate:\n{p.candidate_plan}",
             )
-            body = f'<failure message={quoteattr(msg)} type="regression"/>'
-        cases.append(
-            f'<testcase classname="pgtraffic.latency" name={quoteattr(short(cls.text, 120))} '
-            f'time="{0 if math.isnan(cls.candidate.mean) else cls.candidate.mean / 1e6:.6f}">'
-            f"{body}</testcase>"
-        )
+        cases.append(_case("pgtraffic.plans", p.text, failure))
+    if c.explain_error is not None:
+        failure = ("plan-not-compared", c.explain_error)
+        cases.append(_case("pgtraffic.plans", "plans were compared", failure))
+    return cases
+
+
+def to_junit(c: Comparison) -> str:
+    """A test case per run (complete?), per query class, per error divergence and per
+    explained plan; failures are findings (and incomplete runs, plans not compared)."""
+    cases = _run_cases(c)
+    for cls in c.classes:
+        failure = None
+        if cls.verdict is Verdict.REGRESSED:
+            failure = (
+                "regression",
+                f"p50 {ms(cls.baseline.p50)} ms -> {ms(cls.candidate.p50)} ms "
+                f"({fmt_ratio(cls.ratio_p50)}, q={cls.q_value:.2g})",
+            )
+        mean = 0 if math.isnan(cls.candidate.mean) else cls.candidate.mean / 1e6
+        cases.append(_case("pgtraffic.latency", cls.text, failure, f"{mean:.6f}"))
     for d in c.errors:
         if d.change == "resolved":
             continue
-        failures += 1
         msg = (
             f"{d.count} statements: {d.baseline_sqlstate or 'ok'} -> {d.candidate_sqlstate or 'ok'}"
         )
-        cases.append(
-            f'<testcase classname="pgtraffic.errors" name={quoteattr(short(d.text, 120))}>'
-            f'<failure message={quoteattr(msg)} type="{escape(d.change)}-error"/></testcase>'
-        )
+        cases.append(_case("pgtraffic.errors", d.text, (f"{d.change}-error", msg)))
+    cases += _plan_cases(c)
+    failures = sum("<failure " in case for case in cases)
+    props = [("baseline.complete", str(c.baseline.complete).lower())]
+    props += [("candidate.complete", str(c.candidate.complete).lower())]
+    props += [(f"notice.{i + 1}", notice) for i, notice in enumerate(c.notices)]
+    properties = "".join(f"<property name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in props)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<testsuite name="pgtraffic compare" tests="{len(cases)}" failures="{failures}">\n'
-        + "\n".join(cases)
-        + "\n</testsuite>\n"
+        f"<properties>{properties}</properties>\n" + "\n".join(cases) + "\n</testsuite>\n"
     )
