@@ -17,6 +17,7 @@ from pgtraffic.compare.rounds import (
     location,
     significant,
 )
+from pgtraffic.compare.targets import target_differences
 
 ALPHA = 0.05
 CLASSES = 18
@@ -192,3 +193,24 @@ def test_round_locations_use_the_statements_that_succeeded_everywhere() -> None:
     assert math.exp(b_fa - a_fa) == pytest.approx(2.0)
     (a_fb,), (b_fb,) = got["fb"]
     assert a_fb == pytest.approx(b_fb)
+
+
+def test_target_differences_list_settings_and_missing_statistics() -> None:
+    base = {
+        "target": {"settings": {"server_version": "16.4", "work_mem": "4096kB", "jit": "off"}},
+        "unanalyzed_tables": [],
+    }
+    cand = {
+        "target": {"settings": {"server_version": "18.1", "work_mem": "65536kB", "jit": "off"}},
+        "unanalyzed_tables": ["public.builds"],
+    }
+    diffs = target_differences(base, cand)
+    assert [(d.name, d.baseline, d.candidate) for d in diffs.settings] == [
+        ("work_mem", "4096kB", "65536kB")
+    ]
+    assert diffs.candidate_unanalyzed == ("public.builds",)
+    lines = diffs.lines()
+    assert lines[0] == "work_mem: 4096kB -> 65536kB"
+    assert "without planner statistics on the candidate (public.builds)" in lines[1]
+    assert not target_differences(base, base)
+    assert not target_differences({}, {})
