@@ -14,3 +14,5 @@ class LogFormat(enum.StrEnum):
     CLOUDSQL = "cloudsql"
     AZURE = "azure"
     CLOUDNATIVEPG = "cloudnativepg"
+    APPSTREAM = "appstream"
+    """The application-side stream of docs/app-stream.md."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from capture.appstream import parse_chunk as parse_appstream
+from capture.appstream import resolve_app_sessions
 from capture.chunking import Chunker, ChunkText, LineChunker
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
@@ -155,6 +157,7 @@ _READERS: dict[LogFormat, Callable[[RecordDecoder, ChunkText], None]] = {
     LogFormat.CLOUDSQL: parse_platform,
     LogFormat.AZURE: parse_platform,
     LogFormat.CLOUDNATIVEPG: parse_platform,
+    LogFormat.APPSTREAM: parse_appstream,
 }
 """Each log format's ``parse_chunk``."""
 _WORKER_DECODER: RecordDecoder | None = None
@@ -600,7 +603,9 @@ class _Capture:
             # Only the process pool (stdin, gzip) makes reference cycles; elsewhere a
             # collection would just walk every buffered statement (0.2 us each).
             collect_young = self.workers > 1 and not ranged
-            results = resolve_sessions(_results(iter(self.chunks), self.workers, ranged))
+            results = resolve_app_sessions(
+                resolve_sessions(_results(iter(self.chunks), self.workers, ranged))
+            )
             for n, result in enumerate(results, 1):
                 self._take(result)
                 # The cyclic GC is off (see capture()); now and then collect the youngest

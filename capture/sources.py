@@ -24,6 +24,7 @@ from typing import IO, cast
 
 import zstandard
 
+from capture.appstream import SCHEMA_VERSION, stream_version
 from capture.errors import InputError
 from capture.formats import LogFormat as LogFormat  # re-exported: readers and tests name it here
 from capture.platforms import PLATFORM_NAMES, Platform, azure_prefix, detect_platform
@@ -46,6 +47,7 @@ HEAD = 64 << 10
 PLATFORM_FORMATS = frozenset({"cloudsql", "azure", "cloudnativepg"})
 """Formats read by :mod:`capture.platforms`."""
 RDS_PREFIXES = frozenset({"%t:%r:%u@%d:[%p]:", "%m:%r:%u@%d:[%p]:"})
+APPSTREAM_LABEL = "application stream (pgtraffic-app/1)"
 
 
 class Compression(enum.StrEnum):
@@ -259,6 +261,10 @@ def detect(
     """
     text = head.decode("utf-8", "replace").lstrip("\ufeff")
     number, first = _first_line(text)
+    if fmt in (None, LogFormat.APPSTREAM) and first.lstrip()[:1] == "{":
+        app = _appstream(name, number, first)
+        if app is not None or fmt is LogFormat.APPSTREAM:
+            return app or Detected(LogFormat.APPSTREAM, APPSTREAM_LABEL)
     if (fmt is None and first.lstrip()[:1] in ("{", "[")) or (fmt and fmt in PLATFORM_FORMATS):
         platform = _platform(text, fmt)
         if platform is not None:
@@ -282,6 +288,21 @@ def detect(
     if found is not None:
         return _stderr(found.prefix, name, detected=True)
     raise _not_a_log(head, name, number, first, stderr=fmt is LogFormat.STDERR)
+
+
+def _appstream(name: str, number: int, first: str) -> Detected | None:
+    """An application stream (docs/app-stream.md), told by its first line's marker."""
+    version = stream_version(first)
+    if version is None:
+        return None
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"{name}:{number}: written with app-stream schema version {version}; this "
+            f"pgtraffic reads versions up to {SCHEMA_VERSION}",
+            hint="upgrade pgtraffic (pip install --upgrade pgtraffic), or have the "
+            f"application write version {SCHEMA_VERSION} (docs/app-stream.md)",
+        )
+    return Detected(LogFormat.APPSTREAM, APPSTREAM_LABEL)
 
 
 def _platform(text: str, fmt: LogFormat | None) -> Detected | None:
