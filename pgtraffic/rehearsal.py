@@ -23,7 +23,7 @@ from capture.filters import Filters
 from capture.pipeline import CaptureOptions, CaptureSummary, capture
 from pgtraffic import scenario as scenarios
 from pgtraffic.compare import Comparison, ExplainTargets, Thresholds, compare_files
-from pgtraffic.errors import ServerError
+from pgtraffic.errors import ServerError, UsageError
 from pgtraffic.servers import Cluster, Profile, find_installation
 from replay.connection import TargetInfo
 from replay.runner import (
@@ -39,10 +39,12 @@ __all__ = [
     "RehearsalResult",
     "ReplaySettings",
     "Reporter",
+    "ServerIdentity",
     "SilentReporter",
     "demo",
     "rehearse",
     "replay_once",
+    "server_identity",
 ]
 
 
@@ -81,6 +83,115 @@ class SilentReporter:
 
     def replay_progress(self, label: str, total: int) -> Callable[[LiveStatus], None] | None:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """What tells one running PostgreSQL server from another, read from the server.
+
+    ``system_identifier`` is shared by a cluster and its copies (a restored base
+    backup, a standby), so the postmaster's start time and port are part of the
+    identity; the data directory too when the role may read it.
+    """
+
+    system_identifier: str | None
+    data_directory: str | None
+    started: str
+    port: str
+    database: str
+    address: str
+
+    def same_server(self, other: ServerIdentity) -> bool:
+        if (self.system_identifier, self.started, self.port) != (
+            other.system_identifier,
+            other.started,
+            other.port,
+        ):
+            return False
+        known = self.data_directory is not None and other.data_directory is not None
+        return not known or self.data_directory == other.data_directory
+
+    def describe(self) -> str:
+        parts = [f"{self.address}, database {self.database}"]
+        if self.system_identifier:
+            parts.append(f"system identifier {self.system_identifier}")
+        if self.data_directory:
+            parts.append(f"data directory {self.data_directory}")
+        return ", ".join(parts)
+
+
+def server_identity(dsn: str) -> ServerIdentity | None:
+    """Read a server's identity; None when it cannot be reached (the replay says why)."""
+    import psycopg
+
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except (psycopg.Error, ValueError):
+        return None
+    with conn:
+
+        def one(sql: str) -> str | None:
+            try:
+                row = conn.execute(sql.encode()).fetchone()
+            except psycopg.Error:  # e.g. data_directory needs pg_read_all_settings
+                return None
+            return None if row is None or row[0] is None else str(row[0])
+
+        return ServerIdentity(
+            system_identifier=one("SELECT system_identifier FROM pg_control_system()"),
+            data_directory=one("SELECT current_setting('data_directory')"),
+            started=one("SELECT pg_postmaster_start_time()") or "?",
+            port=one("SELECT current_setting('port')") or "?",
+            database=one("SELECT current_database()") or "?",
+            address=one(
+                "SELECT coalesce(host(inet_server_addr()), 'local socket') || ':' "
+                "|| current_setting('port')"
+            )
+            or "?",
+        )
+
+
+def check_two_servers(
+    baseline_dsn: str,
+    candidate_dsn: str,
+    *,
+    allow_same: bool,
+    reporter: Reporter,
+    restored: bool = False,
+) -> None:
+    """Refuse baseline and candidate being one server and database (the candidate
+    would replay on the state the baseline replay left) unless ``allow_same`` or
+    ``restored`` (the state is reset before each replay)."""
+    a, b = server_identity(baseline_dsn), server_identity(candidate_dsn)
+    if a is None or b is None:
+        if baseline_dsn.strip() != candidate_dsn.strip():
+            return  # an unreachable server: the replay onto it says so
+        same_db, where = True, f"the DSN {baseline_dsn}"
+    elif not a.same_server(b):
+        return
+    else:
+        same_db, where = a.database == b.database, a.describe()
+        if not same_db:
+            reporter.note(
+                f"baseline and candidate are one server ({a.address}), databases "
+                f"{a.database} and {b.database}: an A/A run of one server"
+            )
+            return
+    if allow_same or restored:
+        state = (
+            "reset before each replay"
+            if restored
+            else "the candidate replays on the state the baseline replay left"
+        )
+        reporter.note(f"baseline and candidate are the same server ({where}): an A/A run; {state}")
+        return
+    raise UsageError(
+        f"--baseline and --candidate are the same server and database ({where}): the "
+        "candidate replay would run on the state the baseline replay left, and the "
+        "comparison would compare a server with itself",
+        hint="give two servers restored to the pre-capture state, or pass "
+        "--allow-same-server for an A/A run on one server",
+    )
 
 
 @dataclass(frozen=True)
@@ -135,14 +246,24 @@ def rehearse(
     explain: bool = True,
     reset: Callable[[str], None] | None = None,
     reporter: Reporter | None = None,
+    allow_same_server: bool = False,
 ) -> RehearsalResult:
     """Capture ``logs``, replay the workload on both servers, compare the runs.
 
     ``reset(label)``, when given, is called before each replay to put that server
     back into the pre-capture state (the demo restores a dump; users can pass a
     script). Replays run one after the other so they do not compete for the machine.
+    Baseline and candidate being one server and database is refused (UsageError)
+    unless ``allow_same_server`` or ``reset`` (which restores the state in between).
     """
     rep = reporter or SilentReporter()
+    check_two_servers(
+        baseline_dsn,
+        candidate_dsn,
+        allow_same=allow_same_server,
+        reporter=rep,
+        restored=reset is not None,
+    )
     settings = replay or ReplaySettings()
     workdir.mkdir(parents=True, exist_ok=True)
     workload = workdir / "workload.pgtw"

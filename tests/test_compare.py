@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+import math
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import pytest
+from rich.console import Console
 
 from capture.filters import Filters
 from capture.pipeline import CaptureOptions, capture
 from capture.records import QueryClass, Session, Statement, StatementKind
 from capture.workload import WorkloadWriter
-from pgtraffic.compare import ExplainTargets, FailOn, Verdict, compare_files, exit_code
+from pgtraffic.compare import (
+    INCOMPLETE_EXIT,
+    Comparison,
+    ExplainTargets,
+    FailOn,
+    Verdict,
+    compare_files,
+    exit_code,
+)
 from pgtraffic.compare.render_html import to_html
+from pgtraffic.compare.render_text import terminal, to_json, to_junit, to_markdown
 from pgtraffic.rehearsal import ReplaySettings, SilentReporter, replay_once
 from pgtraffic.servers import Cluster, Profile
-from pgtraffic.servers.privileges import current_account, run_as
-from tests.conftest import require_version
+from pgtraffic.servers.cluster import free_port
+from pgtraffic.servers.privileges import current_account, give_to, run_as
+from replay.results import read_results
+from replay.runner import replay_workload
+from replay.sync import SyncMode
+from tests.conftest import ClusterFactory, require_version
+from tests.replay_helpers import simple, write_workload
+from tests.test_replay_sync import sql_stmt, sync_workload, two_sessions
 
 DB = "shop"
 SCHEMA = """
@@ -257,3 +280,276 @@ def test_cli_unknown_option_is_a_usage_error(pgtraffic_cmd: list[str]) -> None:
     result = _run([*pgtraffic_cmd, "compare", "a.pgtr", "b.pgtr", "--no-such-option"], timeout=60)
     assert result.returncode == 2
     assert "No such option" in result.stderr
+
+
+# ---- results that must not look like an all-clear -------------------------------------
+
+
+def _timed_workload(path: Path, seconds: float = 6.0) -> Path:
+    """Two sessions sending a cheap SELECT every 20 ms for ``seconds``."""
+    n = int(seconds / 0.02)
+    stmts = [simple(s, i, i * 20_000 + k, "SELECT 1") for k, s in enumerate("ab") for i in range(n)]
+    write_workload(path, stmts)
+    return path
+
+
+def _stopped_replay(cmd: list[str], wl: Path, target: Cluster, out: Path, sig: int) -> Path:
+    """A CLI replay of ``wl`` stopped by ``sig`` once it has recorded some statements."""
+    argv = [*cmd, "replay", str(wl), "--target", target.dsn(), "-o", str(out), "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if out.exists() and len(read_results(out)) > 40:
+                break
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 40 < len(read_results(out)) < 600, "stopped part way"
+    return out
+
+
+def _full_replay(wl: Path, target: Cluster, out: Path, **settings: Any) -> Path:
+    settings.setdefault("max_speed", True)
+    settings.setdefault("sync", SyncMode.NONE)
+    replay_workload(wl, out, target.dsn(), ReplaySettings(**settings))
+    return out
+
+
+def test_an_interrupted_run_is_named_in_every_report_and_fails_compare(
+    pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    wl = _timed_workload(tmp_path / "w.pgtw")
+    base = _full_replay(wl, pg16, tmp_path / "base.pgtr")
+    cand = _stopped_replay(pgtraffic_cmd, wl, pg16, tmp_path / "cand.pgtr", signal.SIGINT)
+    md, html, xml = tmp_path / "r.md", tmp_path / "r.html", tmp_path / "r.xml"
+    reports = ["--markdown", str(md), "--html", str(html), "--junit", str(xml)]
+    result = _run([*pgtraffic_cmd, "compare", str(base), str(cand), "--json", *reports])
+    assert result.returncode == 6, result.stderr  # never 0, even without --fail-on
+    data = json.loads(result.stdout)
+    assert data["complete"] is False
+    assert list(data["incomplete"]) == ["candidate"]
+    assert "interrupted" in data["incomplete"]["candidate"][0]
+    assert data["candidate"]["completeness"]["finished"] is False
+    assert data["summary"]["headline"].startswith("INCOMPLETE (candidate run)")
+    assert "incomplete:" in result.stderr and "INCOMPLETE" in result.stderr
+    assert "the candidate run" in md.read_text() and "INCOMPLETE" in md.read_text()
+    assert '<p class="incomplete">the candidate run' in html.read_text()
+    junit = ElementTree.parse(xml).getroot()
+    failed = [c.get("name") for c in junit.iter("testcase") if c.find("failure") is not None]
+    assert failed[0] == "the candidate run is complete"  # then any regressions
+    assert "the baseline run is complete" not in failed
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props["candidate.complete"] == "false" and props["baseline.complete"] == "true"
+    # Accepted explicitly: the usual exit code, and the terminal still says it.
+    accepted = _run(
+        [
+            *pgtraffic_cmd,
+            "compare",
+            str(base),
+            str(cand),
+            "--allow-incomplete",
+            "--fail-on",
+            "errors",
+        ],
+        env={"COLUMNS": "150", "PATH": ""},
+    )
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "INCOMPLETE RUN" in accepted.stdout
+    assert "interrupted before it finished" in " ".join(accepted.stdout.split())
+
+
+def test_a_killed_run_is_incomplete(
+    pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    wl = _timed_workload(tmp_path / "w.pgtw")
+    base = _stopped_replay(pgtraffic_cmd, wl, pg16, tmp_path / "base.pgtr", signal.SIGKILL)
+    cand = _full_replay(wl, pg16, tmp_path / "cand.pgtr")
+    c = compare_files(base, cand)
+    assert [side for side, _ in c.incomplete_runs()] == ["baseline"]
+    assert c.baseline.completeness.killed
+    assert "killed" in c.baseline.completeness.reasons()[0]
+    assert exit_code(c, []) == INCOMPLETE_EXIT == 6
+    assert exit_code(c, [], allow_incomplete=True) == 0
+
+
+def test_sessions_that_could_not_connect_make_a_run_incomplete(
+    pg16: Cluster, tmp_path: Path
+) -> None:
+    wl = _timed_workload(tmp_path / "w.pgtw", 0.2)
+    base = _full_replay(wl, pg16, tmp_path / "base.pgtr")
+    cand = _full_replay(wl, pg16, tmp_path / "cand.pgtr", map_user={"postgres": "ghost"})
+    c = compare_files(base, cand)
+    reasons = c.candidate.completeness.reasons()
+    assert reasons == ("2 connection attempts failed", "20 of 20 statements were not sent")
+    assert c.baseline.complete
+    assert exit_code(c, list(FailOn)) == 6
+    assert "20 of 20 statements were not sent" in to_markdown(c)
+
+
+def test_sync_timeouts_make_a_run_incomplete(pg16: Cluster, tmp_path: Path) -> None:
+    a, b = two_sessions()
+    wl = tmp_path / "w.pgtw"
+    sync_workload(
+        wl,
+        [
+            sql_stmt(a, 0, 0, "SELECT pg_sleep(2)", commit=1),
+            sql_stmt(b, 0, 0, "SELECT 1", after=1),
+        ],
+    )
+    base = _full_replay(wl, pg16, tmp_path / "base.pgtr", sync=SyncMode.COMMIT)
+    cand = _full_replay(wl, pg16, tmp_path / "cand.pgtr", sync=SyncMode.COMMIT, sync_timeout_s=0.3)
+    c = compare_files(base, cand)
+    assert c.baseline.complete
+    assert c.candidate.completeness.sync_timeouts == 1
+    assert "1 sync waits timed out" in c.candidate.completeness.reasons()[0]
+    assert exit_code(c, []) == 6
+
+
+def test_lag_is_not_applicable_at_max_speed(workload: Path, pg16: Cluster, tmp_path: Path) -> None:
+    _prepare(pg16)
+    first = _replay(workload, pg16, tmp_path / "a1.pgtr")  # --max-speed
+    second = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    c = compare_files(first, second)
+    for run in (c.baseline, c.candidate):
+        assert math.isnan(run.lag_p50_ms) and math.isnan(run.lag_max_ms)
+        assert run.lag_text() == "n/a (--max-speed: no schedule)"
+    data = json.loads(to_json(c))
+    assert data["baseline"]["lag_p50_ms"] is None and data["candidate"]["lag_p99_ms"] is None
+    assert all(p["baseline_lag_p95_ms"] is None for p in data["timeline"])
+    assert "n/a (--max-speed" in to_markdown(c)
+    assert "n/a (--max-speed" in to_html(c, version="test")
+    assert "n/a (--max-speed" in _terminal_text(c)
+
+
+def _terminal_text(c: Comparison) -> str:
+    console = Console(width=150, record=True, file=io.StringIO())
+    console.print(terminal(c, width=150))
+    return " ".join(console.export_text().split())
+
+
+def _password_server(make_cluster: ClusterFactory) -> Cluster:
+    """A server where ``alice`` must give her password (``secret``) over TCP."""
+    cluster = make_cluster(16)
+    cluster.psql("CREATE ROLE alice LOGIN PASSWORD 'secret'")
+    hba = cluster.data_dir / "pg_hba.conf"
+    hba.write_text(
+        "local all all trust\n"
+        "host all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    give_to(cluster.account, hba)
+    cluster.psql("SELECT pg_reload_conf()")
+    return cluster
+
+
+def test_plans_from_unreachable_servers_are_not_called_unchanged(
+    workload: Path,
+    pg16: Cluster,
+    make_cluster: ClusterFactory,
+    tmp_path: Path,
+    pgtraffic_cmd: list[str],
+) -> None:
+    _prepare(pg16)
+    base = _replay(workload, pg16, tmp_path / "a1.pgtr")
+    cand = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/{DB}"
+    c = compare_files(base, cand, explain=ExplainTargets(pg16.dsn(DB), closed))
+    assert len(c.plans) == 3 and not any(p.compared for p in c.plans)
+    assert {p.failed for p in c.plans} == {"candidate"}
+    assert all("Connection refused" in (p.error or "") for p in c.plans)
+    assert exit_code(c, [FailOn.PLANS]) == 16 + 8
+    text = _terminal_text(c)
+    assert "no change" not in text
+    assert "Plans not compared" in text and "candidate: cannot connect" in text
+    # A wrong password on a real server with password auth, through the CLI.
+    locked = _password_server(make_cluster)
+    wrong = f"postgresql://alice:wrong@127.0.0.1:{locked.port}/{DB}"
+    md, xml = tmp_path / "r.md", tmp_path / "r.xml"
+    result = _run(
+        [
+            *pgtraffic_cmd,
+            "compare",
+            str(base),
+            str(cand),
+            "--explain",
+            "--baseline-dsn",
+            wrong,
+            "--candidate-dsn",
+            pg16.dsn(DB),
+            "--fail-on",
+            "plans",
+            "--markdown",
+            str(md),
+            "--junit",
+            str(xml),
+        ],
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    assert result.returncode == 24, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "no change" not in out
+    assert "Plans not compared" in out and "password authentication failed" in out
+    assert "plans of 3 of 3 explained classes could not be compared" in md.read_text()
+    assert 'password authentication failed for user "alice"' in md.read_text()
+    assert 'type="plan-not-compared"' in xml.read_text()
+
+
+def test_a_class_whose_explain_fails_is_not_unchanged(
+    workload: Path, pg16: Cluster, pg18: Cluster, tmp_path: Path
+) -> None:
+    _prepare(pg16)
+    _prepare(pg18, drop_function=True)
+    base = _replay(workload, pg16, tmp_path / "base.pgtr")
+    cand = _replay(workload, pg18, tmp_path / "cand.pgtr")
+    c = compare_files(base, cand, explain=ExplainTargets(pg16.dsn(DB), pg18.dsn(DB)))
+    failed = c.unexplained
+    assert [p.text.rstrip(";") for p in failed] == ["SELECT price($1)"]
+    assert failed[0].failed == "candidate" and "42883" in (failed[0].error or "")
+    assert sum(p.compared for p in c.plans) == 2
+    assert exit_code(c, [FailOn.PLANS], allow_incomplete=False) == 16 + 8
+    assert json.loads(to_json(c))["summary"]["plans_not_compared"] == 1
+    assert "not compared" in to_html(c, version="test")
+
+
+def test_explain_without_the_workload_says_plans_were_not_compared(
+    workload: Path, pg16: Cluster, tmp_path: Path
+) -> None:
+    _prepare(pg16)
+    base = _replay(workload, pg16, tmp_path / "base.pgtr")
+    cand = _replay(workload, pg16, tmp_path / "cand.pgtr")
+    moved = tmp_path / "elsewhere.pgtw"
+    shutil.copy(workload, moved)
+    workload.rename(tmp_path / "gone.pgtw")  # the path the results name no longer exists
+    try:
+        c = compare_files(base, cand, explain=ExplainTargets(pg16.dsn(DB), pg16.dsn(DB)))
+    finally:
+        (tmp_path / "gone.pgtw").rename(workload)
+    assert c.plans == () and c.explain_error is not None
+    assert "--workload" in c.explain_error
+    assert exit_code(c, [FailOn.PLANS]) == 16 + 8
+    assert "Plans were not compared" in _terminal_text(c)
+
+
+def test_a_file_compared_with_itself_is_pointed_out(
+    workload: Path, pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    _prepare(pg16)
+    first = _replay(workload, pg16, tmp_path / "a1.pgtr")
+    result = _run([*pgtraffic_cmd, "compare", str(first), str(first), "--json"])
+    assert result.returncode == 0, result.stderr
+    assert "are the same file" in " ".join(result.stderr.split())
+    assert "are the same file" in json.loads(result.stdout)["notices"][0]
+    copy = tmp_path / "copy.pgtr"
+    shutil.copy(first, copy)
+    c = compare_files(first, copy)
+    assert len(c.notices) == 1 and "hold the same replay" in c.notices[0]
+    assert "hold the same replay" in _terminal_text(c)
+    assert "notice.1" in to_junit(c)
+    second = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    c = compare_files(first, second)
+    assert len(c.notices) == 1 and "same server (127.0.0.1:" in c.notices[0]

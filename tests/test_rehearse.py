@@ -7,7 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from pgtraffic.servers import Profile
+from pgtraffic.rehearsal import server_identity
+from pgtraffic.servers import Cluster, Profile
 from tests.conftest import ClusterFactory
 from tests.test_compare import CLIENT, DB, _prepare
 
@@ -107,3 +108,67 @@ def test_bad_replay_options_are_refused_before_any_work(
         )
         assert result.returncode == 2, (argv, result.stdout, result.stderr)
         assert not work.exists()
+
+
+def test_rehearse_refuses_one_server_twice(
+    pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    """The same server under two spellings (TCP and its unix socket) is recognised from
+    the server itself and refused before anything runs: no capture, no workdir."""
+    work = tmp_path / "work"
+    log = tmp_path / "pg.csv"
+    log.write_text("")
+    for candidate in (pg16.dsn(), pg16.socket_dsn()):
+        argv = ["rehearse", "--log", str(log), "--baseline", pg16.dsn(), "--candidate", candidate]
+        result = subprocess.run(
+            [*pgtraffic_cmd, *argv, "--workdir", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=dict(os.environ, COLUMNS="200"),
+        )
+        err = " ".join(result.stderr.split())
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "--baseline and --candidate are the same server and database" in err
+        assert "system identifier" in err and "--allow-same-server" in err
+        assert not work.exists()
+
+
+def test_one_server_identity_tells_servers_apart(pg16: Cluster, pg18: Cluster) -> None:
+    a, b = server_identity(pg16.dsn()), server_identity(pg16.socket_dsn("template1"))
+    other = server_identity(pg18.dsn())
+    assert a is not None and b is not None and other is not None
+    assert a.same_server(b) and a.database != b.database
+    assert not a.same_server(other)
+    assert a.system_identifier and a.data_directory == str(pg16.data_dir.resolve())
+
+
+def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
+    make_cluster: ClusterFactory, pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    source = make_cluster(16, Profile.CAPTURE)
+    _prepare(source)
+    script = tmp_path / "client.pgbench"
+    script.write_text(CLIENT)
+    source.run_tool("pgbench", "--no-vacuum", "-c", "1", "-t", "20", "-f", str(script), dbname=DB)
+    _prepare(pg16)
+    work = tmp_path / "rehearsal"
+    args = [*pgtraffic_cmd, "rehearse", "--workdir", str(work), "--max-speed", "--no-explain"]
+    for log in source.log_files():
+        args += ["--log", str(log)]
+    args += ["--baseline", pg16.dsn(DB), "--candidate", pg16.dsn(DB), "--allow-same-server"]
+    args += ["--application", "pgbench"]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = " ".join(result.stdout.split())
+    assert "baseline and candidate are the same server" in out
+    assert "the candidate replays on the state the baseline replay left" in out
+    assert "both runs replayed on the same server" in out  # and the report says it too

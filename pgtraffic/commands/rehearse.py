@@ -200,6 +200,15 @@ def rehearse_command(
     explain: Annotated[bool, typer.Option(help="EXPLAIN the top classes on both servers.")] = True,
     html: opt.Html = None,
     fail_on: opt.FailOnOption = None,
+    allow_incomplete: opt.AllowIncomplete = False,
+    allow_same_server: Annotated[
+        bool,
+        typer.Option(
+            "--allow-same-server",
+            help="Allow --baseline and --candidate to be one server and database (an A/A "
+            "run: the candidate replays on the state the baseline replay left).",
+        ),
+    ] = False,
     min_ratio: opt.MinRatio = opt.DEFAULT_MIN_RATIO,
     min_delta_ms: opt.MinDeltaMs = opt.DEFAULT_MIN_DELTA_MS,
     alpha: opt.Alpha = opt.DEFAULT_ALPHA,
@@ -213,7 +222,10 @@ def rehearse_command(
     """Capture your logs, replay them on two servers one after the other, compare.
 
     Both servers should hold the data as it was when the capture began (restore a
-    backup or snapshot taken then). Exit codes are those of `pgtraffic compare`.
+    backup or snapshot taken then). The two must be different servers (read from
+    them: system identifier, data directory, start time): one server twice is
+    refused before anything runs, unless --allow-same-server. Exit codes are those of
+    `pgtraffic compare` (6 when a replay was incomplete, unless --allow-incomplete).
 
     \b
     Example:
@@ -259,9 +271,10 @@ def rehearse_command(
         thresholds=thresholds,
         explain=explain,
         reporter=ConsoleReporter(out),
+        allow_same_server=allow_same_server,
     )
     _report(result, html or workdir / "report.html", out)
-    code = exit_code(result.comparison, failures)
+    code = exit_code(result.comparison, failures, allow_incomplete=allow_incomplete)
     if code:
         raise typer.Exit(code)
 
