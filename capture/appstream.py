@@ -19,13 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
 from capture.chunking import ChunkText, LineChunker
 from capture.decode import RecordDecoder
+from capture.errors import InputError
 from capture.events import ChunkResult, EventKind, SessionInfo
 
 SCHEMA = "pgtraffic-app"
@@ -329,6 +330,18 @@ def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
         state.add(event, line)
     state.markers()
     decoder.result.lines += len(lines)
+
+
+def no_query_events(names: str, skipped: Mapping[str, int]) -> InputError:
+    """The refusal of application streams that gave no statement."""
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items(), key=lambda i: -i[1]))
+    return InputError(
+        f"{names}: no query events in this application stream"
+        + (f" (skipped: {reasons})" if reasons else ""),
+        hint='capture needs "type": "query" events with time, session, sql and duration_ms '
+        "(docs/app-stream.md); the summary of a run without --strict lists the skipped "
+        "lines as file:line",
+    )
 
 
 def _is_marker(event: tuple[Any, ...]) -> bool:

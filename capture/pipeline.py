@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from capture.appstream import no_query_events, resolve_app_sessions
 from capture.appstream import parse_chunk as parse_appstream
-from capture.appstream import resolve_app_sessions
 from capture.chunking import Chunker, ChunkText, LineChunker
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
@@ -43,7 +43,15 @@ from capture.prefix import compile_prefix
 from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
 from capture.settings import recipe_for_formats
-from capture.sources import HEAD, LogFormat, SourceInfo, describe, detect, read_blocks
+from capture.sources import (
+    APPSTREAM_LABEL,
+    HEAD,
+    LogFormat,
+    SourceInfo,
+    describe,
+    detect,
+    read_blocks,
+)
 from capture.stderrlog import StderrChunker, resolve_sessions
 from capture.stderrlog import parse_chunk as parse_stderr
 from capture.syslog import SyslogChunker, SyslogOptions
@@ -765,6 +773,8 @@ def _no_statements(
     formats: Sequence[str] = (),
 ) -> InputError:
     names = ", ".join(sources)
+    if formats and all(f == APPSTREAM_LABEL for f in formats):
+        return no_query_events(names, skipped)
     recipe = recipe_for_formats(formats)
     if records == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.most_common(3))

@@ -1,18 +1,26 @@
 """Logs of hosted PostgreSQL as their platforms export them (pure; no I/O).
 
+docs/capture.md cites the documentation each layout comes from.
+
 * **Google Cloud SQL**: Cloud Logging entries (``gcloud logging read --format=json``
   writes a JSON array, newest first; sinks write one JSON object per line) whose
-  ``textPayload`` is the server's stderr line (``%m [%p]: [%l-1] db=%d,user=%u ``).
-  The payloads, oldest first, are read as a stderr log.
-* **Azure Database for PostgreSQL** (flexible server): diagnostic-settings exports
-  of the ``PostgreSQLLogs`` category, one JSON object per line with ``time`` and a
-  ``properties`` object (``message``, ``detail``, ``errorLevel``, ``sqlerrcode``,
-  ``processId``, ``prefix`` from ``log_line_prefix = '%t-%c-'``), or Log Analytics
-  ``PGSQLServerLogs`` rows (``TimeGenerated``, ``Message``, ``ErrorLevel``,
-  ``SqlErrorCode``, ``ProcessId``, ``Detail``, ``Statement``).
+  ``textPayload`` (or the ``message`` of a ``jsonPayload``) is the server's stderr
+  line (``%m [%p]: [%l-1] db=%d,user=%u ``). The payloads, oldest first, are read as
+  a stderr log.
+* **Azure Database for PostgreSQL** (flexible server), category ``PostgreSQLLogs``:
+  blobs of a storage account (Azure Monitor's common resource-log schema: one JSON
+  object per line with ``time`` and a ``properties`` object: ``message``,
+  ``detail``, ``errorLevel``, ``sqlerrcode``, ``processId``, ``prefix`` from
+  ``log_line_prefix = '%t-%c-'``), and Log Analytics rows exported as JSON (``az
+  monitor log-analytics query -o json``: an array in no set order, sorted here):
+  ``AzureDiagnostics`` (``TimeGenerated``, ``Message``, ``Detail``,
+  ``errorLevel_s``, ``sqlerrcode_s``, ``processId_d``) or ``PGSQLServerLogs``
+  (``TimeGenerated``, ``Message``, ``Detail``, ``ErrorLevel``, ``SqlErrorCode``,
+  ``ProcessId``, ``Statement``).
 * **CloudNativePG**: the instance manager's JSON lines; PostgreSQL's own records are
   those with ``"logger": "postgres"`` whose ``record`` holds the csvlog fields by
-  name (``log_time``, ``session_id``, ``error_severity``, ``message``, ...).
+  name (``log_time``, ``session_id``, ``error_severity``, ``message``, ...; empty
+  ones may be left out); the pod is ``logging_pod`` (``logging_podName`` before 1.22).
 
 Each becomes what :class:`~capture.decode.RecordDecoder` takes: Cloud SQL and Azure
 through stderr text (:mod:`capture.stderrlog`: sessions from pids and connection
@@ -51,6 +59,7 @@ AZURE_PREFIX = "%m [%p] %e "
 """The prefix of the stderr lines an Azure record is written as."""
 _SESSION = re.compile(r"[0-9a-f]{6,10}\.[0-9a-f]{1,8}")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+_PAYLOAD = re.compile(r'"(?:textPayload|message)":\s*("(?:[^"\\]|\\.)*")')
 
 
 class WholeChunker(Chunker):
@@ -94,15 +103,28 @@ def platform_of(obj: Any) -> Platform | None:
     """Which platform's export a first JSON object comes from."""
     if not isinstance(obj, dict):
         return None
-    if "textPayload" in obj and ("logName" in obj or "resource" in obj):
+    if _payload(obj) is not None and ("logName" in obj or "resource" in obj):
         return Platform.CLOUDSQL
-    if obj.get("category") == "PostgreSQLLogs" or ("ErrorLevel" in obj and "Message" in obj):
+    if "PostgreSQLLogs" in (obj.get("category"), obj.get("Category")) or (
+        ("ErrorLevel" in obj or "errorLevel_s" in obj) and "Message" in obj
+    ):
         return Platform.AZURE
     if obj.get("logger") == "postgres" or isinstance(obj.get("record"), dict):
         return Platform.CLOUDNATIVEPG
-    if "level" in obj and "logging_pod" in obj:
+    if "level" in obj and ("logging_pod" in obj or "logging_podName" in obj):
         return Platform.CLOUDNATIVEPG
     return None
+
+
+def _payload(obj: dict[str, Any]) -> str | None:
+    """A Cloud Logging entry's server line: ``textPayload``, or the ``message`` of a
+    ``jsonPayload``."""
+    text = obj.get("textPayload")
+    if isinstance(text, str):
+        return text
+    payload = obj.get("jsonPayload")
+    message = payload.get("message") if isinstance(payload, dict) else None
+    return message if isinstance(message, str) else None
 
 
 def detect_platform(head: str) -> tuple[Platform, str] | None:
@@ -116,7 +138,8 @@ def detect_platform(head: str) -> tuple[Platform, str] | None:
             try:
                 first, _ = json.JSONDecoder().raw_decode(stripped, found.start())
             except ValueError:
-                first = {"textPayload": "", "logName": ""} if "textPayload" in head else None
+                cut = "textPayload" in head or '"jsonPayload"' in head
+                first = {"textPayload": "", "logName": ""} if cut else None
         objects = [(0, first)]
     else:
         objects = _objects("\n".join(head.split("\n")[:-1]) or head)
@@ -137,18 +160,19 @@ def detect_platform(head: str) -> tuple[Platform, str] | None:
 
 
 def _payloads_of_array_head(head: str) -> list[str]:
-    """textPayload values of the complete entries at the start of a cut JSON array."""
+    """textPayload (or jsonPayload message) values of the complete entries at the start
+    of a cut JSON array."""
     out = []
-    for found in re.finditer(r'"textPayload":\s*("(?:[^"\\]|\\.)*")', head):
+    for found in _PAYLOAD.finditer(head):
         out.append(json.loads(found.group(1)))
     return out
 
 
 def _cloudsql_text(objects: Sequence[tuple[int, Any]], array: bool) -> tuple[str, list[int]]:
     entries = [
-        (index, str(obj.get("timestamp", "")), str(obj.get("textPayload", "")))
+        (index, str(obj.get("timestamp", "")), _payload(obj) or "")
         for index, obj in objects
-        if isinstance(obj, dict) and "textPayload" in obj
+        if isinstance(obj, dict) and _payload(obj) is not None
     ]
     bad = [index for index, obj in objects if not isinstance(obj, dict)]
     if array:
@@ -164,35 +188,50 @@ def _cloudsql_text(objects: Sequence[tuple[int, Any]], array: bool) -> tuple[str
     return "\n".join(out) + "\n", bad
 
 
+_AZURE_LAYOUTS = (
+    # (member that tells the layout, time, message, detail, statement, level,
+    #  sqlstate, pid, prefix); the first is the storage-account layout's properties
+    ("properties", "time", "message", "detail", "statement", "errorLevel", "sqlerrcode",
+     "processId", "prefix"),
+    ("errorLevel_s", "TimeGenerated", "Message", "Detail", "Statement", "errorLevel_s",
+     "sqlerrcode_s", "processId_d", "prefix_s"),
+    ("ErrorLevel", "TimeGenerated", "Message", "Detail", "Statement", "ErrorLevel",
+     "SqlErrorCode", "ProcessId", "Prefix"),
+)  # fmt: skip
+"""Where an Azure record keeps each field: a blob of the storage account (the common
+resource-log schema, fields in ``properties``), Log Analytics ``AzureDiagnostics``
+rows (``errorLevel_s``, ``processId_d``, ``sqlerrcode_s``) and ``PGSQLServerLogs``
+rows (resource-specific table)."""
+
+
+def _azure_fields(obj: dict[str, Any]) -> list[Any] | None:
+    """[time, message, detail, statement, level, sqlstate, pid, prefix] of a record."""
+    for tell, *names in _AZURE_LAYOUTS:
+        if tell not in obj:
+            continue
+        source = obj[tell] if tell == "properties" else obj
+        if not isinstance(source, dict):
+            return None
+        fields = [source.get(name) for name in names]
+        if tell == "properties":
+            fields[0] = obj.get("time") or source.get("timestamp")
+        elif tell == "errorLevel_s":  # the suffixed spellings of AzureDiagnostics
+            fields[2] = fields[2] or obj.get("detail_s")
+            fields[3] = fields[3] or obj.get("statement_s")
+        return fields
+    return None
+
+
 def _azure_line(obj: dict[str, Any], with_session: bool) -> str | None:
-    props = obj.get("properties")
-    if isinstance(props, dict):
-        get = props.get
-        when = obj.get("time") or get("timestamp")
-        message, detail, statement = get("message"), get("detail"), get("statement")
-        level, state, pid, prefix = (
-            get("errorLevel"),
-            get("sqlerrcode"),
-            get("processId"),
-            get("prefix"),
-        )
-    elif "Message" in obj:
-        get = obj.get
-        when, message, detail, statement = (
-            get("TimeGenerated"),
-            get("Message"),
-            get("Detail"),
-            get("Statement"),
-        )
-        level, state, pid, prefix = (
-            get("ErrorLevel"),
-            get("SqlErrorCode"),
-            get("ProcessId"),
-            get("Prefix"),
-        )
-    else:
+    fields = _azure_fields(obj)
+    if fields is None:
         return None
+    when, message, detail, statement, level, state, pid, prefix = fields
     if not when or not level or pid is None:
+        return None
+    try:
+        pid = int(float(pid))  # processId_d is a double
+    except (TypeError, ValueError):
         return None
     head = f"{log_time(str(when))} [{pid}] {state or '00000'} "
     if with_session:
@@ -206,14 +245,28 @@ def _azure_line(obj: dict[str, Any], with_session: bool) -> str | None:
     return "\n".join(lines)
 
 
+def _azure_time(item: tuple[int, Any]) -> str:
+    fields = _azure_fields(item[1]) if isinstance(item[1], dict) else None
+    if fields is None or not fields[0]:
+        return ""
+    try:
+        return log_time(str(fields[0]))
+    except ValueError:
+        return ""
+
+
 def azure_prefix(head: str) -> str:
     """The prefix of an Azure export's stderr lines: with %c when it has session ids."""
     return AZURE_PREFIX + "%c " if _SESSION.search(head) and '"prefix"' in head else AZURE_PREFIX
 
 
-def _azure_text(objects: Sequence[tuple[int, Any]], with_session: bool) -> tuple[str, list[int]]:
+def _azure_text(
+    objects: Sequence[tuple[int, Any]], with_session: bool, array: bool
+) -> tuple[str, list[int]]:
     out: list[str] = []
     bad: list[int] = []
+    if array:  # a query's rows (az monitor log-analytics query -o json): in time order
+        objects = sorted(objects, key=_azure_time)
     for index, obj in objects:
         line = _azure_line(obj, with_session) if isinstance(obj, dict) else None
         if line is None:
@@ -271,7 +324,7 @@ def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
     if platform is Platform.CLOUDSQL:
         stderr_text, bad = _cloudsql_text(objects, array)
     else:
-        stderr_text, bad = _azure_text(objects, "%c" in prefix)
+        stderr_text, bad = _azure_text(objects, "%c" in prefix, array)
     reason = f"not a {platform.value} log entry"
     for index in bad:
         decoder.problem(source, first_line + index, reason)

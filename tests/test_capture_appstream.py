@@ -329,3 +329,18 @@ def test_the_json_schema_matches_the_reader() -> None:
     assert not pattern.match("2026-12-01T10:00:00")
     assert schema["required"] == ["stream", "type", "time", "session"]
     assert schema["then"]["required"] == ["sql", "duration_ms"]
+
+
+def test_a_stream_without_query_events_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.jsonl"
+    lines = [
+        _line(type="connect", time="2026-12-01T10:00:00Z", session="s1"),
+        _line(type="query", time="2026-12-01T10:00:01", session="s1", sql="x", duration_ms=1),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as info:
+        _capture(path)
+    assert "no query events in this application stream" in str(info.value)
+    assert "1 invalid app-stream event" in str(info.value)
+    assert "docs/app-stream.md" in (info.value.hint or "")
+    assert "postgresql.conf" not in (info.value.hint or "")

@@ -4,6 +4,7 @@ session: a parameterized execute, a division by zero, a multi-line statement."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,10 @@ EXPECTED = [
     [
         ("cloudsql.json", "Google Cloud SQL (Cloud Logging export), log_line_prefix"),
         ("cloudsql.jsonl", "Google Cloud SQL (Cloud Logging export), log_line_prefix"),
+        ("cloudsql_jsonpayload.jsonl", "Google Cloud SQL (Cloud Logging export), log_line"),
         ("azure.json", "Azure Database for PostgreSQL (PostgreSQLLogs export)"),
+        ("azure_diagnostics.json", "Azure Database for PostgreSQL (PostgreSQLLogs export)"),
+        ("azure_pgsqlserverlogs.json", "Azure Database for PostgreSQL (PostgreSQLLogs export)"),
         ("cloudnativepg.json", "CloudNativePG (instance manager JSON)"),
     ],
 )
@@ -82,3 +86,31 @@ def test_refusal_names_the_platform(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         capture([str(path)], tmp_path / "w.pgtw", CaptureOptions(jobs=1))
     assert "database flags" in (info.value.hint or "")
+
+
+def test_cloudnativepg_before_1_22(tmp_path: Path) -> None:
+    """Operators before 1.22 name the pod ``logging_podName`` and write ``ts`` as epoch
+    seconds; a pod's log starts with many of the instance manager's own lines."""
+    lines = (LOGS / "cloudnativepg_1.21.json").read_text().splitlines()
+    manager = json.loads(lines[0])
+    head = [json.dumps({**manager, "msg": f"step {n}"}) for n in range(60)]
+    path = tmp_path / "pod.json"
+    path.write_text("\n".join(head + lines) + "\n")
+    out = tmp_path / "w.pgtw"
+    summary = capture([str(path)], out, CaptureOptions(jobs=1))
+    assert summary.formats == ("CloudNativePG (instance manager JSON)",)
+    assert summary.skipped == {}
+    got = [(s.sql, s.params, s.sqlstate) for s in read_workload(out).statements()]
+    assert got == EXPECTED
+
+
+def test_a_log_analytics_array_is_put_in_time_order(tmp_path: Path) -> None:
+    """Rows of ``az monitor log-analytics query -o json`` come in no set order."""
+    rows = json.loads((LOGS / "azure_diagnostics.json").read_text())
+    times = [row["TimeGenerated"] for row in rows]
+    assert times != sorted(times)  # the file is out of order
+    summary = capture(
+        [str(LOGS / "azure_diagnostics.json")], tmp_path / "w.pgtw", CaptureOptions(jobs=1)
+    )
+    assert summary.reordered == 0
+    assert summary.statements == 3

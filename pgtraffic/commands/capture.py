@@ -29,7 +29,9 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-CAPTURE_HELP = f"""Read PostgreSQL csvlog, jsonlog or stderr logs and write a workload file.
+CAPTURE_HELP = f"""Read PostgreSQL logs (csvlog, jsonlog, stderr, syslog, the exports of RDS,
+Cloud SQL, Azure, CloudNativePG and Heroku) or an application stream (appstream,
+docs/app-stream.md) and write a workload file.
 
 Give rotated files oldest first; compressed files (gzip, bzip2, xz, zstd) and -
 (stdin) work too. The format and, for stderr logs, the log_line_prefix are
@@ -39,6 +41,7 @@ detected from the first bytes (--format and --log-line-prefix override them).
 Example:
     pgtraffic capture /var/log/postgresql/postgresql-*.csv -o monday.pgtw \\
         --database shop --exclude-application pg_dump --since '2024-05-06 09:00'
+    pgtraffic capture app-events.jsonl.zst -o monday.pgtw   # an application stream
 
 Records capture cannot use (garbage lines, a truncated last record, non-UTF-8
 bytes) are skipped, counted and listed in the summary; --strict stops at the
@@ -176,7 +179,7 @@ def capture_command(
     logs: Annotated[
         list[str],
         typer.Argument(
-            metavar="LOG...", help="csvlog/jsonlog/stderr logs, oldest first; compressed or - ok."
+            metavar="LOG...", help="Logs or app streams, oldest first; compressed or - ok."
         ),
     ],
     output: Annotated[
