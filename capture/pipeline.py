@@ -127,6 +127,8 @@ class CaptureSummary:
     first_time: str | None
     last_time: str | None
     server_version: str | None
+    statements_with_duration: int = 0
+    """Statements that carry their original duration (logged, or from an app stream)."""
 
     @property
     def skipped_total(self) -> int:
@@ -595,6 +597,7 @@ class _Capture:
         self.kind_counts: collections.Counter[StatementKind] = collections.Counter()
         self.lines = self.records = self.non_english = 0
         self.failed = self.unparsed = self.truncated = self.reordered = 0
+        self.timed = 0
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.server_version: str | None = None
@@ -662,7 +665,7 @@ class _Capture:
             first = stmts[0].start_us
             self.start_us = min(first, self.first_ts if self.first_ts is not None else first)
         origin, last = self.start_us, self.last_offset
-        reordered = failed = unparsed = truncated = 0
+        reordered = failed = unparsed = truncated = timed = 0
         offsets, lines = self.batch_offsets, self.batch_lines
         add_offset, add_line = offsets.append, lines.append
         self.kind_counts.update(map(_KIND_OF, stmts))  # counted in C, in the order written
@@ -690,11 +693,14 @@ class _Capture:
                 unparsed += 1
             if stmt.params_truncated:
                 truncated += 1
+            if duration is not None:
+                timed += 1
         self.last_offset = last
         self.reordered += reordered
         self.failed += failed
         self.unparsed += unparsed
         self.truncated += truncated
+        self.timed += timed
         self.writer.write_batch(offsets, lines)
         offsets.clear()
         lines.clear()
@@ -762,6 +768,7 @@ class _Capture:
             first_time=to_datetime(first_ts).isoformat() if first_ts is not None else None,
             last_time=to_datetime(last_ts).isoformat() if last_ts is not None else None,
             server_version=self.server_version,
+            statements_with_duration=self.timed,
         )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import re
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -344,3 +346,19 @@ def test_a_stream_without_query_events_is_refused(tmp_path: Path) -> None:
     assert "1 invalid app-stream event" in str(info.value)
     assert "docs/app-stream.md" in (info.value.hint or "")
     assert "postgresql.conf" not in (info.value.hint or "")
+
+
+def test_the_summary_counts_the_durations(tmp_path: Path, pgtraffic_cmd: list[str]) -> None:
+    """Every event carries its duration, and the summary says so."""
+    path = tmp_path / "app.jsonl"
+    path.write_text("\n".join(_good_stream()) + "\n")
+    summary, _ = _capture(path)
+    assert summary.statements_with_duration == summary.statements - 1  # one failed
+    done = subprocess.run(
+        [*pgtraffic_cmd, "capture", str(path), "-o", str(tmp_path / "cli.pgtw")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert re.search(rf"durations logged\s+│\s+{summary.statements - 1}\b", done.stdout)

@@ -96,7 +96,7 @@ def summary_table(summary: CaptureSummary) -> Table:
     table.add_row("query classes", f"{summary.classes:,}")
     table.add_row("sessions", f"{summary.sessions:,}")
     table.add_row("failed statements", f"{summary.failed_statements:,}")
-    table.add_row("durations logged", f"{summary.durations_attached:,}")
+    table.add_row("durations logged", f"{summary.statements_with_duration:,}")
     if summary.unparsed_statements:
         table.add_row("unparsable SQL (kept)", f"{summary.unparsed_statements:,}")
     if summary.params_truncated:
