@@ -18,14 +18,30 @@ original client did; an unnamed one is sent as Parse/Bind/Execute/Sync every tim
 from __future__ import annotations
 
 import collections
+import os
+import pwd
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 
 from capture.fields import field_dict
+from replay.conninfo import (
+    ConnInfo,
+    ConninfoError,
+    Endpoint,
+    PassEntry,
+    build_conninfo,
+    merge,
+    parse_conninfo,
+    parse_pgpass,
+    parse_service,
+)
 from replay.protocol import IDLE, WireChannel, extended_messages, query_message
 
 TypeEntry = tuple[int, str, str]
@@ -99,6 +115,280 @@ def install_text_codecs(conn: asyncpg.Connection, types: Sequence[TypeEntry]) ->
     return {oid for oid, _, _ in types}
 
 
+# --- where to connect: the DSN, the environment and libpq's files ---------------------
+
+SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+"""Where a server's unix socket is looked for when no host is given: libpq has one
+directory built in (/var/run/postgresql on Debian, /tmp upstream); the first of
+these that holds the port's socket is taken (else the first that exists)."""
+
+SYSTEM_SERVICE_DIR = "/etc/postgresql-common"
+"""libpq's system-wide pg_service.conf directory when PGSYSCONFDIR is not set (Debian's)."""
+
+_UTF8 = ("utf8", "utf-8", "unicode", "auto")
+_IGNORED = frozenset(
+    {
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "sslcompression",
+        "sslsni",
+        "sslkeylogfile",
+        "max_protocol_version",
+    }
+)
+"""Keywords that only tune how libpq talks; asyncpg's defaults are used instead."""
+_HARMLESS = {
+    "channel_binding": ("disable", "prefer"),
+    "gssencmode": ("disable", "prefer"),
+    "sslcertmode": ("disable", "allow"),
+    "load_balance_hosts": ("disable",),
+    "min_protocol_version": ("3.0",),
+    "gssdelegation": ("0",),
+    "replication": ("0", "off", "false", "no"),
+}
+"""Keywords asyncpg cannot honour, with the values that ask for nothing it lacks."""
+_PASSED = frozenset(
+    {
+        *("host", "hostaddr", "port", "dbname", "user", "password", "passfile"),
+        *("service", "servicefile", "connect_timeout", "client_encoding", "options"),
+        *("application_name", "fallback_application_name", "sslmode", "sslnegotiation"),
+        *("sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl"),
+        *("ssl_min_protocol_version", "ssl_max_protocol_version"),
+        *("target_session_attrs", "krbsrvname", "gsslib"),
+    }
+)
+_SSL_FILES = (
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "sslnegotiation",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+)
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME")
+    return Path(home) if home else Path(pwd.getpwuid(os.geteuid()).pw_dir)
+
+
+def _read_service(
+    name: str, explicit: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The keywords of service ``name``: the user's file first, then the system's."""
+    user_file = explicit.get("servicefile") or environ.get("PGSERVICEFILE")
+    sysconf = environ.get("PGSYSCONFDIR") or SYSTEM_SERVICE_DIR
+    candidates = [
+        Path(user_file) if user_file else _home(environ) / ".pg_service.conf",
+        Path(sysconf) / "pg_service.conf",
+    ]
+    for path in candidates:
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConninfoError(f"service file {path}", f"cannot be read: {exc.strerror}") from exc
+        found = parse_service(text, name, str(path))
+        if found is not None:
+            return found
+    looked = " or ".join(str(c) for c in candidates)
+    raise ConninfoError(
+        f'service "{name}"',
+        f"no [{name}] section in {looked}",
+        hint="name the file with PGSERVICEFILE, or fix the service name (service= or PGSERVICE)",
+    )
+
+
+def _read_pgpass(path: Path) -> tuple[tuple[PassEntry, ...], tuple[str, ...]]:
+    """The entries of the password file at ``path``, or none, with why (libpq's rules:
+    it must be a plain file that neither group nor others may read)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return (), ()
+    if not stat.S_ISREG(info.st_mode):
+        return (), (f"password file {path} ignored: not a plain file",)
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (), (
+            f"password file {path} ignored: group or others may read it "
+            f"(libpq ignores it too); chmod 0600 {path}",
+        )
+    try:
+        return parse_pgpass(path.read_text(encoding="utf-8", errors="surrogateescape")), ()
+    except OSError as exc:
+        return (), (f"password file {path} ignored: {exc.strerror}",)
+
+
+def _default_socket_dir(params: Mapping[str, str]) -> str:
+    port = (params.get("port") or "").split(",")[0] or "5432"
+    for directory in SOCKET_DIRS:
+        if Path(directory, f".s.PGSQL.{port}").exists():
+            return directory
+    return next((d for d in SOCKET_DIRS if Path(d).is_dir()), SOCKET_DIRS[-1])
+
+
+def resolve_target(dsn: str | ConnInfo, environ: Mapping[str, str] | None = None) -> ConnInfo:
+    """The DSN with the service file, the environment (``environ``, default
+    ``os.environ``) and the password file merged as libpq merges them; a
+    :class:`ConninfoError` names whatever is malformed or cannot be honoured."""
+    if isinstance(dsn, ConnInfo):
+        return dsn
+    env = os.environ if environ is None else environ
+    explicit = parse_conninfo(dsn)
+    name = explicit.get("service") or env.get("PGSERVICE")
+    service = _read_service(name, explicit, env) if name else None
+    params, origins = merge(explicit, service, name, env)
+    pgpass: tuple[PassEntry, ...] = ()
+    notes: tuple[str, ...] = ()
+    passfile = Path(params.get("passfile") or _home(env) / ".pgpass")
+    if not params.get("password"):
+        pgpass, notes = _read_pgpass(passfile)
+    info = build_conninfo(
+        params,
+        origins,
+        os_user=pwd.getpwuid(os.geteuid()).pw_name,
+        default_socket_dir=_default_socket_dir(params),
+        pgpass=pgpass,
+        passfile=str(passfile),
+        environ=env,
+        notes=notes,
+    )
+    check_asyncpg_support(info)
+    return info
+
+
+def check_asyncpg_support(info: ConnInfo) -> None:
+    """ConninfoError for a keyword whose value asks for what asyncpg cannot do."""
+    for key, value in info.params:
+        if key in _PASSED or key in _IGNORED or not value:
+            continue
+        if value.lower() in _HARMLESS.get(key, ()):
+            continue
+        raise ConninfoError(
+            f"{key}={value} (from {info.origin(key)})",
+            "pgtraffic connects with asyncpg, which cannot honour it",
+            hint=f"leave {key} out of the DSN (and its environment variable) for the replay",
+        )
+    encoding = info.get("client_encoding")
+    if encoding and encoding.lower() not in _UTF8:
+        raise ConninfoError(
+            f"client_encoding={encoding} (from {info.origin('client_encoding')})",
+            "replay sends statements in UTF8, as the log holds them",
+            hint="leave client_encoding out, or set it to UTF8",
+        )
+    if info.get("sslrootcert") == "system":
+        raise ConninfoError(
+            f"sslrootcert=system (from {info.origin('sslrootcert')})",
+            "asyncpg cannot use the system's certificate store",
+            hint="name a root certificate file instead",
+        )
+
+
+# --- connecting ------------------------------------------------------------------------
+
+LONG_WAIT_S = 86_400.0
+"""What connect_timeout=0 (no limit) becomes for asyncpg, which needs a number."""
+
+
+def asyncpg_arguments(
+    info: ConnInfo,
+    endpoints: Sequence[Endpoint],
+    password: str | None,
+    *,
+    user: str,
+    database: str,
+    application: str | None = None,
+    fallback_application: str | None = None,
+    timeout_s: float = 10.0,
+    settings: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for :func:`asyncpg.connect` that leave asyncpg nothing to
+    look up itself (no environment variable, no file of its own); ``settings`` are
+    server settings for the start-up packet."""
+    startup = {**dict(info.startup), **(settings or {})}
+    if info.get("options"):
+        startup["options"] = info.get("options") or ""
+    app = (
+        application
+        or info.get("application_name")
+        or fallback_application
+        or info.get("fallback_application_name")
+    )
+    if app:
+        startup["application_name"] = app
+    ssl_query = {k: v for k in _SSL_FILES if (v := info.get(k))}
+    per_host = info.connect_timeout_s
+    if per_host is not None:
+        timeout_s = LONG_WAIT_S if per_host == 0 else per_host * len(endpoints)
+    return {
+        "dsn": "postgresql://?" + urlencode(ssl_query) if ssl_query else None,
+        "host": [e.address for e in endpoints],
+        "port": [e.port for e in endpoints],
+        "user": user,
+        "database": database,
+        "password": password,
+        "passfile": NO_PASSFILE,
+        "ssl": info.sslmode,
+        "target_session_attrs": info.get("target_session_attrs") or "any",
+        "krbsrvname": info.get("krbsrvname"),
+        "gsslib": info.get("gsslib"),
+        "timeout": timeout_s,
+        "server_settings": startup,
+    }
+
+
+NO_PASSFILE = Path("/nonexistent/pgtraffic: the password file was read already")
+"""asyncpg reads a password file of its own when it has no password: this one is
+never there, so only :meth:`ConnInfo.password_for` (libpq's rules) decides."""
+
+
+async def connect(
+    target: str | ConnInfo,
+    *,
+    user: str | None = None,
+    database: str | None = None,
+    application: str | None = None,
+    fallback_application: str | None = None,
+    timeout_s: float = 10.0,
+    settings: Mapping[str, str] | None = None,
+) -> asyncpg.Connection:
+    """Connect to the first server of ``target`` that answers, as libpq would, with
+    ``user``/``database`` in place of the target's own when given."""
+    info = resolve_target(target)
+    login_user, login_db = user or info.user, database or info.dbname
+    groups: list[tuple[str | None, list[Endpoint]]] = []
+    for endpoint in info.endpoints:
+        password = info.password_for(endpoint, login_user, login_db)
+        if groups and groups[-1][0] == password:
+            groups[-1][1].append(endpoint)
+        else:
+            groups.append((password, [endpoint]))
+    for i, (password, endpoints) in enumerate(groups):
+        args = asyncpg_arguments(
+            info,
+            endpoints,
+            password,
+            user=login_user,
+            database=login_db,
+            application=application,
+            fallback_application=fallback_application,
+            timeout_s=timeout_s,
+            settings=settings,
+        )
+        try:
+            return await asyncpg.connect(**args, statement_cache_size=0)
+        except Exception:
+            if i == len(groups) - 1:
+                raise
+    raise AssertionError("a target has at least one server")
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectSpec:
     """Where and as whom one replay connection logs in."""
@@ -108,6 +398,10 @@ class ConnectSpec:
     database: str | None
     application: str | None = None
     timeout_s: float = 10.0
+    conninfo: ConnInfo | None = None
+    """``dsn`` resolved (:func:`resolve_target`) once for the whole replay."""
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """Startup settings of the connection (``--read-only``: default_transaction_read_only)."""
 
 
 @dataclass(slots=True)
@@ -141,14 +435,13 @@ class ReplayConnection:
     ) -> ReplayConnection:
         """Connect; ``direct_simple``: send statements through a
         :class:`WireChannel` (else through asyncpg's query paths)."""
-        settings = {"application_name": spec.application} if spec.application else {}
-        conn = await asyncpg.connect(
-            spec.dsn,
+        conn = await connect(
+            spec.conninfo or spec.dsn,
             user=spec.user,
             database=spec.database,
-            timeout=spec.timeout_s,
-            statement_cache_size=0,
-            server_settings=settings,
+            application=spec.application,
+            timeout_s=spec.timeout_s,
+            settings=spec.settings,
         )
         channel = WireChannel.for_connection(conn) if direct_simple else None
         if channel is not None:
@@ -285,9 +578,9 @@ class TargetInfo:
         return field_dict(self, exclude=("types",), settings=dict(self.settings))
 
 
-async def probe_target(dsn: str, timeout_s: float = 10.0) -> TargetInfo:
+async def probe_target(dsn: str | ConnInfo, timeout_s: float = 10.0) -> TargetInfo:
     """Connect once to read the target's identity, key settings and type catalog."""
-    conn = await asyncpg.connect(dsn, timeout=timeout_s, statement_cache_size=0)
+    conn = await connect(dsn, timeout_s=timeout_s, fallback_application="pgtraffic")
     try:
         row = await conn.fetchrow("SELECT current_database(), current_user")
         settings = {

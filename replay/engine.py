@@ -38,7 +38,14 @@ import asyncpg
 from capture.errors import UsageError, WorkloadFormatError
 from capture.records import Session, StatementKind
 from capture.workload import READ_ERRORS, Workload, loads_record, open_text, read_workload
-from replay.connection import ConnectSpec, ReplayConnection, TypeEntry, rows_from_status
+from replay.connection import (
+    ConnectSpec,
+    ReplayConnection,
+    TypeEntry,
+    connect,
+    rows_from_status,
+)
+from replay.conninfo import ConnInfo
 from replay.protocol import ChannelLost
 from replay.results import ResultsWriter
 from replay.schedule import Schedule, session_worker
@@ -62,6 +69,8 @@ class ReplayOptions:
 
     dsn: str
     schedule: Schedule = field(default_factory=Schedule)
+    conninfo: ConnInfo | None = None
+    """``dsn`` resolved once (replay.connection.resolve_target); None: at each connect."""
     map_user: Mapping[str, str] = field(default_factory=dict)
     map_database: Mapping[str, str] = field(default_factory=dict)
     workers: int = 1
@@ -103,6 +112,7 @@ class ReplayOptions:
             database=database,
             application=session.application,
             timeout_s=self.connect_timeout_s,
+            conninfo=self.conninfo,
         )
 
 
@@ -886,13 +896,12 @@ class Replayer:
     async def _monitor(self) -> asyncpg.Connection:
         """The cycle breaker's own connection to the target."""
         options = self.options
-        return await asyncpg.connect(
-            options.dsn,
+        return await connect(
+            options.conninfo or options.dsn,
             user=options.default_user,
             database=options.default_database,
-            timeout=options.connect_timeout_s,
-            statement_cache_size=0,
-            server_settings={"application_name": "pgtraffic sync monitor"},
+            timeout_s=options.connect_timeout_s,
+            fallback_application="pgtraffic sync monitor",
         )
 
     async def run(self, on_progress: Callable[[Progress], None] | None = None) -> Counters:

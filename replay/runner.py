@@ -28,7 +28,8 @@ from capture.fields import field_dict
 from capture.records import StatementKind
 from capture.version import __version__
 from capture.workload import Workload, read_workload
-from replay.connection import TargetInfo, TypeEntry, probe_target
+from replay.connection import TargetInfo, TypeEntry, probe_target, resolve_target
+from replay.conninfo import ConnInfo
 from replay.engine import Progress, ReplayOptions, run_worker, shared_sync
 from replay.errors import ReplayError, TargetError
 from replay.results import append_final_summary, create_results_file
@@ -219,15 +220,19 @@ def raise_open_file_limit(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def inspect_target(dsn: str, timeout_s: float = 10.0) -> TargetInfo:
-    """Connect once and read the target's identity; TargetError when that fails."""
+def inspect_target(dsn: str | ConnInfo, timeout_s: float = 10.0) -> TargetInfo:
+    """Connect once and read the target's identity; TargetError when that fails (a
+    malformed DSN: the ConninfoError, a UsageError, naming the part)."""
+    info = resolve_target(dsn)
     try:
-        return asyncio.run(probe_target(dsn, timeout_s))
+        return asyncio.run(probe_target(info, timeout_s))
     except Exception as exc:
+        notes = "".join(f"; {note}" for note in info.notes)
         raise TargetError(
-            f"cannot reach the replay target: {exc}",
-            hint="check --target (a libpq URI such as postgresql://user@host:5432/db); "
-            "passwords come from PGPASSWORD or ~/.pgpass (PGPASSFILE)",
+            f"cannot reach the replay target ({info.describe()}): {exc}",
+            hint="check --target (a libpq URI such as postgresql://user@host:5432/db, or "
+            "key=value pairs such as 'host=/var/run/postgresql dbname=db'); passwords come "
+            f"from the DSN, PGPASSWORD or the password file ({info.passfile}){notes}",
         ) from exc
 
 
@@ -619,9 +624,10 @@ def replay_workload(
     file is complete when this returns, and readable when it raises.
     """
     prepared = prepare_replay(workload, settings, dsn)
-    target = inspect_target(dsn)
+    conninfo = resolve_target(dsn)
+    target = inspect_target(conninfo)
     if on_target is not None:
         on_target(target, prepared.plan)
-    options = with_defaults(prepared.options, target)
+    options = with_defaults(replace(prepared.options, conninfo=conninfo), target)
     final = run_replay(prepared.workload, results_path, options, target, on_status=on_status)
     return ReplayRun(results_path, target, prepared.plan, options, final)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,3 +305,118 @@ def test_restarted_cluster_is_still_stopped_by_its_owner(make_cluster: ClusterFa
     assert cluster.is_running()
     assert cluster.stop_report is None, "a new run has no stop report yet"
     assert _LIVE.get(cluster.name) is cluster, "stopped at exit like a new cluster"
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [
+        ("%m [%p] ", "'%m [%p] '"),
+        ("it's", "'it''s'"),
+        ("C:\\temp", "'C:\\\\temp'"),
+        ("two\nlines", "'two\\nlines'"),
+        ("64MB", "'64MB'"),
+        ("", "''"),
+        ("'already quoted'", "'already quoted'"),
+        ("'half", "'''half'"),
+    ],
+)
+def test_conf_literal_quotes_as_postgresql_conf_needs(value: str, literal: str) -> None:
+    from pgtraffic.servers.profiles import conf_literal
+
+    assert conf_literal(value) == literal
+
+
+def test_set_keeps_the_value_exactly_and_checks_the_name() -> None:
+    from pgtraffic.errors import UsageError
+    from pgtraffic.servers.profiles import parse_setting
+
+    assert parse_setting(" log_line_prefix=%m [%p] ") == ("log_line_prefix", "'%m [%p] '")
+    assert parse_setting("myext.flag=on") == ("myext.flag", "'on'")
+    for bad in ("work_mem", "=1", "a b=1", "x\nfsync=off"):
+        with pytest.raises(UsageError, match="expected NAME=VALUE"):
+            parse_setting(bad)
+
+
+def test_cli_start_with_values_that_need_quoting(
+    tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
+) -> None:
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path), COLUMNS="200")
+    prefix, app = "%m [%p] ", 'it\'s 100% \\ "quoted"'
+    started = _cli(
+        pgtraffic_cmd,
+        "servers",
+        "start",
+        "--version",
+        "16",
+        "--set",
+        f"log_line_prefix={prefix}",
+        "--set",
+        f"application_name={app}",
+        env=env,
+        cwd=repo_root,
+    )
+    assert started.returncode == 0, started.stderr
+    name = re.search(r"servers stop (\S+)", started.stdout)
+    dsn = re.search(r"^DSN: (\S+)$", started.stdout, re.M)
+    assert name and dsn, started.stdout
+    try:
+        with psycopg.connect(dsn.group(1), autocommit=True) as conn:
+            shown = [
+                conn.execute(f"SHOW {setting}").fetchone()
+                for setting in ("log_line_prefix", "application_name")
+            ]
+        assert shown == [(prefix,), (app,)]
+    finally:
+        _cli(pgtraffic_cmd, "servers", "stop", name.group(1), env=env, cwd=repo_root)
+
+
+def test_a_server_that_fails_to_start_keeps_its_log(tmp_path: Path) -> None:
+    os.environ["PGTRAFFIC_STATE_DIR"] = str(tmp_path)
+    try:
+        with pytest.raises(ServerError) as caught:
+            Cluster.create(major=16, settings={"shared_buffers": "'lots'"})
+    finally:
+        del os.environ["PGTRAFFIC_STATE_DIR"]
+    error = caught.value
+    assert error.log_path is not None and error.log_path.is_file(), "the log must survive"
+    assert 'invalid value for parameter "shared_buffers": "lots"' in error.log_path.read_text()
+    assert 'invalid value for parameter "shared_buffers"' in error.message, "its last lines"
+    assert (error.log_path.parent / "postgresql.conf").is_file()
+    assert str(error.log_path) in str(error)
+    shutil.rmtree(error.log_path.parent)
+
+
+def test_stop_all_leaves_servers_of_live_processes_alone(
+    tmp_path: Path, repo_root: Path, pgtraffic_cmd: list[str]
+) -> None:
+    """This test process owns one server (as a test run or a rehearse would); a
+    detached one (`servers start`) belongs to whoever calls `servers stop --all`."""
+    env = dict(os.environ, PGTRAFFIC_STATE_DIR=str(tmp_path), COLUMNS="200")
+    os.environ["PGTRAFFIC_STATE_DIR"] = str(tmp_path)
+    try:
+        owned = Cluster.create(major=16)
+    finally:
+        del os.environ["PGTRAFFIC_STATE_DIR"]
+    try:
+        started = _cli(pgtraffic_cmd, "servers", "start", "--version", "16", env=env, cwd=repo_root)
+        assert started.returncode == 0, started.stderr
+        detached = re.search(r"servers stop (\S+)", started.stdout)
+        assert detached is not None
+        stopped = _cli(pgtraffic_cmd, "servers", "stop", "--all", env=env, cwd=repo_root)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"{detached.group(1)}: stopped (fast)" in stopped.stdout
+        assert f"{owned.name}: left running, in use by process {os.getpid()}" in stopped.stdout
+        assert "--force" in stopped.stdout
+        assert owned.is_running()
+
+        named = _cli(pgtraffic_cmd, "servers", "stop", owned.name, env=env, cwd=repo_root)
+        assert named.returncode == 2
+        assert "left running" in named.stderr and "--force" in named.stderr
+        assert owned.is_running()
+
+        forced = _cli(pgtraffic_cmd, "servers", "stop", "--all", "--force", env=env, cwd=repo_root)
+        assert forced.returncode == 0, forced.stderr
+        assert f"{owned.name}: stopped (fast)" in forced.stdout
+        assert not owned.is_running()
+    finally:
+        owned.stop()

@@ -11,6 +11,7 @@ Reset time is measured and reported apart from the replay's.
 from __future__ import annotations
 
 import enum
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from pgtraffic.errors import PgTrafficError, UsageError
+from replay.conninfo import libpq_dsn
 
 TEMPLATE_SUFFIX = "__pgtraffic_start"
 
@@ -47,6 +48,7 @@ class Reset:
     command: str | None = None
 
     def __post_init__(self) -> None:
+        libpq_dsn(self.dsn, os.environ)  # a malformed DSN: a UsageError naming the part
         if self.mode is ResetMode.COMMAND and not self.command:
             raise UsageError("--reset command needs --reset-command CMD")
         if self.mode is ResetMode.TEMPLATE and not self.databases:
@@ -98,10 +100,10 @@ class Reset:
     def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
         """A connection to a database the reset does not drop (postgres, else template1)."""
         maintenance = "template1" if "postgres" in self.databases else "postgres"
+        defaults = {"connect_timeout": "10", "fallback_application_name": "pgtraffic reset"}
+        conninfo = libpq_dsn(self.dsn, os.environ, dbname=maintenance, defaults=defaults)
         try:
-            return psycopg.connect(
-                make_conninfo(self.dsn, dbname=maintenance), autocommit=True, connect_timeout=10
-            )
+            return psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise ResetError(f"cannot connect to reset the target: {exc}") from exc
 

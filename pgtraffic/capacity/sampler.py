@@ -9,6 +9,7 @@ returns are plain data for :mod:`pgtraffic.capacity.model`.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+
+from replay.conninfo import libpq_dsn
 
 ACTIVITY_SQL = """
 SELECT coalesce(wait_event_type, 'CPU'), count(*)
@@ -39,6 +42,12 @@ DATABASE_COLUMNS = (
 )
 
 
+def _defaults(application: str) -> dict[str, str]:
+    """What pgtraffic's own connections use unless the DSN, the environment or a
+    service says otherwise."""
+    return {"connect_timeout": "10", "fallback_application_name": application}
+
+
 def database_counters(dsn: str, databases: tuple[str, ...]) -> dict[str, int]:
     """The sums of :data:`DATABASE_COLUMNS` over ``databases`` (all when empty)."""
     columns = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in DATABASE_COLUMNS)
@@ -47,7 +56,8 @@ def database_counters(dsn: str, databases: tuple[str, ...]) -> dict[str, int]:
     if databases:
         sql += " WHERE datname = ANY(%s)"
         params = (list(databases),)
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+    conninfo = libpq_dsn(dsn, os.environ, defaults=_defaults("pgtraffic capacity"))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(sql, params).fetchone()
     return dict(zip(DATABASE_COLUMNS, (int(v) for v in row or ()), strict=False))
@@ -61,7 +71,7 @@ class ActivitySampler:
     """Samples wait events in a thread while the ``with`` block runs."""
 
     def __init__(self, dsn: str, interval_s: float = 0.1) -> None:
-        self._dsn = dsn
+        self._dsn = libpq_dsn(dsn, os.environ, defaults=_defaults("pgtraffic-capacity-sampler"))
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capacity-sampler", daemon=True)
@@ -84,12 +94,7 @@ class ActivitySampler:
 
     def _run(self) -> None:
         try:
-            with psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=10,
-                application_name="pgtraffic-capacity-sampler",
-            ) as conn:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
                 while not self._stop.wait(self._interval):
                     rows = conn.execute(ACTIVITY_SQL).fetchall()
                     self.samples += 1

@@ -136,26 +136,31 @@ def start_server(
     pg_bin: PgBin = None,
     setting: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Extra postgresql.conf setting NAME=VALUE (repeatable)."),
+        typer.Option(
+            "--set",
+            metavar="NAME=VALUE",
+            help="Extra postgresql.conf setting (repeatable). VALUE is taken as it is, "
+            "spaces included, and written quoted as postgresql.conf needs: "
+            '--set "log_line_prefix=%m [%p] " --set work_mem=64MB.',
+        ),
     ] = None,
 ) -> None:
     """Create and start a throwaway server; print its DSN. It runs until `servers stop`.
 
-    Returns once the server accepts connections.
+    Returns once the server accepts connections. If it does not start, the error shows
+    the end of its log, and its log and postgresql.conf are kept in a directory named
+    in the error.
 
     \b
     Example:
         pgtraffic servers start --version 16 --capture
+        pgtraffic servers start --set "log_line_prefix=%m [%p] " --set work_mem=64MB
         psql "$(pgtraffic servers list --json | jq -r '.servers[0].dsn')" -c 'select 1'
     """
     from pgtraffic.servers import Cluster, Profile, find_installation
+    from pgtraffic.servers.profiles import parse_setting
 
-    extra: dict[str, str] = {}
-    for item in setting or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"--set {item!r}: expected NAME=VALUE, e.g. --set work_mem=64MB")
-        extra[name.strip()] = value.strip()
+    extra = dict(parse_setting(item) for item in setting or [])
     installation = find_installation(version, pg_bin)
     cluster = Cluster.create(
         installation,
@@ -180,12 +185,28 @@ def stop_servers(
         list[str] | None, typer.Argument(help="Server names as `servers list` shows them.")
     ] = None,
     all_: Annotated[
-        bool, typer.Option("--all", help="Stop every server pgtraffic started.")
+        bool,
+        typer.Option(
+            "--all",
+            help="Stop every server you started with `servers start`, and those whose "
+            "owning process is gone; servers another live process (a test run, a "
+            "rehearse) still uses are left alone, and named.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Also stop servers that another live process still uses (it will lose them).",
+        ),
     ] = False,
 ) -> None:
     """Stop servers started by `pgtraffic servers start` and delete their files.
 
-    Example: pgtraffic servers stop pg16-54321   (or: pgtraffic servers stop --all)
+    \b
+    Example:
+        pgtraffic servers stop pg16-54321
+        pgtraffic servers stop --all
     """
     if not names and not all_:
         raise UsageError(
@@ -193,25 +214,29 @@ def stop_servers(
             hint="pgtraffic servers list shows their names",
         )
     from pgtraffic.servers import registry
-    from pgtraffic.servers.cluster import reap_orphans, stop_record
+    from pgtraffic.servers.cluster import reap_orphans, select_to_stop, stop_record
 
     out = _out()
-    known = {r.name: r for r in registry.records()}
-    if all_:
-        targets = list(known.values())
-    else:
-        unknown = [n for n in names or [] if n not in known]
-        if unknown:
-            raise UsageError(
-                f"no server named {', '.join(unknown)}",
-                hint="pgtraffic servers list shows the servers pgtraffic is running",
-            )
-        targets = [known[n] for n in names or []]
+    known = {r.name for r in registry.records()}
+    unknown = [n for n in names or [] if n not in known]
+    if unknown and not all_:
+        raise UsageError(
+            f"no server named {', '.join(unknown)}",
+            hint="pgtraffic servers list shows the servers pgtraffic is running",
+        )
     for report in reap_orphans():
         out.print(f"reaped orphan: {report.describe()}")
-    for record in targets:
+    chosen = select_to_stop(registry.records(), None if all_ else names, force=force)
+    for record in chosen.stop:
         out.print(stop_record(record).describe())
-    if not targets:
+    left = [f"{record.name}: left running, {reason}" for record, reason in chosen.left_alone]
+    if left and not all_:
+        raise UsageError("; ".join(left), hint="pass --force to stop it anyway")
+    for line in left:
+        out.print(line)
+    if left:
+        out.print("Pass --force to stop those too (their owners will lose them).")
+    elif not chosen.stop:
         out.print("No servers to stop.")
 
 

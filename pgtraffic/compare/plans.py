@@ -8,15 +8,16 @@ different way of executing the query counts as a change.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pglast
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from capture.records import Statement, StatementKind
 from pgtraffic.compare.model import PlanDiff
+from replay.conninfo import libpq_dsn
 
 _SHAPE_KEYS = ("Join Type", "Strategy", "Scan Direction")
 _EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
@@ -47,16 +48,21 @@ def explainable(sql: str) -> bool:
     return len(stmts) == 1 and type(stmts[0].stmt).__name__ in _EXPLAINABLE
 
 
+_DEFAULTS = {"connect_timeout": "10", "fallback_application_name": "pgtraffic explain"}
+
+
 def _literal(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
 def explain_statement(conninfo: str, stmt: Statement, dbname: str | None) -> list[str]:
-    """EXPLAIN (no ANALYZE: nothing runs) one statement; the plan's shape lines."""
-    params = conninfo_to_dict(conninfo)
-    if dbname:
-        params["dbname"] = dbname
-    conn = psycopg.connect(make_conninfo("", **params), autocommit=True, connect_timeout=10)
+    """EXPLAIN (no ANALYZE: nothing runs) one statement; the plan's shape lines.
+
+    ``conninfo`` is what libpq takes (a URI, key=value pairs; the environment, the
+    service and password files apply); a malformed one is a ConninfoError (UsageError).
+    """
+    dsn = libpq_dsn(conninfo, os.environ, dbname=dbname or None, defaults=_DEFAULTS)
+    conn = psycopg.connect(dsn, autocommit=True)
     with conn, conn.transaction(force_rollback=True):
         if stmt.kind is StatementKind.EXECUTE and stmt.params:
             conn.execute(f"PREPARE pgtraffic_explain AS {stmt.sql}".encode())
@@ -98,6 +104,8 @@ def compare_plans(
     out = []
     unreachable: dict[tuple[str, str | None], str] = {}
     sides = (("baseline", baseline_dsn), ("candidate", candidate_dsn))
+    for _, dsn in sides:
+        libpq_dsn(dsn, os.environ)  # a malformed DSN: a UsageError before any EXPLAIN
     for fp in order:
         stmt = statements.get(fp)
         if stmt is None or not explainable(stmt.sql):

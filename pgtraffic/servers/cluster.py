@@ -170,10 +170,33 @@ class Cluster:
             cluster._write_conf(settings)
             if start:
                 cluster.start(retry_ports=port is None)
+        except ServerError as exc:
+            kept = cluster._keep_logs()
+            cluster.stop()
+            if kept is None:
+                raise
+            raise ServerError(
+                exc.message.removesuffix(f" (server log: {exc.log_path})"),
+                hint=exc.hint or f"its postgresql.conf and logs are kept in {kept}",
+                log_path=kept / cluster.startup_log.name,
+            ) from exc
         except BaseException:
             cluster.stop()
             raise
         return cluster
+
+    def _keep_logs(self) -> Path | None:
+        """Copy the start-up log, the server's logs and postgresql.conf out of the
+        cluster (about to be removed) into a directory of their own; None if none."""
+        sources = [self.startup_log, self.data_dir / "postgresql.conf", *self.log_files("*")]
+        present = [p for p in sources if p.is_file()]
+        if not present:
+            return None
+        kept = Path(tempfile.mkdtemp(prefix=f"pgtraffic-failed-{self.name}-", dir=self.root.parent))
+        for path in present:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, kept / path.name)
+        return kept
 
     def _run_server_tool(
         self, tool: str, *args: str | os.PathLike[str], timeout: float = 300
@@ -220,7 +243,7 @@ class Cluster:
             if result.returncode == 0:
                 self._register()
                 return
-            log = self.startup_log.read_text(errors="replace") if self.startup_log.exists() else ""
+            log = _tail(self.startup_log, 10_000)
             if retry_ports and attempt < 2 and "could not bind" in log:
                 old = self.name
                 self.port = free_port()
@@ -228,9 +251,11 @@ class Cluster:
                 _LIVE[self.name] = _LIVE.pop(old)
                 self._write_conf({"port": str(self.port)})
                 continue
+            logs = [f"--- {self.startup_log.name}:\n{_last_lines(log)}"] if log.strip() else []
+            logs += [f"--- {p.name}:\n{_last_lines(_tail(p))}" for p in self.log_files("*")[-1:]]
             raise ServerError(
                 f"PostgreSQL {self.version} did not start: "
-                f"{(result.stderr or result.stdout).strip()}\n{log[-2000:]}",
+                f"{(result.stderr or result.stdout).strip()}\n" + "\n".join(logs),
                 log_path=self.startup_log,
             )
 
@@ -264,10 +289,28 @@ class Cluster:
                 source=self.installation.source,
                 profile=self.profile.value,
                 owner_pid=self.owner_pid,
+                owner_uid=os.geteuid(),
                 dsn=self.dsn(),
                 log_dir=str(self.log_dir),
             )
         )
+
+    def require_passwords(self, *, trusted: tuple[str, ...] = (SUPERUSER,)) -> None:
+        """Make every role but ``trusted`` log in with a password (scram-sha-256), on
+        the socket and over TCP, and reload; set one with ``ALTER ROLE ... PASSWORD``."""
+        lines = [f"local all {role} trust" for role in trusted]
+        lines += [f"host all {role} 127.0.0.1/32 trust" for role in trusted]
+        lines += [
+            "local all all scram-sha-256",
+            "host all all 127.0.0.1/32 scram-sha-256",
+            "host all all ::1/128 scram-sha-256",
+        ]
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("\n".join(lines) + "\n")
+        give_to(self.account, hba)
+        result = self._run_server_tool("pg_ctl", "reload", timeout=60)
+        if result.returncode != 0:
+            raise ServerError(f"pg_ctl reload of {self.name} failed: {result.stderr.strip()}")
 
     def detach(self) -> None:
         """Keep the server running after this process exits (`servers start`)."""
@@ -378,6 +421,18 @@ class Cluster:
         return f"<Cluster {self.name} PostgreSQL {self.version} {self.profile.value} {self.root}>"
 
 
+def _tail(path: Path, size: int = 4000) -> str:
+    """The last ``size`` characters of a text file ("" when it cannot be read)."""
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+def _last_lines(text: str, count: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -438,6 +493,38 @@ def reap_orphans() -> list[StopReport]:
         if record.owner_pid is not None and not record.owner_alive:
             reports.append(stop_record(record))
     return reports
+
+
+@dataclass(frozen=True, slots=True)
+class StopSelection:
+    """Which registered servers a ``servers stop`` stops, and which it leaves alone."""
+
+    stop: tuple[registry.ServerRecord, ...]
+    left_alone: tuple[tuple[registry.ServerRecord, str], ...]
+    """Each with why (another live process owns it, another user started it)."""
+
+
+def select_to_stop(
+    records: list[registry.ServerRecord],
+    names: list[str] | None,
+    *,
+    force: bool = False,
+    pid: int | None = None,
+    uid: int | None = None,
+) -> StopSelection:
+    """Named servers (None: all of them) that the caller may stop: detached ones
+    (``servers start``) and those whose owner has gone, of the caller's own user;
+    ``force``: also those another live process still owns."""
+    me_pid, me_uid = pid or os.getpid(), os.geteuid() if uid is None else uid
+    wanted = records if names is None else [r for r in records if r.name in names]
+    stop, left = [], []
+    for record in wanted:
+        reason = record.held_by(me_pid, me_uid)
+        if reason is None or force:
+            stop.append(record)
+        else:
+            left.append((record, reason))
+    return StopSelection(tuple(stop), tuple(left))
 
 
 def stop_record(record: registry.ServerRecord) -> StopReport:

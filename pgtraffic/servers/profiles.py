@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from capture.errors import UsageError
 from capture.settings import CAPTURE_SETTINGS
 
 
@@ -32,6 +34,8 @@ _COMMON: dict[str, str] = {
     "log_file_mode": "0644",
     "log_rotation_size": "0",
     "log_rotation_age": "0",
+    # a throwaway server: replay may write onto it without asking (replay.safety.MARKER)
+    "pgtraffic.replay_target": "on",
 }
 
 _TARGET: dict[str, str] = {
@@ -73,6 +77,36 @@ def profile_settings(
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)?")
+"""A setting name as postgresql.conf spells it (``extension.name`` for custom ones)."""
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.|'')*'")
+"""A value already single-quoted as postgresql.conf writes it."""
+_ESCAPES = {"\\": "\\\\", "'": "''", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def conf_literal(value: str) -> str:
+    """``value`` (a setting's value, as ``postgres -c name=value`` takes it) written as
+    a postgresql.conf string literal: in single quotes, with ``'`` doubled and
+    backslashes and line breaks escaped (pure). A value that is already a quoted
+    literal (copied from a postgresql.conf) is kept as it is."""
+    if _QUOTED.fullmatch(value):
+        return value
+    return "'" + "".join(_ESCAPES.get(ch, ch) for ch in value) + "'"
+
+
+def parse_setting(item: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (``--set``) as the setting's name and its postgresql.conf literal;
+    the value is kept exactly (spaces too). UsageError when it is not a setting."""
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or not _NAME.fullmatch(name):
+        raise UsageError(
+            f"--set {item!r}: expected NAME=VALUE with a setting's name before the =",
+            hint='e.g. --set work_mem=64MB --set "log_line_prefix=%m [%p] "',
+        )
+    return name, conf_literal(value)
 
 
 def render_conf(settings: Mapping[str, str]) -> str:

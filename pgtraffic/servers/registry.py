@@ -38,6 +38,8 @@ class ServerRecord:
     """The process that stops it on exit; None once detached (`servers start`)."""
     dsn: str
     log_dir: str
+    owner_uid: int | None = None
+    """The user who started it (None in records written before pgtraffic kept it)."""
 
     @property
     def owner_alive(self) -> bool:
@@ -50,6 +52,27 @@ class ServerRecord:
         except PermissionError:
             return True
         return True
+
+    def held_by(self, pid: int, uid: int) -> str | None:
+        """Why the caller (process ``pid`` of user ``uid``) should leave this server
+        alone, or None when it may stop it: one started by ``servers start``
+        (detached), or one whose owning process is gone, by the same user (pure but
+        for the liveness check)."""
+        if self.owner_uid is not None and self.owner_uid != uid:
+            return f"started by another user (uid {self.owner_uid})"
+        if self.owner_pid is not None and self.owner_pid != pid and self.owner_alive:
+            return f"in use by process {self.owner_pid}{_command_of(self.owner_pid)}"
+        return None
+
+
+def _command_of(pid: int) -> str:
+    """`` (command line)`` of a process, shortened, or "" when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return f" ({text[:60]}{'...' if len(text) > 60 else ''})" if text else ""
 
 
 def save(record: ServerRecord) -> None:
