@@ -380,12 +380,20 @@ def test_a_killed_run_is_incomplete(
 def test_sessions_that_could_not_connect_make_a_run_incomplete(
     pg16: Cluster, tmp_path: Path
 ) -> None:
+    """A role that may log in but never gets a connection (CONNECTION LIMIT 0): every
+    session's connect fails (53300) and none of its statements is sent."""
+    pg16.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'capped') THEN "
+        "CREATE ROLE capped LOGIN CONNECTION LIMIT 0; END IF; END $$"
+    )
     wl = _timed_workload(tmp_path / "w.pgtw", 0.2)
     base = _full_replay(wl, pg16, tmp_path / "base.pgtr")
-    cand = _full_replay(wl, pg16, tmp_path / "cand.pgtr", map_user={"postgres": "ghost"})
+    cand = _full_replay(wl, pg16, tmp_path / "cand.pgtr", map_user={"postgres": "capped"})
     c = compare_files(base, cand)
     reasons = c.candidate.completeness.reasons()
-    assert reasons == ("2 connection attempts failed", "20 of 20 statements were not sent")
+    assert len(reasons) == 2 and reasons[0].endswith(" connection attempts failed")
+    assert c.candidate.completeness.connect_failures >= 2
+    assert reasons[1] == "20 of 20 statements were not sent"
     assert c.baseline.complete
     assert exit_code(c, list(FailOn)) == 6
     assert "20 of 20 statements were not sent" in to_markdown(c)
