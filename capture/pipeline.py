@@ -94,6 +94,8 @@ class CaptureOptions:
     """Measured on a 2-core machine: 256 KiB chunks keep both cores busy and the
     process tree under 200 MB; 4 MiB chunks were slower and used 680 MB."""
     examples_per_reason: int = 5
+    source: dict[str, Any] = field(default_factory=dict)
+    """The source server's identity (``--source-dsn``), for the workload header."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,6 +737,7 @@ class _Capture:
                 **{f"kind_{k}": v for k, v in self.by_kind().items()},
             },
             sync=tracker.sync_header(),
+            source=self.options.source,
         )
         return header, sessions, classes
 

@@ -223,6 +223,9 @@ class WorkloadHeader:
     """A digest of the statements: results files name it to prove what they replayed."""
     sync: dict[str, int] = field(default_factory=dict)
     """``{"commits": K, "disconnects": J}``: the commit clock's totals ({} in version 1)."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """The source server's identity when capture could read it (``--source-dsn``):
+    system_identifier, server_version, host, port, data_directory, cluster_name ({}: unknown)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -240,6 +243,7 @@ class WorkloadHeader:
             "counts": self.counts,
             "workload_id": self.workload_id,
             "sync": self.sync,
+            "source": self.source,
         }
 
     @classmethod
@@ -257,4 +261,5 @@ class WorkloadHeader:
             counts=dict(obj.get("counts", {})),
             workload_id=obj.get("workload_id", ""),
             sync=dict(obj.get("sync", {})),
+            source=dict(obj.get("source") or {}),
         )

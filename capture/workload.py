@@ -181,6 +181,7 @@ class WorkloadWriter:
         filters: Mapping[str, Any] | None = None,
         counts: Mapping[str, int] | None = None,
         sync: Mapping[str, int] | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> WorkloadHeader:
         """Finish the file atomically and return its header."""
         try:
@@ -209,6 +210,7 @@ class WorkloadWriter:
             },
             workload_id=self._digest.hexdigest()[:32],
             sync=dict(sync or {}),
+            source=dict(source or {}),
         )
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as out:

@@ -14,6 +14,7 @@ root lives in the lowest one::
     │       └── ResultsFormatError    replay.errors             a damaged results file
     ├── ReplayError                   replay.errors     exit 1  the replay could not run
     ├── TargetError                   replay.errors     exit 5  the target is unreachable
+    │   └── TargetRefusedError        replay.errors     exit 7  not replayed onto it (safety)
     └── ServerError                   pgtraffic.errors  exit 4  a server did not start
 
     (InputError also has DifferentWorkloadsError, in pgtraffic.compare: two results
@@ -35,7 +36,7 @@ from capture.errors import (
     UsageError,
     WorkloadFormatError,
 )
-from replay.errors import ReplayError, ResultsFormatError, TargetError
+from replay.errors import ReplayError, ResultsFormatError, TargetError, TargetRefusedError
 
 __all__ = [
     "InputError",
@@ -45,6 +46,7 @@ __all__ = [
     "ResultsFormatError",
     "ServerError",
     "TargetError",
+    "TargetRefusedError",
     "UsageError",
     "WorkloadFormatError",
 ]

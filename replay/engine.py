@@ -48,6 +48,7 @@ from replay.connection import (
 from replay.conninfo import ConnInfo
 from replay.protocol import ChannelLost
 from replay.results import ResultsWriter
+from replay.safety import READ_ONLY_SETTINGS
 from replay.schedule import Schedule, session_worker
 from replay.sqlstates import CLIENT_ERROR, CONNECT_FAILED, CONNECTION_LOST, NO_CONNECTION
 from replay.sync import (
@@ -98,6 +99,10 @@ class ReplayOptions:
     sync_flags: str | None = None
     """With several workers: the file mapped as their shared sync table
     (:func:`shared_sync` sets it)."""
+    read_only: bool = False
+    """``--read-only``: every connection starts with ``default_transaction_read_only=on``."""
+    skip_fingerprints: frozenset[str] = frozenset()
+    """Query classes not sent (``--read-only``: those that may write); counted."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:
         user = session.user or self.default_user
@@ -113,6 +118,7 @@ class ReplayOptions:
             application=session.application,
             timeout_s=self.connect_timeout_s,
             conninfo=self.conninfo,
+            settings=READ_ONLY_SETTINGS if self.read_only else {},
         )
 
 
@@ -151,6 +157,12 @@ class Counters:
     connections_lost: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    read_only_skipped: Counter[str] = field(default_factory=Counter)
+    """Statements ``--read-only`` did not send, per fingerprint."""
+    login_failures: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """Failed connection attempts per (user, database, SQLSTATE, the server's message)."""
+    login_failed_sessions: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """Sessions whose first connection failed so, per the same key."""
     sessions: int = 0
     budget_overdrafts: int = 0
     sync: str = SyncMode.NONE.value
@@ -186,6 +198,18 @@ class Counters:
             "connections_lost": dict(self.connections_lost),
             "reconnects": self.reconnects,
             "skipped": dict(self.skipped),
+            "read_only_skipped": dict(self.read_only_skipped),
+            "login_failures": [
+                {
+                    "user": user,
+                    "database": database,
+                    "sqlstate": state,
+                    "message": message,
+                    "attempts": attempts,
+                    "sessions": self.login_failed_sessions[(user, database, state, message)],
+                }
+                for (user, database, state, message), attempts in self.login_failures.items()
+            ],
             "sessions": self.sessions,
             "budget_overdrafts": self.budget_overdrafts,
         }
@@ -430,6 +454,7 @@ class _SessionRunner:
         "sender",
         "session",
         "session_ref",
+        "skips",
         "spec",
         "start",
         "start_ns",
@@ -456,6 +481,7 @@ class _SessionRunner:
         self.table = replayer.table
         self.objects = replayer.counters.sync == SyncMode.OBJECTS.value
         self.wait_in_blocks = replayer.options.sync_in_blocks
+        self.skips = replayer.options.skip_fingerprints
         self.conn: ReplayConnection | None = None
         self.sender: _Sender = _WIRE
         self.pid: int | None = None
@@ -480,6 +506,10 @@ class _SessionRunner:
                     break
                 if item.kind == _COPY:
                     self.counters.skipped[item.kind] += 1
+                    self._commit_done(item)
+                    continue
+                if item.fingerprint in self.skips:
+                    self.counters.read_only_skipped[item.fingerprint] += 1
                     self._commit_done(item)
                     continue
                 await self._ready(item)
@@ -573,19 +603,32 @@ class _SessionRunner:
         await self._connect()
 
     async def _connect(self) -> None:
+        first = self.last_attempt_us is None
         self.last_attempt_us = self.replayer.clock.now_us()
         try:
             conn = await ReplayConnection.open(
                 self.spec, self.replayer.types, direct_simple=self.replayer.options.direct_simple
             )
         except Exception as exc:  # any failure to connect is a recorded outcome
-            self.counters.connect_failures[_sqlstate_of(exc)] += 1
+            self._connect_failed(exc, first)
             return
         self.counters.connections_opened += 1
         self.progress.open_connections += 1
         self.conn = conn
         self.sender = _WIRE if conn.channel is not None else _ASYNCPG
         self.pid = conn.conn.get_server_pid()
+
+    def _connect_failed(self, exc: Exception, first: bool) -> None:
+        """Count a refused login by SQLSTATE, and by login and the server's message
+        (the session too, when this was its first attempt)."""
+        state = _sqlstate_of(exc)
+        counters = self.counters
+        counters.connect_failures[state] += 1
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        key = (self.spec.user or "", self.spec.database or "", state, message)
+        counters.login_failures[key] += 1
+        if first:
+            counters.login_failed_sessions[key] += 1
 
     async def _send(self, item: Dispatched) -> None:
         if self.conn is None:
@@ -675,7 +718,7 @@ class _SessionRunner:
         if not pending:
             return None
         item = pending[0]
-        if item is None or item.kind == _COPY:
+        if item is None or item.kind == _COPY or item.fingerprint in self.skips:
             return None
         intended = self.replayer.schedule.intended_us(item.offset_us) if self.timed else 0
         if intended > end:

@@ -17,3 +17,10 @@ class TargetError(PgTrafficError):
 
 class ReplayError(PgTrafficError):
     """The replay itself could not run (a worker process failed to start)."""
+
+
+class TargetRefusedError(TargetError):
+    """The replay was not started: the target is the capture's source, its logins are
+    missing, or writing onto it was not confirmed. Nothing was sent."""
+
+    exit_code = 7

@@ -13,7 +13,14 @@ from replay.fidelity import Fidelity, FidelityVerdict, judge_records, replayer_l
 from replay.results import Results
 from replay.sqlstates import NO_CONNECTION
 
-__all__ = ["Divergence", "Fidelity", "ReplayReport", "build_report", "replayer_lag_us"]
+__all__ = [
+    "Divergence",
+    "Fidelity",
+    "LoginFailure",
+    "ReplayReport",
+    "build_report",
+    "replayer_lag_us",
+]
 
 CONNECTION_CLASS = "08"
 
@@ -50,6 +57,49 @@ class Divergence:
             "resolved_errors": self.resolved_errors,
             "changed_errors": self.changed_errors,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailure:
+    """Connection attempts refused for one login, with the server's own message."""
+
+    user: str
+    database: str
+    sqlstate: str
+    message: str
+    """``role "ghost" does not exist``, ``database "shop" does not exist``, ..."""
+    attempts: int
+    sessions: int
+    """Sessions whose first connection failed so."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "database": self.database,
+            "sqlstate": self.sqlstate,
+            "message": self.message,
+            "attempts": self.attempts,
+            "sessions": self.sessions,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"{self.message} ({self.sqlstate}, {self.user}@{self.database}): "
+            f"{self.sessions} sessions, {self.attempts} attempts"
+        )
+
+
+def login_failures(summaries: tuple[dict[str, Any], ...]) -> tuple[LoginFailure, ...]:
+    """The workers' refused logins merged, most sessions first."""
+    attempts: Counter[tuple[str, str, str, str]] = Counter()
+    sessions: Counter[tuple[str, str, str, str]] = Counter()
+    for summary in summaries:
+        for f in summary.get("login_failures") or ():
+            key = (str(f["user"]), str(f["database"]), str(f["sqlstate"]), str(f["message"]))
+            attempts[key] += int(f.get("attempts", 0))
+            sessions[key] += int(f.get("sessions", 0))
+    out = [LoginFailure(*key, attempts[key], sessions[key]) for key in attempts]
+    return tuple(sorted(out, key=lambda f: (-f.sessions, -f.attempts, f.message)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +151,17 @@ class ReplayReport:
     previous statement) and ``replayer`` (its own delay)."""
     lag_split_total_ms: dict[str, float] = field(default_factory=dict)
     """The same causes, summed over all statements."""
+    login_failures: tuple[LoginFailure, ...] = ()
+    """Refused connections by login and the server's message (who could not log in, why)."""
+    read_only: bool = False
+    """--read-only: the classes that may write were not sent."""
+    read_only_skipped: dict[str, int] = field(default_factory=dict)
+    """Statements --read-only did not send, per fingerprint."""
+
+    @property
+    def nothing_connected(self) -> bool:
+        """Sessions were replayed but not one of them could connect."""
+        return self.sessions > 0 and self.connections_opened == 0
 
     def sync_rows(self) -> list[tuple[str, str]]:
         """The sync lines of the closing report's table (label, value)."""
@@ -132,6 +193,7 @@ class ReplayReport:
         for name in self.__slots__:
             value = getattr(self, name)
             out[name] = value.to_json() if isinstance(value, Divergence) else value
+        out["login_failures"] = [f.to_json() for f in self.login_failures]
         out["warnings"] = list(self.warnings)
         return out
 
@@ -221,6 +283,21 @@ def _sync_warnings(fields: dict[str, Any]) -> list[str]:
     return out
 
 
+def _login_warnings(failures: tuple[LoginFailure, ...], opened: int) -> list[str]:
+    if not failures:
+        return []
+    named = "; ".join(f.describe() for f in failures[:5])
+    more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+    fix = (
+        "use --map-user OLD=NEW / --map-database OLD=NEW to log in as roles and databases "
+        "the target has, or create them there"
+    )
+    if opened == 0:
+        return [f"no session could connect: {named}{more}; {fix}"]
+    failed = sum(f.sessions for f in failures)
+    return [f"{failed} sessions could not log in: {named}{more}; {fix}"]
+
+
 def _sum_counter(summaries: tuple[dict[str, Any], ...], key: str) -> dict[str, int]:
     total: Counter[str] = Counter()
     for summary in summaries:
@@ -262,13 +339,16 @@ def build_report(results: Results) -> ReplayReport:
     overdrafts = sum(int(s.get("budget_overdrafts", 0)) for s in summaries)
     sync_fields = _sync_fields(summaries, sent, max_speed)
     report_warnings += _sync_warnings(sync_fields)
+    refused = login_failures(summaries)
+    opened = sum(int(s.get("connections_opened", 0)) for s in summaries)
+    report_warnings += _login_warnings(refused, opened)
     return ReplayReport(
         completed=bool(final.get("completed")),
         run_time_s=run_s,
         statements=len(recs),
         statements_per_s=len(recs) / run_s if run_s else None,
         sessions=sum(int(s.get("sessions", 0)) for s in summaries),
-        connections_opened=sum(int(s.get("connections_opened", 0)) for s in summaries),
+        connections_opened=opened,
         connect_failures=_sum_counter(summaries, "connect_failures"),
         connections_lost=_sum_counter(summaries, "connections_lost"),
         reconnects=sum(int(s.get("reconnects", 0)) for s in summaries),
@@ -289,5 +369,8 @@ def build_report(results: Results) -> ReplayReport:
         budget_overdrafts=overdrafts,
         fidelity=fidelity.verdict,
         warnings=tuple(report_warnings),
+        login_failures=refused,
+        read_only=bool(results.header.get("read_only")),
+        read_only_skipped=_sum_counter(summaries, "read_only_skipped"),
         **sync_fields,
     )

@@ -18,23 +18,33 @@ import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from capture.errors import UsageError
 from capture.fields import field_dict
-from capture.records import StatementKind
+from capture.records import QueryClass, Session, StatementKind
 from capture.version import __version__
 from capture.workload import Workload, read_workload
-from replay.connection import TargetInfo, TypeEntry, probe_target, resolve_target
+from replay.connection import TargetInfo, TypeEntry, connect, probe_target, resolve_target
 from replay.conninfo import ConnInfo
 from replay.engine import Progress, ReplayOptions, run_worker, shared_sync
-from replay.errors import ReplayError, TargetError
+from replay.errors import ReplayError, TargetError, TargetRefusedError
 from replay.results import append_final_summary, create_results_file
+from replay.safety import (
+    MARKER,
+    MissingLogin,
+    ServerIdentity,
+    WriteClasses,
+    created_names,
+    missing_logins,
+    read_identity,
+    write_classes,
+)
 from replay.schedule import Schedule, idle_gaps, peak_concurrency
-from replay.sync import DEFAULT_SYNC_TIMEOUT_S, SyncMode
+from replay.sync import DEFAULT_SYNC_TIMEOUT_S, SyncMode, effective_mode
 
 START_DELAY_S = 0.3
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -61,6 +71,12 @@ class ReplaySettings:
     sync: SyncMode = SyncMode.COMMIT
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
     sync_in_blocks: bool = False
+    read_only: bool = False
+    """Send only the statements that cannot write, on read-only connections."""
+    allow_missing_logins: bool = False
+    """Replay even though some logins (user@database) do not exist on the target."""
+    target_is_copy: bool = False
+    """The target has the source's system_identifier because it is a physical copy."""
 
     def check(self) -> None:
         """UsageError when a setting is out of range."""
@@ -93,6 +109,7 @@ class ReplaySettings:
             sync=self.sync,
             sync_timeout_s=self.sync_timeout_s,
             sync_in_blocks=self.sync_in_blocks,
+            read_only=self.read_only,
         )
 
 
@@ -106,6 +123,9 @@ class WorkloadScan:
     first_offset_us: int
     last_offset_us: int
     truncated_params: int = 0
+    unlisted: dict[str, QueryClass] = field(default_factory=dict)
+    """Classes of statements whose fingerprint the workload's class records lack
+    (hand-made files), from their first statement."""
 
     @property
     def replayable(self) -> int:
@@ -119,9 +139,13 @@ def scan_workload(workload: Workload) -> WorkloadScan:
     last: dict[str, int] = {}
     count = truncated = 0
     lo = hi = None
+    listed = workload.classes
+    unlisted: dict[str, list[Any]] = {}
     for obj in workload.statement_dicts():
         count += 1
         kinds[obj["kind"]] += 1
+        if obj["fingerprint"] not in listed:
+            unlisted.setdefault(obj["fingerprint"], [obj["sql"], 0])[1] += 1
         sid, off = obj["session"], obj["offset_us"]
         first.setdefault(sid, off)
         last[sid] = off + int(obj.get("duration_us") or 0)
@@ -144,6 +168,7 @@ def scan_workload(workload: Workload) -> WorkloadScan:
         first_offset_us=lo or 0,
         last_offset_us=hi or 0,
         truncated_params=truncated,
+        unlisted={fp: QueryClass(fp, sql, True, n) for fp, (sql, n) in unlisted.items()},
     )
 
 
@@ -175,9 +200,61 @@ class ReplayPlan:
     sync: str = SyncMode.NONE.value
     """The --sync mode the replay will keep."""
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+    max_speed: bool = False
+    replay_peak_sessions: int = 0
+    """How many sessions may be open at once at this pace: the captured peak, except
+    at --max-speed without causal order (--sync none, or a workload without sync
+    members), where every session may connect at once."""
+    writes: int = 0
+    """Statements in the classes that may write (by pglast's parse)."""
+    write_classes: int = 0
+    read_only: bool = False
+    """--read-only: those classes are not sent."""
 
     def to_json(self) -> dict[str, Any]:
         return field_dict(self, rename={"truncated_params": "statements_with_truncated_params"})
+
+    @property
+    def concurrency_note(self) -> str:
+        """Why the replay's peak is what it is (for the max_connections warning)."""
+        if self.replay_peak_sessions <= self.peak_sessions:
+            return "as captured"
+        if self.sync == SyncMode.NONE.value:
+            return "at --max-speed with --sync none every session may connect at once"
+        return (
+            "at --max-speed the workload's sessions do not wait for the disconnections "
+            "before them (no such order in the file)"
+        )
+
+
+def replay_peak(
+    scan: WorkloadScan, schedule: Schedule, sync: SyncMode, sessions: Iterable[Session] = ()
+) -> int:
+    """Sessions open at once at this pace. In time, sessions connect and disconnect at
+    their captured times: the captured peak. At --max-speed with --sync none each
+    session opens as soon as the dispatcher reaches it: all of them at once. With
+    --sync commit/objects a connection waits for the disconnections the log shows
+    before it (``after_disconnects``), so two sessions are open together only if
+    neither's disconnection preceded the other's connection: the peak of the
+    intervals (after_disconnects, disconnect_order] on the log's disconnection count."""
+    if not schedule.max_speed:
+        return peak_concurrency(scan.spans.values())
+    if sync is SyncMode.NONE:
+        return len(scan.spans)
+    steps: Counter[float] = Counter()
+    for session in sessions:
+        if session.id not in scan.spans:
+            continue
+        after = getattr(session, "after_disconnects", 0) or 0
+        order = getattr(session, "disconnect_order", 0) or 0
+        steps[after + 1] += 1
+        if order:
+            steps[order + 1] -= 1
+    peak = open_now = 0
+    for _, delta in sorted(steps.items()):
+        open_now += delta
+        peak = max(peak, open_now)
+    return peak
 
 
 def plan_replay(
@@ -190,10 +267,13 @@ def plan_replay(
     ends = [e for _, e in scan.spans.values()] or [scan.last_offset_us]
     end = max(ends)
     logins: Counter[str] = Counter()
+    sync = SyncMode.NONE
     if workload is not None and options is not None:
+        sync = effective_mode(options.sync, workload.header)
         for session in workload.sessions.values():
             spec = options.connect_spec(session)
             logins[f"{spec.user or '(target user)'}@{spec.database or '(target database)'}"] += 1
+    writes = writes_of(workload, scan) if workload is not None else WriteClasses({}, {})
     return ReplayPlan(
         sessions=len(scan.spans),
         statements=scan.statements,
@@ -207,7 +287,19 @@ def plan_replay(
         logins=dict(logins.most_common()),
         sync=SyncMode.NONE.value if options is None else SyncMode(options.sync).value,
         sync_timeout_s=DEFAULT_SYNC_TIMEOUT_S if options is None else options.sync_timeout_s,
+        max_speed=schedule.max_speed,
+        replay_peak_sessions=replay_peak(
+            scan, schedule, sync, () if workload is None else workload.sessions.values()
+        ),
+        writes=writes.statements,
+        write_classes=len(writes.writes),
+        read_only=options is not None and options.read_only,
     )
+
+
+def writes_of(workload: Workload, scan: WorkloadScan) -> WriteClasses:
+    """The workload's classes that may write (its class records and the unlisted ones)."""
+    return write_classes([*workload.classes.values(), *scan.unlisted.values()])
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -280,6 +372,10 @@ class ResultsHeader:
     map_database: Mapping[str, str]
     start_time: str
     """ISO 8601 UTC wall-clock time the replay started."""
+    target_identity: Mapping[str, Any] = field(default_factory=dict)
+    """:meth:`ServerIdentity.to_json` of the target ({}: not read)."""
+    read_only: bool = False
+    """--read-only: the classes that may write were not sent."""
 
     @classmethod
     def for_run(
@@ -290,6 +386,7 @@ class ResultsHeader:
         *,
         workload_path: Path,
         start: dt.datetime,
+        identity: ServerIdentity | None = None,
     ) -> ResultsHeader:
         schedule = options.schedule
         return cls(
@@ -306,6 +403,8 @@ class ResultsHeader:
             map_user=dict(options.map_user),
             map_database=dict(options.map_database),
             start_time=start.isoformat(),
+            target_identity={} if identity is None else identity.to_json(),
+            read_only=options.read_only,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -314,6 +413,7 @@ class ResultsHeader:
             target=dict(self.target),
             map_user=dict(self.map_user),
             map_database=dict(self.map_database),
+            target_identity=dict(self.target_identity),
         )
 
     @classmethod
@@ -334,6 +434,8 @@ class ResultsHeader:
             map_user=dict(obj.get("map_user") or {}),
             map_database=dict(obj.get("map_database") or {}),
             start_time=str(obj.get("start_time", "")),
+            target_identity=dict(obj.get("target_identity") or {}),
+            read_only=bool(obj.get("read_only", False)),
         )
 
 
@@ -375,6 +477,7 @@ def run_replay(
     target: TargetInfo,
     *,
     on_status: Callable[[LiveStatus], None] | None = None,
+    identity: ServerIdentity | None = None,
 ) -> FinalSummary:
     """Replay ``workload`` onto the target; returns the final summary (also in the file).
 
@@ -384,7 +487,7 @@ def run_replay(
     raise_open_file_limit(65536)
     start_wall = dt.datetime.now(dt.UTC)
     header = ResultsHeader.for_run(
-        workload, target, options, workload_path=workload.path, start=start_wall
+        workload, target, options, workload_path=workload.path, start=start_wall, identity=identity
     )
     create_results_file(results_path, header.to_json())
     status = LiveStatus()
@@ -567,6 +670,7 @@ class PreparedReplay:
     plan: ReplayPlan
     options: ReplayOptions
     """The engine's options, without the target's default user and database."""
+    writes: WriteClasses = field(default_factory=lambda: WriteClasses({}, {}))
 
 
 def prepare_replay(
@@ -580,20 +684,131 @@ def prepare_replay(
         scan, speed=settings.speed, max_speed=settings.max_speed, jump_idle=settings.jump_idle
     )
     options = settings.options(dsn, schedule)
+    writes = writes_of(wl, scan)
+    if settings.read_only:
+        options = replace(options, skip_fingerprints=writes.skipped_by_read_only)
     plan = plan_replay(scan, schedule, wl, options)
-    return PreparedReplay(wl, scan, schedule, plan, options)
+    return PreparedReplay(wl, scan, schedule, plan, options, writes)
 
 
 def target_warnings(target: TargetInfo, plan: ReplayPlan) -> tuple[str, ...]:
     """What about the target will make the replay fail in ways the capture did not."""
     out = []
     max_conn = target.settings.get("max_connections")
-    if max_conn and max_conn.isdigit() and plan.peak_sessions > int(max_conn):
+    peak = max(plan.replay_peak_sessions, plan.peak_sessions)
+    if max_conn and max_conn.isdigit() and peak > int(max_conn):
+        how = (
+            f"the workload peaks at {peak} sessions"
+            if peak == plan.peak_sessions
+            else f"the replay may open {peak} sessions at once ({plan.concurrency_note}; "
+            f"{plan.peak_sessions} at the captured peak)"
+        )
+        hint = ""
+        if peak != plan.peak_sessions:
+            hint = "; replay in time (without --max-speed)"
+            if plan.sync == SyncMode.NONE.value:
+                hint += " or with --sync commit, which keeps the captured concurrency"
         out.append(
-            f"the workload peaks at {plan.peak_sessions} sessions but the target allows "
-            f"max_connections={max_conn}: expect SQLSTATE 53300"
+            f"{how} but the target allows max_connections={max_conn}: expect SQLSTATE 53300{hint}"
         )
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """What the target is and whether this workload may be replayed onto it."""
+
+    identity: ServerIdentity
+    missing: tuple[MissingLogin, ...]
+    """Logins (after --map-*) the target lacks, from pg_roles and pg_database."""
+    writes: WriteClasses
+    read_only: bool
+    source: Mapping[str, Any]
+    """The workload header's ``source`` ({}: the capture did not record it)."""
+
+    @property
+    def is_source(self) -> bool:
+        """The target has the system_identifier of the server the workload was captured on."""
+        sid = self.source.get("system_identifier")
+        return sid is not None and str(sid) == self.identity.system_identifier
+
+    @property
+    def unprepared_writes(self) -> bool:
+        """The replay would write onto a server not marked ``pgtraffic.replay_target``."""
+        return not self.read_only and self.writes.statements > 0 and not self.identity.prepared
+
+
+def session_logins(workload: Workload, options: ReplayOptions) -> Counter[tuple[str, str]]:
+    """Sessions per (user, database) they will log in as (target defaults filled in)."""
+    logins: Counter[tuple[str, str]] = Counter()
+    for session in workload.sessions.values():
+        if session.connect_us is None and not session.statements:
+            continue  # never connects
+        spec = options.connect_spec(session)
+        logins[(spec.user or "", spec.database or "")] += 1
+    return logins
+
+
+def check_target(
+    dsn: str | ConnInfo, prepared: PreparedReplay, options: ReplayOptions, timeout_s: float = 10.0
+) -> TargetCheck:
+    """Read the target's identity and the logins it lacks (one connection, reads only)."""
+    logins = session_logins(prepared.workload, options)
+    created = created_names([*prepared.workload.classes.values(), *prepared.scan.unlisted.values()])
+
+    async def go() -> tuple[ServerIdentity, tuple[MissingLogin, ...]]:
+        conn = await connect(dsn, timeout_s=timeout_s, fallback_application="pgtraffic")
+        try:
+            return await read_identity(conn), await missing_logins(conn, logins, created)
+        finally:
+            await conn.close()
+
+    try:
+        identity, missing = asyncio.run(go())
+    except Exception as exc:
+        raise TargetError(
+            f"cannot read the replay target's identity: {exc}",
+            hint="check --target; the check reads pg_control_system(), pg_roles and pg_database",
+        ) from exc
+    source = getattr(prepared.workload.header, "source", None) or {}
+    return TargetCheck(identity, missing, prepared.writes, options.read_only, dict(source))
+
+
+def refuse_unsafe(check: TargetCheck, settings: ReplaySettings) -> None:
+    """TargetRefusedError when the target is the capture's source (and the replay may
+    write), or when logins are missing (unless the settings allow it)."""
+    ident = check.identity
+    if check.is_source and not settings.read_only and not settings.target_is_copy:
+        raise TargetRefusedError(
+            f"the target is the server the workload was captured on (system_identifier "
+            f"{ident.system_identifier}: {ident.describe()}); replaying there would run the "
+            f"workload's {check.writes.statements} writes on the source",
+            hint="replay onto another server; --read-only sends only the statements that "
+            "cannot write; if the target is a physical copy of the source (a restored base "
+            "backup keeps the system_identifier), add --target-is-copy",
+        )
+    if check.missing and not settings.allow_missing_logins:
+        sessions = sum(m.sessions for m in check.missing)
+        raise TargetRefusedError(
+            f"{sessions} sessions log in as users or databases the target lacks: "
+            + "; ".join(m.describe() for m in check.missing),
+            hint="map them with --map-user OLD=NEW / --map-database OLD=NEW, create them on "
+            "the target (CREATE ROLE name LOGIN; CREATE DATABASE name), or add "
+            "--allow-missing-logins to replay anyway (their statements are recorded as not sent)",
+        )
+
+
+def unprepared_refusal(check: TargetCheck) -> TargetRefusedError:
+    """The error for writes onto an unprepared target that were not confirmed."""
+    writes = check.writes
+    database = check.identity.database or "DB"
+    return TargetRefusedError(
+        f"not replaying {writes.statements} statements that may write ({len(writes.writes)} "
+        f"query classes) onto {check.identity.describe()}: it is not marked as a replay target",
+        hint=f"mark it: ALTER DATABASE {database} SET {MARKER} = on (or ALTER SYSTEM SET "
+        f"{MARKER} = on; SELECT pg_reload_conf()), or add --allow-writes, "
+        "or --read-only to send only the statements that cannot write",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +821,7 @@ class ReplayRun:
     options: ReplayOptions
     """The options the engine ran with (target defaults filled in)."""
     final: FinalSummary
+    check: TargetCheck | None = None
 
 
 def replay_workload(
@@ -616,18 +832,34 @@ def replay_workload(
     *,
     on_target: Callable[[TargetInfo, ReplayPlan], None] | None = None,
     on_status: Callable[[LiveStatus], None] | None = None,
+    approve: Callable[[TargetCheck], bool] | None = None,
 ) -> ReplayRun:
-    """The one way to replay: prepare, inspect the target, fill defaults, run.
+    """The one way to replay: prepare, inspect and check the target, fill defaults, run.
 
-    ``on_target`` is called once the target answered, before the first session starts
-    (to show what is about to happen); ``on_status`` with live progress. The results
-    file is complete when this returns, and readable when it raises.
+    Before anything is sent: a target that is the capture's source, or lacks logins
+    the workload uses, is refused (:func:`refuse_unsafe`); then ``approve``, when
+    given, sees the target's identity and what the workload writes and says whether
+    to go on (the CLI asks before writing onto an unprepared server). ``on_target`` is
+    called once the target answered, before the first session starts (to show what is
+    about to happen); ``on_status`` with live progress. The results file is complete
+    when this returns, and readable when it raises.
     """
     prepared = prepare_replay(workload, settings, dsn)
     conninfo = resolve_target(dsn)
     target = inspect_target(conninfo)
+    options = with_defaults(replace(prepared.options, conninfo=conninfo), target)
+    check = check_target(conninfo, prepared, options)
+    refuse_unsafe(check, settings)
+    if approve is not None and not approve(check):
+        raise unprepared_refusal(check)
     if on_target is not None:
         on_target(target, prepared.plan)
-    options = with_defaults(replace(prepared.options, conninfo=conninfo), target)
-    final = run_replay(prepared.workload, results_path, options, target, on_status=on_status)
-    return ReplayRun(results_path, target, prepared.plan, options, final)
+    final = run_replay(
+        prepared.workload,
+        results_path,
+        options,
+        target,
+        on_status=on_status,
+        identity=check.identity,
+    )
+    return ReplayRun(results_path, target, prepared.plan, options, final, check)

@@ -34,6 +34,7 @@ from pglast import ast
 from capture.effects import classify
 from capture.fields import field_dict
 from capture.records import QueryClass
+from replay.connection import connect, resolve_target
 
 MARKER = "pgtraffic.replay_target"
 """The setting that marks a server (or one database) as prepared for replays."""
@@ -320,8 +321,10 @@ def write_classes(classes: Iterable[QueryClass]) -> WriteClasses:
 def server_identity(dsn: str, timeout_s: float = 10.0) -> ServerIdentity:
     """Connect to ``dsn`` once and read its identity (for ``capture --source-dsn``)."""
 
+    info = resolve_target(dsn)  # a malformed DSN: a UsageError naming the part
+
     async def go() -> ServerIdentity:
-        conn = await asyncpg.connect(dsn, timeout=timeout_s, statement_cache_size=0)
+        conn = await connect(info, timeout_s=timeout_s, fallback_application="pgtraffic")
         try:
             return await read_identity(conn)
         finally:

@@ -237,6 +237,7 @@ def test_a_replay_whose_sessions_cannot_connect_is_not_a_clean_exit(
     wl = _workload(tmp_path, 0.2)
     out = tmp_path / "r.pgtr"
     args = ["--target", pg16.dsn(), "-o", str(out), "--max-speed", "--no-progress"]
+    args.append("--allow-missing-logins")  # else refused before the start (test_replay_safety)
     result = _run(pgtraffic_cmd, "replay", str(wl), *args, "--map-user", "postgres=ghost", "--json")
     assert result.returncode == 6, result.stderr
     assert "incomplete replay" in result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -223,6 +223,16 @@ def capture_command(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")
     ] = False,
+    source_dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--source-dsn",
+            metavar="DSN",
+            help="The server the logs come from (libpq URI): its system_identifier, version, "
+            "host and data directory go into the workload, so replay refuses to write onto "
+            "it, e.g. --source-dsn postgresql://postgres@prod-db:5432/postgres.",
+        ),
+    ] = None,
 ) -> None:
     import re
 
@@ -253,12 +263,44 @@ def capture_command(
         filters=filters,
         strict=strict,
         jobs=jobs,
+        source=_source_identity(source_dsn),
     )
     summary = _capture(logs, output, options, quiet)
     if not quiet:
         from rich.console import Console
 
         Console().print(summary_table(summary))
+
+
+SOURCE_FIELDS = (
+    "system_identifier",
+    "server_version",
+    "host",
+    "port",
+    "data_directory",
+    "cluster_name",
+)
+"""The parts of a server's identity a workload header records as its ``source``."""
+
+
+def _source_identity(dsn: str | None) -> dict[str, Any]:
+    """The workload header's ``source``: the identity of the server at ``dsn`` ({}: none)."""
+    if dsn is None:
+        return {}
+    from replay.errors import TargetError
+    from replay.safety import server_identity
+
+    try:
+        identity = server_identity(dsn).to_json()
+    except UsageError:
+        raise  # a malformed DSN, named part and all
+    except Exception as exc:
+        raise TargetError(
+            f"cannot read the source server's identity (--source-dsn): {exc}",
+            hint="check --source-dsn (a libpq URI such as postgresql://user@host:5432/postgres), "
+            "or leave it out: replay then cannot tell the source from a target",
+        ) from exc
+    return {key: identity[key] for key in SOURCE_FIELDS}
 
 
 def _capture(logs: list[str], output: Path, options: CaptureOptions, quiet: bool) -> CaptureSummary:

@@ -143,6 +143,48 @@ SyncInBlocks = Annotated[
 ]
 
 
+SAFETY = "Safety"
+"""Help panel of the options that decide what a replay may write, and where."""
+ReadOnly = Annotated[
+    bool,
+    typer.Option(
+        "--read-only",
+        help="Send only the statements that cannot write (by pglast's parse of each query "
+        "class; the rest are counted as skipped), on connections that start with "
+        "default_transaction_read_only=on, so a write the parse cannot see fails with "
+        "SQLSTATE 25006. For replaying onto a production replica.",
+        rich_help_panel=SAFETY,
+    ),
+]
+AllowWrites = Annotated[
+    bool,
+    typer.Option(
+        "--allow-writes",
+        help="Replay the workload's writes onto a server not marked as a replay target "
+        "(pgtraffic.replay_target = on) without asking; needed without a terminal.",
+        rich_help_panel=SAFETY,
+    ),
+]
+AllowMissingLogins = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-logins",
+        help="Replay even when users or databases the sessions log in as do not exist "
+        "on the target (their statements are recorded as not sent; exit code 6).",
+        rich_help_panel=SAFETY,
+    ),
+]
+TargetIsCopy = Annotated[
+    bool,
+    typer.Option(
+        "--target-is-copy",
+        help="The target has the capture source's system_identifier because it is a "
+        "physical copy of it (a restored base backup): replay onto it anyway.",
+        rich_help_panel=SAFETY,
+    ),
+]
+
+
 def _mapping_option(flag: str, replaced: str) -> Any:
     """A repeatable ``OLD=NEW`` option (parsed by :func:`mapping`)."""
     return typer.Option(
@@ -356,6 +398,9 @@ def replay_settings(
     reconnect_interval: float = 1.0,
     loop: str = "auto",
     via_asyncpg: bool = False,
+    read_only: bool = False,
+    allow_missing_logins: bool = False,
+    target_is_copy: bool = False,
 ) -> ReplaySettings:
     """The replay options as the runner's ReplaySettings, checked."""
     from replay.runner import ReplaySettings
@@ -374,6 +419,9 @@ def replay_settings(
         sync=SyncMode(sync.value),
         sync_timeout_s=sync_timeout,
         sync_in_blocks=sync_in_blocks,
+        read_only=read_only,
+        allow_missing_logins=allow_missing_logins,
+        target_is_copy=target_is_copy,
     )
     settings.check()
     return settings

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from replay.connection import TargetInfo
     from replay.report import ReplayReport
-    from replay.runner import LiveStatus, ReplayPlan, ReplaySettings
+    from replay.runner import LiveStatus, ReplayPlan, ReplaySettings, TargetCheck
 
 results_app = typer.Typer(
     help="Work with results files written by pgtraffic replay.\n\n"
@@ -48,9 +48,16 @@ Examples:
     pgtraffic replay monday.pgtw --dry-run --json
     pgtraffic replay monday.pgtw -t postgresql://pg18/shop -o x4.pgtr --speed 4 --workers 2
 
+Before it sends anything, replay shows the target's identity and checks it: a
+target that is the capture's source (capture --source-dsn) is refused, so are
+logins (user@database) it lacks, and writing onto a server not marked as a replay
+target (ALTER DATABASE db SET pgtraffic.replay_target = on) needs a yes at the
+prompt or --allow-writes. --read-only sends only what cannot write.
+
 Exit codes: 0 done (errors of replayed statements are results, not failures),
 2 bad options, 3 unusable workload, 5 target unreachable, 6 incomplete (connections
-refused or statements not sent: see the report), 130 interrupted.
+refused or statements not sent: see the report), 7 refused before starting (the
+target is the source, logins are missing, writes not confirmed), 130 interrupted.
 """
 
 
@@ -79,6 +86,7 @@ def report_table(report: ReplayReport) -> Table:
         ),
         ("sessions / connections", f"{report.sessions} / {report.connections_opened} opened"),
         ("connect failures", _counts(report.connect_failures)),
+        *(("  could not log in", f.describe()) for f in report.login_failures[:10]),
         ("connections lost", _counts(report.connections_lost)),
         ("reconnects", str(report.reconnects)),
         ("schedule", str(report.fidelity)),
@@ -107,6 +115,14 @@ def report_table(report: ReplayReport) -> Table:
         ("errors by SQLSTATE", _counts(report.errors)),
         ("unreplayable (skipped)", _counts(report.unreplayable)),
     ]
+    if report.read_only:
+        skipped = report.read_only_skipped
+        rows.append(
+            (
+                "not sent (--read-only)",
+                f"{sum(skipped.values())} statements in {len(skipped)} classes that may write",
+            )
+        )
     rows += report.sync_rows()
     div = report.divergence
     rate = "-" if div.agreement is None else f"{div.agreement:.2%}"
@@ -249,6 +265,10 @@ def replay_command(
             rich_help_panel=opt.REPLAY,
         ),
     ] = False,
+    read_only: opt.ReadOnly = False,
+    allow_writes: opt.AllowWrites = False,
+    allow_missing_logins: opt.AllowMissingLogins = False,
+    target_is_copy: opt.TargetIsCopy = False,
 ) -> None:
     settings = opt.replay_settings(
         speed=speed,
@@ -263,6 +283,9 @@ def replay_command(
         reconnect_interval=reconnect_interval,
         loop=loop,
         via_asyncpg=via_asyncpg,
+        read_only=read_only,
+        allow_missing_logins=allow_missing_logins,
+        target_is_copy=target_is_copy,
     )
     from rich.console import Console
 
@@ -279,7 +302,15 @@ def replay_command(
     if output is None:
         raise UsageError("--output/-o is required to replay", hint="-o run.pgtr")
     _replay(
-        workload, output, target, settings, as_json=as_json, progress=progress, out=out, err=err
+        workload,
+        output,
+        target,
+        settings,
+        as_json=as_json,
+        progress=progress,
+        out=out,
+        err=err,
+        allow_writes=allow_writes,
     )
 
 
@@ -293,6 +324,7 @@ def _replay(
     progress: bool,
     out: Console,
     err: Console,
+    allow_writes: bool = False,
 ) -> None:
     from replay.report import build_report
     from replay.results import read_results
@@ -302,7 +334,13 @@ def _replay(
     report: ReplayReport | None = None
     try:
         replay_workload(
-            workload, output, target, settings, on_target=live.on_target, on_status=live.on_status
+            workload,
+            output,
+            target,
+            settings,
+            on_target=live.on_target,
+            on_status=live.on_status,
+            approve=lambda check: _approve(check, err, allow_writes),
         )
     finally:
         live.bar.stop()
@@ -321,11 +359,38 @@ INCOMPLETE_EXIT = 6
 """The replay ran to its end, but sessions could not connect or statements were not sent."""
 
 
+def _approve(check: TargetCheck, err: Console, allow_writes: bool) -> bool:
+    """Show the target's identity; before writes onto a server not marked as a replay
+    target, ask (on a terminal) or refuse (without one, unless --allow-writes)."""
+    import sys
+
+    ident = check.identity
+    err.print(f"target identity: {ident.describe()}", highlight=False)
+    for missing in check.missing:  # only here with --allow-missing-logins
+        err.print(f"[yellow]warning:[/] login will fail: {missing.describe()}", highlight=False)
+    if check.read_only:
+        skipped = len(check.writes.skipped_by_read_only)
+        err.print(f"--read-only: {skipped} query classes that may write will not be sent")
+        return True
+    if not check.unprepared_writes or allow_writes:
+        return True
+    err.print(
+        f"[bold yellow]{check.writes.statements} statements ({len(check.writes.writes)} query "
+        "classes) may write, and this server is not marked as a replay target.[/]",
+        highlight=False,
+    )
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm("Replay the workload's writes onto this server?", default=False)
+
+
 def _completed(report: ReplayReport) -> str:
     from replay.sqlstates import NO_CONNECTION
 
     if not report.completed:
         return "NO (interrupted)"
+    if report.nothing_connected:
+        return "INCOMPLETE: no session could connect, nothing was replayed"
     refused = sum(report.connect_failures.values())
     unsent = report.errors.get(NO_CONNECTION, 0)
     if refused or unsent:
@@ -339,6 +404,15 @@ def _exit_if_incomplete(report: ReplayReport, err: Console) -> None:
 
     refused = sum(report.connect_failures.values())
     unsent = report.errors.get(NO_CONNECTION, 0)
+    if report.nothing_connected:
+        named = "; ".join(f.describe() for f in report.login_failures[:5]) or "no attempt"
+        err.print(
+            f"[bold red]incomplete replay: no session could connect:[/] {named}. Nothing "
+            "was replayed: log in as roles and databases the target has (--map-user "
+            "OLD=NEW, --map-database OLD=NEW) or create them there",
+            highlight=False,
+        )
+        raise typer.Exit(INCOMPLETE_EXIT)
     if not refused and not unsent:
         return
     codes = ", ".join(f"{k} x{v}" for k, v in report.connect_failures.items()) or "none"
@@ -348,6 +422,8 @@ def _exit_if_incomplete(report: ReplayReport, err: Console) -> None:
         "describe only part of the workload",
         highlight=False,
     )
+    for failure in report.login_failures[:5]:
+        err.print(f"  could not log in: {failure.describe()}", highlight=False)
     raise typer.Exit(INCOMPLETE_EXIT)
 
 
