@@ -1,26 +1,35 @@
 """Capacity sweeps on real servers: the same starting state at every step, the knee.
 
-Workloads are written by hand (tests/replay_helpers.write_workload) so that what
-each step must do is known exactly.
+Most workloads are written by hand (tests/replay_helpers.write_workload) so that
+what each step must do is known exactly; the hot-row workload is captured from a
+real pgbench run, and pgbench itself, on the same target with the same script and
+clients, measured right before and after the sweep, is the ceiling the knee must
+find.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from capture.workload import Workload
+from capture.filters import Filters
+from capture.pipeline import CaptureOptions, capture
+from capture.workload import Workload, read_workload
 from pgtraffic.capacity.model import Problem, culprits, judge_step
 from pgtraffic.capacity.reset import Reset, ResetMode
 from pgtraffic.capacity.sweep import Sweep, SweepPlan, run_sweep
 from pgtraffic.servers import Cluster, Profile
 from replay.runner import ReplaySettings
 from replay.sync import SyncMode
-from tests.replay_helpers import fetch, simple, write_workload
+from tests.conftest import require_version
+from tests.replay_helpers import fetch, run_quiet, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")
 
@@ -61,6 +70,8 @@ def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_p
         assert step.errors == {}, step.errors
         assert step.statements == 100
     assert sweep.steps[1].reset_s > 0
+    # every step started from the same rows: each inserted all 100 again
+    assert [s.database.get("tup_inserted") for s in sweep.steps] == [100, 100, 100]
     assert fetch(target, "SELECT count(*) FROM items") == [(100,)]
     # the template copy is gone after the sweep
     assert fetch(target, "SELECT count(*) FROM pg_database WHERE datname LIKE '%pgtraffic%'") == [
@@ -151,3 +162,207 @@ def test_capacity_command_prints_the_knee(
         assert step["achieved_statements_per_s"] > 0
     assert report["knee"]["reason"]
     assert "<svg" in (tmp_path / "cap.html").read_text()
+    # PostgreSQL 16 from the wheel has no pg_stat_statements: said, with how to install it
+    assert "shared_preload_libraries" in report["pg_stat_statements"]
+    assert "parameter group" in report["pg_stat_statements"]
+    assert report["sync"] == "none" and "as asked" in report["sync_reason"]
+    assert "step 1/2: speed 1" in done.stderr and "left" in done.stderr
+
+
+def _cli(cmd: list[str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_scale_up_until_connections_run_out(
+    make_cluster: Any, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    """3 concurrent read-only sessions, each 10 statements of 50 ms 100 ms apart; the
+    target has 9 connections (the sweep's own sampler takes one): x2 (6 sessions)
+    fits, x4 (12) does not, and the report says connections ran out."""
+    target: Cluster = make_cluster(
+        16,
+        Profile.TARGET,
+        settings={"max_connections": "9", "superuser_reserved_connections": "3"},
+    )
+    stmts = [
+        simple(f"s{s}", i, s * 20_000 + i * 100_000, "SELECT pg_sleep(0.05)")
+        for s in range(3)
+        for i in range(10)
+    ]
+    connect = {f"s{s}": s * 20_000 for s in range(3)}
+    disconnect = {f"s{s}": s * 20_000 + 1_050_000 for s in range(3)}
+    workload = write_workload(tmp_path / "w.pgtw", stmts, connect=connect, disconnect=disconnect)
+    html = tmp_path / "cap.html"
+    done = _cli(
+        pgtraffic_cmd,
+        "capacity",
+        str(workload.path),
+        "-t",
+        target.dsn(),
+        "-o",
+        str(tmp_path / "cap"),
+        "--reset",
+        "none",
+        "--speeds",
+        "1",
+        "--scale",
+        "1,2,4",
+        "--json",
+        "--html",
+        str(html),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    steps = report["steps"]
+    assert [s["scale"] for s in steps] == [1, 2, 4]
+    assert [s["statements"] for s in steps] == [30, 60, 120]
+    assert steps[1]["connect_failures"] == {}
+    assert steps[2]["connect_failures"].get("53300", 0) > 0
+    assert report["knee"]["step"] == 1 and report["knee"]["scale"] == 2
+    assert "ran out of connections (max_connections)" in report["knee"]["reason"]
+    assert "x4 sessions" in report["knee"]["reason"]
+    assert "max_connections" in html.read_text()
+    assert "step 3/3: speed 1 x4 sessions" in done.stderr
+    # the scaled workload is in the output folder, copies carrying the reads
+    scaled = read_workload(tmp_path / "cap" / "workload-x4-reads-ddl-order.pgtw")
+    assert len(scaled.sessions) == 12
+    assert report["sync"] == "ddl"  # capacity's default
+
+
+def test_capacity_compare_puts_two_runs_side_by_side(
+    make_cluster: Any, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    runs = []
+    for name, per_session in (("before", 10), ("after", 20)):
+        target: Cluster = make_cluster(16, Profile.TARGET)
+        target.psql("CREATE TABLE items (id int PRIMARY KEY)")
+        workload = inserts(tmp_path / f"{name}.pgtw", sessions=2, per_session=per_session)
+        run_sweep(
+            workload.path,
+            target.dsn(),
+            tmp_path / name,
+            plan=SweepPlan(speeds=(1.0, 2.0)),
+            settings=ReplaySettings(sync=SyncMode.NONE),
+            reset=Reset(ResetMode.TEMPLATE, target.dsn(), ("postgres",)),
+        )
+        runs.append(tmp_path / name)
+    out = tmp_path / "cmp.html"
+    done = _cli(pgtraffic_cmd, "capacity-compare", *map(str, runs), "-o", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["runs"]
+    assert [r["label"].split()[0] for r in rows] == ["before", "after"]
+    assert rows[0]["ratio"] == pytest.approx(1.0)
+    first, second = (r["knee_statements_per_s"] for r in rows)
+    if first and second:
+        assert rows[1]["ratio"] == pytest.approx(second / first)
+    page = out.read_text()
+    assert "Knees side by side" in page and "before" in page and "after" in page
+    # a folder that is not a capacity run: a clear error, exit 2
+    bad = _cli(pgtraffic_cmd, "capacity-compare", str(runs[0]), str(tmp_path))
+    assert bad.returncode == 2
+    assert "capacity.json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pg_stat_statements_deltas_per_step(make_cluster: Any, tmp_path: Path) -> None:
+    target: Cluster = make_cluster(
+        18, Profile.TARGET, settings={"shared_preload_libraries": "'pg_stat_statements'"}
+    )
+    target.psql("CREATE EXTENSION pg_stat_statements")
+    target.psql("CREATE TABLE items (id int PRIMARY KEY)")
+    workload = inserts(tmp_path / "w.pgtw", sessions=2, per_session=10)
+    sweep = run_sweep(
+        workload.path,
+        target.dsn(),
+        tmp_path / "cap",
+        plan=SweepPlan(speeds=(1.0, 2.0)),
+        settings=ReplaySettings(sync=SyncMode.NONE),
+        reset=Reset(ResetMode.TEMPLATE, target.dsn(), ("postgres",)),
+    )
+    assert sweep.statements_note is None
+    for step in sweep.steps:
+        inserts_run = [t for t in step.top_statements if t.query.startswith("INSERT INTO items")]
+        assert [t.calls for t in inserts_run] == [20]
+        assert inserts_run[0].total_exec_ms > 0
+        # pgtraffic's own monitoring queries are left out
+        own = ("pgtraffic-capacity", "pg_stat_activity", "pg_stat_database", "pg_stat_statements")
+        assert not [t.query for t in step.top_statements if any(o in t.query for o in own)]
+    saved = json.loads((tmp_path / "cap" / "capacity.json").read_text())
+    assert saved["pg_stat_statements"] == "installed"
+    assert saved["steps"][0]["top_statements"][0]["mean_exec_ms"] >= 0
+
+
+HOT_SETUP = "CREATE TABLE hot (id int PRIMARY KEY, n bigint); INSERT INTO hot VALUES (1, 0)"
+HOT_SCRIPT = "UPDATE hot SET n = n + 1 WHERE id = 1;\n"
+HOT_CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def hot_row(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(workload, pgbench script): 8 pgbench clients updating one row at 300/s for
+    4 s, captured from a capture-ready PostgreSQL 16."""
+    work = tmp_path_factory.mktemp("hot")
+    script = work / "hot.sql"
+    script.write_text(HOT_SCRIPT)
+    source = Cluster.create(require_version(16), profile=Profile.CAPTURE)
+    try:
+        run_quiet(source, "psql", "-X", "-q", "-c", HOT_SETUP)
+        source.run_tool(
+            "pgbench", "-n", "-f", script, "-c", str(HOT_CLIENTS), "-j", "2", "-R", "300", "-T", "4"
+        )
+        time.sleep(0.6)  # let the logging collector write the last records
+        out = work / "hot.pgtw"
+        capture(
+            [str(p) for p in source.log_files()],
+            out,
+            CaptureOptions(filters=Filters(applications=("pgbench",))),
+        )
+        yield out, script
+    finally:
+        source.stop()
+
+
+def _pgbench_tps(target: Cluster, script: Path) -> float:
+    done = target.run_tool(
+        "pgbench", "-n", "-f", script, "-c", str(HOT_CLIENTS), "-j", "2", "-T", "4"
+    )
+    match = re.search(r"tps = ([\d.]+)", done.stdout)
+    assert match is not None, done.stdout
+    return float(match[1])
+
+
+@pytest.mark.slow
+def test_until_knee_finds_the_hot_row_ceiling_pgbench_reaches(
+    hot_row: tuple[Path, Path], make_cluster: Any, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    """Every statement updates the one row: the target's ceiling is how fast it can
+    hand that row's lock from one transaction to the next. pgbench with the same
+    script and clients measures it right before and right after the sweep (the
+    machine is shared: the knee must be within 20% of one of the two)."""
+    workload, script = hot_row
+    assert read_workload(workload).header.counts["statements"] > 1000
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    target.psql(HOT_SETUP)
+    before = _pgbench_tps(target, script)
+    done = _cli(
+        pgtraffic_cmd,
+        "capacity",
+        str(workload),
+        "-t",
+        target.dsn(),
+        "-o",
+        str(tmp_path / "cap"),
+        "--until-knee",
+        "--reset",
+        "none",
+        "--json",
+    )
+    after = _pgbench_tps(target, script)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    knee = report["knee"]["achieved_statements_per_s"]
+    assert knee is not None, report["knee"]["reason"]
+    assert report["sync"] == "ddl"
+    ratios = [knee / before, knee / after]
+    assert any(0.8 <= r <= 1.2 for r in ratios), (knee, before, after, report["knee"]["reason"])

@@ -8,6 +8,7 @@ run on their own connections and repeat no write.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from pathlib import Path
@@ -51,7 +52,10 @@ def write(path: Path, stmts: list[Statement], commits: int, **sessions: dict[str
         capture_start=START,
         capture_end=START + dt.timedelta(seconds=10),
         sessions=[
-            Session(sid, "postgres", "postgres", statements=n, **sessions.get(sid, {}))
+            dataclasses.replace(
+                Session(sid, "postgres", "postgres", statements=n),
+                **sessions.get(sid, {}),  # type: ignore[arg-type]
+            )
             for sid, n in per_session.items()
         ],
         classes=[

@@ -79,6 +79,23 @@ class ClassStep:
 
 
 @dataclass(frozen=True, slots=True)
+class StatementDelta:
+    """One statement of ``pg_stat_statements`` over one step (after minus before)."""
+
+    query: str
+    calls: int
+    total_exec_ms: float
+    shared_blks_read: int
+
+    @property
+    def mean_exec_ms(self) -> float:
+        return self.total_exec_ms / self.calls if self.calls else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**field_dict(self), "mean_exec_ms": self.mean_exec_ms}
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """What one replay at one offered load did, and what the server did meanwhile."""
 
@@ -109,9 +126,18 @@ class Step:
     database: Mapping[str, int] = field(default_factory=dict)
     """pg_stat_database deltas over the step (commits, rollbacks, deadlocks, ...)."""
     classes: tuple[ClassStep, ...] = ()
+    scale: int = 1
+    """Runs of every session (``--scale``): 1 is the workload as captured."""
+    top_statements: tuple[StatementDelta, ...] = ()
+    """pg_stat_statements over the step, most total execution time first (when installed)."""
 
     def value(self, metric: Metric) -> float:
         return {Metric.P50: self.p50_ms, Metric.P95: self.p95_ms, Metric.P99: self.p99_ms}[metric]
+
+    @property
+    def load_text(self) -> str:
+        """The offered load in words: ``speed 2`` or ``speed 1 x4 sessions``."""
+        return f"speed {self.speed:g}" + (f" x{self.scale} sessions" if self.scale > 1 else "")
 
     @property
     def kept_up(self) -> float:
@@ -135,6 +161,8 @@ class Step:
                     }
                     for c in value
                 ]
+            elif name == "top_statements":
+                value = [t.to_json() for t in value]
             elif isinstance(value, Mapping):
                 value = dict(value)
             out[name] = value
@@ -144,6 +172,10 @@ class Step:
     def from_json(cls, obj: Mapping[str, Any]) -> Step:
         fields = dict(obj)
         fields["classes"] = tuple(ClassStep(**c) for c in obj.get("classes", ()))
+        fields["top_statements"] = tuple(
+            StatementDelta(**{k: v for k, v in t.items() if k != "mean_exec_ms"})
+            for t in obj.get("top_statements", ())
+        )
         return cls(**{k: v for k, v in fields.items() if k in cls.__slots__})
 
 
@@ -169,16 +201,13 @@ REPLAYER_LAG_LIMIT_MS = 10.0
 
 
 def judge_step(step: Step, slos: Sequence[Slo]) -> tuple[Finding, ...]:
-    """Why ``step`` was not sustained (empty when it was)."""
+    """Why ``step`` was not sustained (empty when it was).
+
+    The replayer's own lag does not fail a step by itself (a step that kept up, met
+    its SLOs and added no errors was sustained, however late pgtraffic sent some
+    statements); when the step failed and the replayer lagged, the failure is marked
+    as the replayer's, not the server's."""
     found: list[Finding] = []
-    if step.replayer_lag_p99_ms > REPLAYER_LAG_LIMIT_MS:
-        found.append(
-            Finding(
-                Problem.REPLAYER,
-                f"the replayer's own lag p99 was {step.replayer_lag_p99_ms:.1f} ms: pgtraffic, "
-                "not the server, was the limit here (add --workers)",
-            )
-        )
     if step.kept_up < KEEP_UP:
         found.append(
             Finding(
@@ -195,9 +224,23 @@ def judge_step(step: Step, slos: Sequence[Slo]) -> tuple[Finding, ...]:
         found.append(Finding(Problem.NEW_ERRORS, f"errors the capture did not have: {listed}"))
     if step.connect_failures:
         listed = ", ".join(f"{k} x{v}" for k, v in sorted(step.connect_failures.items()))
-        found.append(Finding(Problem.REFUSED, f"connections failed: {listed}"))
+        why = (
+            ": the target ran out of connections (max_connections)"
+            if "53300" in step.connect_failures
+            else ""
+        )
+        found.append(Finding(Problem.REFUSED, f"connections failed: {listed}{why}"))
     if step.not_sent:
         found.append(Finding(Problem.NOT_SENT, f"{step.not_sent} statements could not be sent"))
+    if found and step.replayer_lag_p99_ms > REPLAYER_LAG_LIMIT_MS:
+        found.insert(
+            0,
+            Finding(
+                Problem.REPLAYER,
+                f"the replayer's own lag p99 was {step.replayer_lag_p99_ms:.1f} ms: pgtraffic, "
+                "not the server, may have been the limit here (add --workers)",
+            ),
+        )
     return tuple(found)
 
 
@@ -230,6 +273,8 @@ class Knee:
     culprits: tuple[str, ...] = ()
     """What changed most between the knee and the next step (classes, wait events)."""
     replayer_limited: bool = False
+    scale: int | None = None
+    """Runs of every session at the knee step (``--scale``)."""
 
     def to_json(self) -> dict[str, Any]:
         return field_dict(
@@ -237,6 +282,26 @@ class Knee:
             broke=[{"problem": f.problem.value, "detail": f.detail} for f in self.broke],
             culprits=list(self.culprits),
         )
+
+
+def knee_from_json(obj: Mapping[str, Any]) -> Knee:
+    """A knee as :meth:`Knee.to_json` wrote it (for comparing saved sweeps)."""
+    broke = []
+    for f in obj.get("broke", ()):
+        try:
+            broke.append(Finding(Problem(f["problem"]), str(f["detail"])))
+        except (KeyError, ValueError, TypeError):
+            continue  # a problem this version does not know: its text is in the reason
+    return Knee(
+        step=obj.get("step"),
+        achieved_statements_per_s=obj.get("achieved_statements_per_s"),
+        speed=obj.get("speed"),
+        reason=str(obj.get("reason", "")),
+        broke=tuple(broke),
+        culprits=tuple(str(c) for c in obj.get("culprits", ())),
+        replayer_limited=bool(obj.get("replayer_limited", False)),
+        scale=obj.get("scale"),
+    )
 
 
 def find_knee(steps: Sequence[Step], slos: Sequence[Slo]) -> Knee:
@@ -255,6 +320,7 @@ def find_knee(steps: Sequence[Step], slos: Sequence[Slo]) -> Knee:
             top.speed,
             f"every step was sustained, up to {top.offered_statements_per_s:,.0f} statements/s "
             "offered: the knee is beyond this sweep (try higher --speeds or --until-knee)",
+            scale=top.scale,
         )
     first_bad, problems = bad[0]
     below = [s for s in good if s.offered_statements_per_s < first_bad.offered_statements_per_s]
@@ -264,15 +330,16 @@ def find_knee(steps: Sequence[Step], slos: Sequence[Slo]) -> Knee:
             None,
             None,
             None,
-            f"not even the lowest step (speed {first_bad.speed:g}) was sustained",
+            f"not even the lowest step ({first_bad.load_text}) was sustained: "
+            + "; ".join(f.detail for f in problems),
             broke=problems,
             culprits=culprits(None, first_bad),
             replayer_limited=replayer,
         )
     knee = below[-1]
     reason = (
-        f"sustained {knee.achieved_statements_per_s:,.0f} statements/s at speed {knee.speed:g}; "
-        f"at speed {first_bad.speed:g}: " + "; ".join(f.detail for f in problems)
+        f"sustained {knee.achieved_statements_per_s:,.0f} statements/s at {knee.load_text}; "
+        f"at {first_bad.load_text}: " + "; ".join(f.detail for f in problems)
     )
     return Knee(
         knee.index,
@@ -282,6 +349,7 @@ def find_knee(steps: Sequence[Step], slos: Sequence[Slo]) -> Knee:
         broke=problems,
         culprits=culprits(knee, first_bad),
         replayer_limited=replayer,
+        scale=knee.scale,
     )
 
 
@@ -357,3 +425,17 @@ def parse_speeds(text: str) -> tuple[float, ...]:
     if not speeds or any(s <= 0 for s in speeds):
         raise UsageError(f"--speeds {text!r}: every speed must be positive", hint="--speeds 1,2,4")
     return tuple(sorted(set(speeds)))
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """``1,2,4`` -> (1, 2, 4): session scale-up factors, each a whole number >= 1."""
+    try:
+        scales = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(
+            f"--scale {text!r} is not a whole number or a list of them",
+            hint="e.g. --scale 4 (every step), or --scale 1,2,4 (one step per factor)",
+        ) from None
+    if not scales or any(k < 1 for k in scales):
+        raise UsageError(f"--scale {text!r}: every factor must be 1 or more", hint="--scale 1,2,4")
+    return tuple(sorted(set(scales)))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +26,95 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 def _label(sweep: Sweep) -> str:
     version = sweep.target.get("server_version") or sweep.target.get("version") or ""
     host = sweep.target.get("host") or ""
-    return f"{host} {version}".strip() or sweep.workload
+    where = f"{host} {version}".strip()
+    if sweep.name:
+        return f"{sweep.name} ({where})" if where else sweep.name
+    return where or sweep.workload
+
+
+@dataclass(frozen=True, slots=True)
+class KneeRow:
+    """One run's knee in a comparison, and its ratio to the first run's."""
+
+    label: str
+    knee_statements_per_s: float | None
+    load: str
+    ratio: float | None
+    """This knee over the first run's (None when either has no knee)."""
+    reason: str
+
+    def describe(self) -> str:
+        if self.knee_statements_per_s is None:
+            return f"{self.label}: no knee ({self.reason})"
+        ratio = f", {self.ratio:.2f}x the first run's" if self.ratio is not None else ""
+        return (
+            f"{self.label}: knee {self.knee_statements_per_s:,.0f} statements/s at "
+            f"{self.load}{ratio}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "knee_statements_per_s": self.knee_statements_per_s,
+            "load": self.load,
+            "ratio": self.ratio,
+            "reason": self.reason,
+        }
+
+
+def knee_ratios(sweeps: Sequence[Sweep]) -> list[KneeRow]:
+    """The knees of ``sweeps`` side by side, each against the first (pure)."""
+    rows = []
+    first = sweeps[0].knee.achieved_statements_per_s if sweeps else None
+    for sweep in sweeps:
+        knee = sweep.knee
+        at = [s for s in sweep.steps if s.index == knee.step]
+        value = knee.achieved_statements_per_s
+        rows.append(
+            KneeRow(
+                label=_label(sweep),
+                knee_statements_per_s=value,
+                load=at[0].load_text if at else "-",
+                ratio=value / first if value is not None and first else None,
+                reason=knee.reason,
+            )
+        )
+    return rows
+
+
+def _knees_table(sweeps: Sequence[Sweep]) -> str:
+    head = "<tr><th>run</th><th>knee statements/s</th><th>at</th><th>ratio</th><th>why</th></tr>"
+    rows = []
+    for row in knee_ratios(sweeps):
+        value = "-" if row.knee_statements_per_s is None else f"{row.knee_statements_per_s:,.0f}"
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}&times;"
+        rows.append(
+            f"<tr><td>{html.escape(row.label)}</td><td>{value}</td><td>{html.escape(row.load)}"
+            f"</td><td>{ratio}</td><td style='text-align:left'>{html.escape(row.reason)}</td></tr>"
+        )
+    return f"<h2>Knees side by side</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _statements_table(sweep: Sweep) -> str:
+    if sweep.statements_note:
+        return f"<p class='warn'>{html.escape(sweep.statements_note)}</p>"
+    rows = []
+    for s in sweep.steps:
+        for t in s.top_statements[:5]:
+            rows.append(
+                f"<tr><td>{s.index + 1}</td><td>{t.calls:,}</td><td>{t.total_exec_ms:,.1f}</td>"
+                f"<td>{t.mean_exec_ms:.3f}</td><td>{t.shared_blks_read:,}</td>"
+                f"<td style='text-align:left'><code>{html.escape(t.query[:200])}</code></td></tr>"
+            )
+    if not rows:
+        return ""
+    head = (
+        "<tr><th>step</th><th>calls</th><th>total ms</th><th>mean ms</th>"
+        "<th>blocks read</th><th>statement</th></tr>"
+    )
+    return (
+        f"<h3>Top statements per step (pg_stat_statements)</h3><table>{head}{''.join(rows)}</table>"
+    )
 
 
 def throughput_chart(sweeps: Sequence[Sweep]) -> str:
@@ -91,7 +181,7 @@ def waits_chart(sweep: Sweep) -> str | None:
 
 def _table(sweep: Sweep) -> str:
     head = (
-        "<tr><th>step</th><th>speed</th><th>offered/s</th><th>achieved/s</th>"
+        "<tr><th>step</th><th>speed</th><th>scale</th><th>offered/s</th><th>achieved/s</th>"
         "<th>p99 ms</th><th>errors</th><th>sync wait s</th><th>reset s</th></tr>"
     )
     rows = []
@@ -99,7 +189,7 @@ def _table(sweep: Sweep) -> str:
         knee = " class='knee'" if sweep.knee.step == s.index else ""
         errors = ", ".join(f"{k}&times;{v}" for k, v in s.errors.items()) or "-"
         rows.append(
-            f"<tr{knee}><td>{s.index + 1}</td><td>{s.speed:g}</td>"
+            f"<tr{knee}><td>{s.index + 1}</td><td>{s.speed:g}</td><td>&times;{s.scale}</td>"
             f"<td>{s.offered_statements_per_s:,.0f}</td><td>{s.achieved_statements_per_s:,.0f}</td>"
             f"<td>{s.p99_ms:.2f}</td><td>{errors}</td><td>{s.sync_wait_s:.2f}</td>"
             f"<td>{s.reset_s:.1f}</td></tr>"
@@ -117,6 +207,8 @@ def to_html(sweeps: Sequence[Sweep]) -> str:
         "<h1>Capacity</h1>",
         throughput_chart(sweeps),
     ]
+    if len(sweeps) > 1:
+        parts.append(_knees_table(sweeps))
     for sweep in sweeps:
         parts.append(f"<h2>{html.escape(_label(sweep))}</h2>")
         if not sweep.complete:
@@ -124,9 +216,11 @@ def to_html(sweeps: Sequence[Sweep]) -> str:
         parts.append(f"<p><b>Knee:</b> {html.escape(sweep.knee.reason)}</p>")
         parts += [f"<p>{html.escape(c)}</p>" for c in sweep.knee.culprits]
         parts.append(
-            f"<p>sync: {html.escape(sweep.sync)}, reset: {html.escape(sweep.reset)}, SLOs: "
-            f"{html.escape(', '.join(s.describe() for s in sweep.slos) or 'none')}</p>"
+            f"<p>sync: {html.escape(sweep.sync_reason or sweep.sync)}</p>"
+            f"<p>reset: {html.escape(sweep.reset)}, scale: {html.escape(sweep.scale)}, SLOs: "
+            f"{html.escape(', '.join(sweep.slos) or 'none')}</p>"
         )
         parts.append(_table(sweep))
+        parts.append(_statements_table(sweep))
         parts += [c for c in (class_chart(sweep), waits_chart(sweep)) if c]
     return "\n".join(parts)

@@ -21,7 +21,7 @@ import psycopg
 from replay.conninfo import libpq_dsn
 
 ACTIVITY_SQL = """
-SELECT coalesce(wait_event_type, 'CPU'), count(*)
+SELECT /* pgtraffic-capacity */ coalesce(wait_event_type, 'CPU'), count(*)
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()
 GROUP BY 1
@@ -51,7 +51,7 @@ def _defaults(application: str) -> dict[str, str]:
 def database_counters(dsn: str, databases: tuple[str, ...]) -> dict[str, int]:
     """The sums of :data:`DATABASE_COLUMNS` over ``databases`` (all when empty)."""
     columns = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in DATABASE_COLUMNS)
-    sql = f"SELECT {columns} FROM pg_stat_database"
+    sql = f"SELECT /* pgtraffic-capacity */ {columns} FROM pg_stat_database"
     params: tuple[Any, ...] = ()
     if databases:
         sql += " WHERE datname = ANY(%s)"
