@@ -219,6 +219,43 @@ def test_writes_onto_an_unprepared_server_need_a_yes(
     assert target.psql("SELECT count(*) FROM t") == "10"
 
 
+def test_on_a_terminal_replay_asks_before_writing(
+    make_cluster: ClusterFactory, pgtraffic_cmd: list[str], tmp_path: Path
+) -> None:
+    """With a terminal on stdin the question is asked: no leaves the server untouched
+    (exit 7), yes replays the writes."""
+    import pty
+
+    target = make_cluster(16)
+    target.psql("ALTER DATABASE postgres SET pgtraffic.replay_target = off")
+    target.psql("CREATE TABLE t (x int)")
+    wl = tmp_path / "w.pgtw"
+    write_workload(wl, [simple("a", i, i * 100, f"INSERT INTO t VALUES ({i})") for i in range(5)])
+    args = ["replay", str(wl), "--target", target.dsn(), "--no-progress", "--max-speed"]
+    for answer, code, rows in (("n", 7, "0"), ("y", 0, "5")):
+        terminal, stdin = pty.openpty()
+        proc = subprocess.Popen(
+            [*pgtraffic_cmd, *args, "-o", str(tmp_path / f"{answer}.pgtr")],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        os.close(stdin)
+        try:
+            os.write(terminal, f"{answer}\n".encode())
+            out, err = proc.communicate(timeout=120)
+        finally:
+            os.close(terminal)
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == code, err
+        assert "Replay the workload's writes onto this server?" in out
+        assert "5 statements (5 query classes) may write" in err
+        assert target.psql("SELECT count(*) FROM t") == rows
+
+
 def test_read_only_sends_reads_skips_writes_and_guards_what_the_parse_misses(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:
