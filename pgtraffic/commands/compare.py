@@ -49,10 +49,12 @@ def compare(
         ),
     ] = False,
     baseline_dsn: Annotated[
-        str | None, typer.Option(help="Baseline server (libpq URI), for --explain.")
+        str | None,
+        typer.Option(help="Baseline server for --explain, as libpq takes it (URI, key=value)."),
     ] = None,
     candidate_dsn: Annotated[
-        str | None, typer.Option(help="Candidate server (libpq URI), for --explain.")
+        str | None,
+        typer.Option(help="Candidate server for --explain, as libpq takes it (URI, key=value)."),
     ] = None,
     explain_top: Annotated[int, typer.Option(help="How many classes (by time) to EXPLAIN.")] = 20,
     workload: Annotated[

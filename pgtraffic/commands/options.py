@@ -54,15 +54,28 @@ Target = Annotated[
         "--target",
         "-t",
         metavar="DSN",
-        help="libpq URI of the server to replay onto, e.g. postgresql://app@db2:5432/shop; "
-        "passwords come from PGPASSWORD or ~/.pgpass.",
+        help="The server to replay onto, as libpq takes it: a URI "
+        "(postgresql://app@db2:5432/shop) or key=value pairs "
+        "('host=/var/run/postgresql port=5432 dbname=shop'), or service=NAME; what it "
+        "leaves out comes from PGHOST, PGPORT, PGUSER, ... and the password from "
+        "PGPASSWORD or ~/.pgpass (PGPASSFILE). See docs/replay.md, Connecting.",
     ),
 ]
 BaselineDsn = Annotated[
-    str, typer.Option("--baseline", metavar="DSN", help="libpq URI of the baseline server.")
+    str,
+    typer.Option(
+        "--baseline",
+        metavar="DSN",
+        help="The baseline server, as libpq takes it (URI, key=value pairs, service=NAME).",
+    ),
 ]
 CandidateDsn = Annotated[
-    str, typer.Option("--candidate", metavar="DSN", help="libpq URI of the candidate server.")
+    str,
+    typer.Option(
+        "--candidate",
+        metavar="DSN",
+        help="The candidate server, as libpq takes it (URI, key=value pairs, service=NAME).",
+    ),
 ]
 ResultsOutput = Annotated[
     Path | None,
