@@ -341,7 +341,7 @@ def test_until_knee_finds_the_hot_row_ceiling_pgbench_reaches(
     script and clients measures it right before and right after the sweep (the
     machine is shared: the knee must be within 20% of one of the two)."""
     workload, script = hot_row
-    assert read_workload(workload).header.counts["statements"] > 1000
+    assert read_workload(workload).header.counts["statements"] > 600  # about 1,200
     target: Cluster = make_cluster(16, Profile.TARGET)
     target.psql(HOT_SETUP)
     before = _pgbench_tps(target, script)

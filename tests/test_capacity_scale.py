@@ -1,4 +1,5 @@
-"""Session scale-up (capacity --scale K) as a workload transformation.
+"""Session scale-up (capacity --scale K) and capacity's causal order (--sync ddl) as
+workload transformations.
 
 Synthetic workloads with a commit clock are scaled and read back: the copies'
 ids, timing, statements and sync members are checked one by one; then a scaled
@@ -18,6 +19,12 @@ import pytest
 
 from capture.records import QueryClass, Session, Statement, StatementKind
 from capture.workload import Workload, WorkloadWriter, read_workload
+from pgtraffic.capacity.order import (
+    Effects,
+    global_commits,
+    idle_sessions_wait_for_nobody,
+    keep_ddl_order,
+)
 from pgtraffic.capacity.scale import (
     DEFAULT_GAP_US,
     MAX_GAP_US,
@@ -188,3 +195,49 @@ def test_a_scaled_workload_replays_with_the_copies_on_their_own_connections(
     assert [s for s in results.strings_of("sqlstate").tolist() if s] == []
     # the copies repeated no write: one update of row 1, one inserted row
     assert fetch(target, "SELECT id, n FROM t ORDER BY id") == [(1, 1), (2, 0)]
+
+
+def test_ddl_order_keeps_only_global_commits_and_idle_sessions_wait_for_nobody(
+    tmp_path: Path,
+) -> None:
+    """Commit 1 creates a table (global), commits 2 and 3 update a row; the updates
+    then depend only on the CREATE, and the DROP (itself global) on everything."""
+    source = write(
+        tmp_path / "w.pgtw",
+        [
+            stmt("a", 0, 0, "CREATE TABLE t (id int, n int)", commit=1),
+            stmt("a", 1, 10, "UPDATE t SET n = n + 1", after=1, after_objects=1, commit=2),
+            stmt("b", 0, 20, "UPDATE t SET n = n + 1", after=2, after_objects=2, commit=3),
+            stmt("b", 1, 30, "SELECT n FROM t", after=3, after_objects=3),
+            stmt("b", 2, 40, "BEGIN", after=3, after_objects=3),
+            stmt("b", 3, 50, "DROP TABLE t", after=3, after_objects=3),
+            stmt("b", 4, 60, "COMMIT", after=3, after_objects=3, commit=4),
+            stmt("a", 2, 70, "SELECT 1", after=4, after_objects=4),
+        ],
+        commits=4,
+        a={"disconnect_order": 2},
+        b={"disconnect_order": 1},
+    )
+    effects = Effects()
+    assert global_commits(source.statements(), effects) == [1, 4]  # the DROP's block
+    out = keep_ddl_order(source, tmp_path / "ddl.pgtw")
+    got = {(s.session, s.seq): s.after_objects for s in read_workload(out.path).statements()}
+    assert got == {
+        ("a", 0): 0,
+        ("a", 1): 1,
+        ("b", 0): 1,  # was 2: the other update's commit is left to the row lock
+        ("b", 1): 1,
+        ("b", 2): 1,
+        ("b", 3): 3,  # DROP TABLE is global: it waits for every commit before it
+        ("b", 4): 1,
+        ("a", 2): 4,
+    }
+    assert out.global_commits == 2
+    # commit numbers and `after` unchanged
+    assert [s.commit for s in read_workload(out.path).statements()] == [
+        s.commit for s in source.statements()
+    ]
+    idle = idle_sessions_wait_for_nobody(
+        [Session("x", None, None, statements=0, disconnect_order=3), *source.sessions.values()]
+    )
+    assert [(s.id, s.disconnect_order) for s in idle] == [("x", 0), ("a", 2), ("b", 1)]

@@ -5,16 +5,17 @@ previous commit in the log (one hot row updated by 8 clients at 300/s rarely
 overlaps), so ``--sync commit`` and ``--sync objects`` replay it one commit at a
 time, each waiting a round trip for the one before: measured on the hot-row
 workload, they did not even sustain the captured rate, while ``--sync none`` and
-pgbench itself went on to about 1.5 times it (docs/capacity.md). A write that
+this mode went on to about 1.2 times it, and pgbench itself (docs/capacity.md). A write that
 conflicts with an earlier one needs no such wait: the target's own row locks
 order the two, as they did at the source.
 
 So a capacity step keeps only the order that the target cannot restore by
 itself: each session's own order, the connections (a session connects after the
-disconnections and the global commits the log showed before it) and the *global*
-commits, those whose effect reaches beyond rows: DDL, roles, databases, schemas,
-functions, GRANT, DO, unknown functions, unparsable SQL (capture.effects). A
-statement that is itself global still waits for every commit before it. This
+disconnections and the global commits the log showed before it) and the commits
+that changed more than rows: DDL of any kind (CREATE/ALTER/DROP of tables and
+indexes too), roles, databases, schemas, functions, GRANT, DO, unknown functions,
+unparsable SQL (:data:`DATA_STATEMENTS` lists what counts as rows). A statement
+that itself changes the schema still waits for every commit before it. This
 module rewrites a workload's ``after_objects`` to that bound (pure over the
 statements, two passes over the file), and the step is replayed with
 ``--sync objects``, which reads ``after_objects``: the replayer needs no change.
@@ -28,38 +29,91 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pglast
+from pglast import ast
+
 from capture.effects import Control, Effect, classify
 from capture.records import Session, Statement
 from capture.workload import Workload, WorkloadWriter, read_workload
 
+DATA_STATEMENTS = (
+    ast.SelectStmt,
+    ast.InsertStmt,
+    ast.UpdateStmt,
+    ast.DeleteStmt,
+    ast.MergeStmt,
+    ast.CopyStmt,
+    ast.ExplainStmt,
+    ast.TransactionStmt,
+    ast.VariableSetStmt,
+    ast.VariableShowStmt,
+    ast.DeclareCursorStmt,
+    ast.FetchStmt,
+    ast.ClosePortalStmt,
+    ast.PrepareStmt,
+    ast.DeallocateStmt,
+    ast.DiscardStmt,
+    ast.ListenStmt,
+    ast.UnlistenStmt,
+    ast.NotifyStmt,
+    ast.LockStmt,
+    ast.TruncateStmt,
+    ast.VacuumStmt,
+    ast.CheckPointStmt,
+)
+"""Statements that read or change rows (or the session), not the schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ordered:
+    """What decides a statement's place in capacity's order."""
+
+    effect: Effect
+    schema: bool
+    """It changes the schema or beyond (DDL, roles, GRANT, DO, unparsable SQL...):
+    later statements wait for its commit, and it waits for every commit before it."""
+
+
+def _changes_schema(sql: str, effect: Effect) -> bool:
+    if effect.is_global:
+        return True
+    try:
+        raw = pglast.parse_sql(sql)
+    except Exception:  # pglast raises ParseError, and a few others on odd input
+        return True
+    return any(item.stmt is not None and not isinstance(item.stmt, DATA_STATEMENTS) for item in raw)
+
 
 class Effects:
-    """:func:`classify` once per query class."""
+    """What :class:`Ordered` says of a statement, worked out once per query class."""
 
     def __init__(self) -> None:
-        self._known: dict[str, Effect] = {}
+        self._known: dict[str, Ordered] = {}
 
-    def __call__(self, stmt: Statement) -> Effect:
-        effect = self._known.get(stmt.fingerprint)
-        if effect is None:
-            effect = self._known[stmt.fingerprint] = classify(stmt.sql)
-        return effect
+    def __call__(self, stmt: Statement) -> Ordered:
+        known = self._known.get(stmt.fingerprint)
+        if known is None:
+            effect = classify(stmt.sql)
+            known = self._known[stmt.fingerprint] = Ordered(
+                effect, _changes_schema(stmt.sql, effect)
+            )
+        return known
 
 
 def global_commits(statements: Iterable[Statement], effects: Effects) -> list[int]:
-    """The commit numbers whose transaction did something global, ascending.
+    """The commit numbers whose transaction changed the schema or beyond, ascending.
 
-    A session's transaction is global when any statement of it since its last
-    commit or rollback may write globally (conservative: a commit counted global
-    wrongly only adds a wait)."""
+    A session's transaction counts when any statement of it since its last commit
+    or rollback changed the schema or may write globally (conservative: a commit
+    counted wrongly only adds a wait)."""
     found: list[int] = []
     dirty: dict[str, bool] = {}
     for stmt in statements:
-        effect = effects(stmt)
-        is_global = dirty.get(stmt.session, False) or effect.writes_global
+        known = effects(stmt)
+        is_global = dirty.get(stmt.session, False) or known.schema or known.effect.writes_global
         if stmt.commit and is_global:
             found.append(stmt.commit)
-        ends = stmt.commit or effect.control in (Control.COMMIT, Control.ROLLBACK)
+        ends = stmt.commit or known.effect.control in (Control.COMMIT, Control.ROLLBACK)
         dirty[stmt.session] = False if ends else is_global
     found.sort()
     return found
@@ -91,7 +145,7 @@ def ddl_order(
 ) -> Iterator[Statement]:
     """The statements with ``after_objects`` bounded by the global commits only."""
     for stmt in statements:
-        bound = stmt.after if effects(stmt).is_global else global_bound(stmt.after, commits)
+        bound = stmt.after if effects(stmt).schema else global_bound(stmt.after, commits)
         yield (
             stmt if bound == stmt.after_objects else dataclasses.replace(stmt, after_objects=bound)
         )
