@@ -205,10 +205,8 @@ def test_scale_up_until_connections_run_out(
         str(tmp_path / "cap"),
         "--reset",
         "none",
-        "--speeds",
-        "1",
         "--scale",
-        "1,2,4",
+        "1,2,4",  # at speed 1: the default speed of a scale sweep
         "--json",
         "--html",
         str(html),
@@ -234,20 +232,39 @@ def test_scale_up_until_connections_run_out(
 def test_capacity_compare_puts_two_runs_side_by_side(
     make_cluster: Any, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:
-    runs = []
-    for name, per_session in (("before", 10), ("after", 20)):
-        target: Cluster = make_cluster(16, Profile.TARGET)
-        target.psql("CREATE TABLE items (id int PRIMARY KEY)")
-        workload = inserts(tmp_path / f"{name}.pgtw", sessions=2, per_session=per_session)
-        run_sweep(
-            workload.path,
-            target.dsn(),
-            tmp_path / name,
-            plan=SweepPlan(speeds=(1.0, 2.0)),
-            settings=ReplaySettings(sync=SyncMode.NONE),
-            reset=Reset(ResetMode.TEMPLATE, target.dsn(), ("postgres",)),
-        )
-        runs.append(tmp_path / name)
+    """A run "before", then a run "after" drawn against it (--baseline), then both
+    compared after the fact (capacity-compare)."""
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    target.psql("CREATE TABLE items (id int PRIMARY KEY)")
+    run_sweep(
+        inserts(tmp_path / "before.pgtw", sessions=2, per_session=10).path,
+        target.dsn(),
+        tmp_path / "before",
+        plan=SweepPlan(speeds=(1.0, 2.0)),
+        settings=ReplaySettings(sync=SyncMode.NONE),
+        reset=Reset(ResetMode.TEMPLATE, target.dsn(), ("postgres",)),
+    )
+    workload = inserts(tmp_path / "after.pgtw", sessions=2, per_session=20)
+    with_baseline = tmp_path / "after.html"
+    done = _cli(
+        pgtraffic_cmd,
+        "capacity",
+        str(workload.path),
+        "-t",
+        target.dsn(),
+        "-o",
+        str(tmp_path / "after"),
+        "--speeds",
+        "1,2",
+        "--baseline",
+        str(tmp_path / "before"),
+        "--html",
+        str(with_baseline),
+    )
+    assert done.returncode == 0, done.stderr
+    page = with_baseline.read_text()
+    assert "Knees side by side" in page and "before" in page and "after" in page
+    runs = [tmp_path / "before", tmp_path / "after"]
     out = tmp_path / "cmp.html"
     done = _cli(pgtraffic_cmd, "capacity-compare", *map(str, runs), "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr

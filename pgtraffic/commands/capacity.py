@@ -105,8 +105,13 @@ def capacity_command(
         ),
     ] = None,
     speeds: Annotated[
-        str, typer.Option(metavar="LIST", help="Speeds to try, e.g. 1,2,4,8.")
-    ] = "1,2,4,8",
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="Speeds to try, e.g. 1,2,4,8 (the default; with a --scale list, one speed: "
+            "1 unless given).",
+        ),
+    ] = None,
     until_knee: Annotated[
         bool,
         typer.Option("--until-knee", help="Double the speed until it breaks, then bisect."),
@@ -185,10 +190,13 @@ def capacity_command(
         map_user=map_user,
         map_database=map_database,
     )
+    scales = parse_scales(scale)
+    if speeds is None:
+        speeds = "1" if len(scales) > 1 else "1,2,4,8"
     plan = SweepPlan(
         speeds=parse_speeds(speeds),
         until_knee=UntilKnee() if until_knee else None,
-        scales=parse_scales(scale),
+        scales=scales,
         scale_mode=ScaleMode.WRITES if scale_writes else ScaleMode.READS,
     )
     slos = tuple(Slo.parse(s) for s in slo or ())
