@@ -34,7 +34,15 @@ from pgtraffic.compare import (
     exit_code,
 )
 from pgtraffic.compare.render_html import to_html
-from pgtraffic.compare.render_text import terminal, to_json, to_junit, to_markdown
+from pgtraffic.compare.render_text import (
+    floor_text,
+    noise_lines,
+    terminal,
+    to_json,
+    to_junit,
+    to_markdown,
+)
+from pgtraffic.compare.rounds import balanced_order
 from pgtraffic.rehearsal import ReplaySettings, SilentReporter, replay_once
 from pgtraffic.servers import Cluster, Profile
 from pgtraffic.servers.cluster import free_port
@@ -561,3 +569,63 @@ def test_a_file_compared_with_itself_is_pointed_out(
     second = _replay(workload, pg16, tmp_path / "a2.pgtr")
     c = compare_files(first, second)
     assert len(c.notices) == 1 and "same server (127.0.0.1:" in c.notices[0]
+
+
+def test_rounds_a_a_flags_nothing_and_gives_each_class_a_noise_floor(
+    workload: Path, pg16: Cluster, tmp_path: Path
+) -> None:
+    _prepare(pg16)
+    runs: dict[str, list[Path]] = {"A": [], "B": []}
+    for k, side in enumerate(balanced_order(2)):
+        runs[side].append(_replay(workload, pg16, tmp_path / f"{side}{k}.pgtr"))
+    c = compare_files(runs["A"], runs["B"])
+    assert c.rounds is not None
+    assert (c.rounds.baseline, c.rounds.candidate) == (2, 2)
+    assert c.rounds.statements == 900
+    assert [label for label, _ in c.rounds.runs] == [
+        "baseline round 1",
+        "baseline round 2",
+        "candidate round 1",
+        "candidate round 2",
+    ]
+    assert c.by_verdict(Verdict.REGRESSED) == c.by_verdict(Verdict.IMPROVED) == []
+    for cls in c.classes:
+        assert cls.rounds is not None and cls.rounds.floor is not None
+        assert cls.test.method == "rounds-t"
+        assert floor_text(cls).startswith("±")
+    assert "2 baseline and 2 candidate rounds" in noise_lines(c)[0]
+    assert "floor" in to_markdown(c)
+    assert json.loads(to_json(c))["rounds"]["baseline"] == 2
+    # one file a side: compare says no floor was measured
+    single = compare_files(runs["A"][0], runs["B"][0])
+    assert "no noise floor was measured" in noise_lines(single)[0]
+
+
+def test_rounds_catch_a_dropped_index(
+    workload: Path, pg16: Cluster, make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    candidate = make_cluster(16)
+    _prepare(pg16)
+    _prepare(candidate, drop_index=True)
+    runs: dict[str, list[Path]] = {"A": [], "B": []}
+    for k, side in enumerate(balanced_order(2)):
+        target = pg16 if side == "A" else candidate
+        runs[side].append(_replay(workload, target, tmp_path / f"{side}{k}.pgtr"))
+    c = compare_files(runs["A"], runs["B"])
+    regressed = c.by_verdict(Verdict.REGRESSED)
+    assert regressed and regressed[0].text.rstrip(";") == (
+        "SELECT count(*) FROM items WHERE code = $1"
+    )
+    effect = regressed[0].rounds
+    assert effect is not None and effect.consistent and effect.ratio > 2
+    assert all(r > 2 for r in effect.round_ratios)
+
+
+def test_a_results_file_given_twice_among_rounds_is_pointed_out(
+    workload: Path, pg16: Cluster, tmp_path: Path
+) -> None:
+    _prepare(pg16)
+    a = _replay(workload, pg16, tmp_path / "a.pgtr")
+    b = _replay(workload, pg16, tmp_path / "b.pgtr")
+    c = compare_files([a, a], [b, b])
+    assert any("given twice among the rounds" in n for n in c.notices)

@@ -24,12 +24,38 @@ def _html(comparison: Comparison) -> str:
     return to_html(comparison, version=__version__)
 
 
+def round_files(given: Path, name: str) -> list[Path]:
+    """One results file, several separated by commas, or every .pgtr in a folder."""
+    if given.is_dir():
+        files = sorted(given.glob("*.pgtr"))
+        if not files:
+            raise UsageError(
+                f"{name}: the folder {given} holds no results files (*.pgtr)",
+                hint="name the files, separated by commas: a1.pgtr,a2.pgtr",
+            )
+        return files
+    parts = [Path(part) for part in str(given).split(",") if part.strip()]
+    if not parts:
+        raise UsageError(f"{name}: no results file given", hint="e.g. pg16.pgtr")
+    return parts
+
+
 def compare(
     baseline: Annotated[
-        Path, typer.Argument(metavar="BASELINE", help="Results file of the baseline run (.pgtr).")
+        Path,
+        typer.Argument(
+            metavar="BASELINE",
+            help="Results file of the baseline run (.pgtr); for rounds, several "
+            "separated by commas, or a folder of them.",
+        ),
     ],
     candidate: Annotated[
-        Path, typer.Argument(metavar="CANDIDATE", help="Results file of the candidate run (.pgtr).")
+        Path,
+        typer.Argument(
+            metavar="CANDIDATE",
+            help="Results file of the candidate run (.pgtr); for rounds, several "
+            "separated by commas, or a folder of them.",
+        ),
     ],
     as_json: opt.Json = False,
     markdown: Annotated[
@@ -79,6 +105,13 @@ def compare(
     mismatches, plan changes (--explain), and whether either run lagged too far behind
     schedule to be trusted.
 
+    With several results files a side (rounds: replays of one workload repeated on each
+    server, best in the order A B B A A B, as rehearse --rounds does), verdicts come
+    from the spread between rounds: each class gets a noise floor (the smallest change
+    this machine can tell from noise), a shift shared by nearly every class is reported
+    once as drift and factored out, and a class is regressed only when its change holds
+    in every round. With one file a side, compare says that no floor was measured.
+
     A run that is incomplete (interrupted, killed, sessions that could not connect,
     statements not sent, sync timeouts) is named in every report, and compare exits 6
     unless --allow-incomplete accepts it. Plans that could not be had (a server
@@ -89,6 +122,7 @@ def compare(
     \b
     Example:
         pgtraffic compare pg16.pgtr pg18.pgtr --html report.html --fail-on regression,errors
+        pgtraffic compare a1.pgtr,a2.pgtr,a3.pgtr b1.pgtr,b2.pgtr,b3.pgtr   (rounds)
         pgtraffic compare pg16.pgtr pg18.pgtr --explain --fail-on plans \\
             --baseline-dsn postgresql://app@pg16/shop --candidate-dsn postgresql://app@pg18/shop
 
@@ -111,7 +145,11 @@ def compare(
     if explain and baseline_dsn and candidate_dsn:
         targets = ExplainTargets(baseline_dsn, candidate_dsn, explain_top)
     comparison = compare_files(
-        baseline, candidate, thresholds=thresholds, workload=workload, explain=targets
+        round_files(baseline, "BASELINE"),
+        round_files(candidate, "CANDIDATE"),
+        thresholds=thresholds,
+        workload=workload,
+        explain=targets,
     )
     out = Console(highlight=False)
     if as_json:

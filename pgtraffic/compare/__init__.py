@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgtraffic.compare.core import DifferentWorkloadsError, compare_runs
+from pgtraffic.compare.core import DifferentWorkloadsError, check_same_workload, compare_runs
 from pgtraffic.compare.load import (
     attach_sql,
     find_workload,
@@ -23,7 +23,9 @@ from pgtraffic.compare.load import (
     same_target,
 )
 from pgtraffic.compare.model import Comparison, Completeness, RunData, Thresholds, Verdict
+from pgtraffic.compare.multi import apply_rounds
 from pgtraffic.compare.plans import compare_plans
+from pgtraffic.compare.targets import target_differences
 
 __all__ = [
     "INCOMPLETE_EXIT",
@@ -47,21 +49,35 @@ class ExplainTargets:
 
 
 def compare_files(
-    baseline: Path,
-    candidate: Path,
+    baseline: Path | Sequence[Path],
+    candidate: Path | Sequence[Path],
     *,
     thresholds: Thresholds | None = None,
     workload: Path | None = None,
     explain: ExplainTargets | None = None,
 ) -> Comparison:
-    """Compare two results files; see the module docstring."""
-    run_a = load_run(baseline)
-    run_b = load_run(candidate)
+    """Compare two results files, or several a side (rounds); see the module docstring.
+
+    With several files a side, the class verdicts are reached across the rounds
+    (:mod:`pgtraffic.compare.rounds`); errors, rows and plans are those of each side's
+    first file.
+    """
+    paths_a = [baseline] if isinstance(baseline, Path) else list(baseline)
+    paths_b = [candidate] if isinstance(candidate, Path) else list(candidate)
+    runs_a = [load_run(p) for p in paths_a]
+    runs_b = [load_run(p) for p in paths_b]
+    run_a, run_b = runs_a[0], runs_b[0]
     wl = find_workload(run_a, workload) or find_workload(run_b, workload)
     texts = {fp: cls.normalized for fp, cls in wl.classes.items()} if wl else {}
     comparison = compare_runs(run_a, run_b, thresholds=thresholds, class_text=texts)
+    for other in [*runs_a[1:], *runs_b[1:]]:
+        check_same_workload(run_a, other)
+    if len(runs_a) > 1 or len(runs_b) > 1:
+        comparison = apply_rounds(comparison, runs_a, runs_b)
     comparison = dataclasses.replace(
-        comparison, notices=_notices(baseline, candidate, run_a, run_b)
+        comparison,
+        notices=_notices(paths_a[0], paths_b[0], run_a, run_b) + _round_notices(paths_a + paths_b),
+        targets=target_differences(run_a.header, run_b.header),
     )
     if wl is None:
         if explain is None:
@@ -120,6 +136,17 @@ def _notices(path_a: Path, path_b: Path, a: RunData, b: RunData) -> tuple[str, .
             f"both runs replayed on the same server ({where}): an A/A comparison of one "
             "server, the second run on the state the first one left unless it was reset",
         )
+    return ()
+
+
+def _round_notices(paths: Sequence[Path]) -> tuple[str, ...]:
+    """A results file given twice among the rounds counts one replay twice."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            return (f"{path} is given twice among the rounds: one replay counts as two",)
+        seen[key] = path
     return ()
 
 

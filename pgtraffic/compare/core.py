@@ -150,6 +150,16 @@ def _verdict(
     return Verdict.UNCHANGED
 
 
+def check_same_workload(a: RunData, b: RunData) -> None:
+    """DifferentWorkloadsError unless both runs replayed one workload."""
+    if a.workload_id != b.workload_id:
+        raise DifferentWorkloadsError(
+            f"{a.path} and {b.path} replayed different workloads "
+            f"({a.workload_id[:12]} vs {b.workload_id[:12]}); compare runs of one workload",
+            hint="replay the same workload file on both servers, then compare those results",
+        )
+
+
 def compare_runs(
     a: RunData,
     b: RunData,
@@ -159,12 +169,7 @@ def compare_runs(
 ) -> Comparison:
     """Compare baseline ``a`` with candidate ``b`` class by class."""
     th = thresholds or Thresholds()
-    if a.workload_id != b.workload_id:
-        raise DifferentWorkloadsError(
-            f"{a.path} and {b.path} replayed different workloads "
-            f"({a.workload_id[:12]} vs {b.workload_id[:12]}); compare runs of one workload",
-            hint="replay the same workload file on both servers, then compare those results",
-        )
+    check_same_workload(a, b)
     texts = dict(class_text or {})
     fps: dict[str, int] = {}
     fa = _remap(a.fingerprint, a.fingerprints, fps)
@@ -291,7 +296,7 @@ def _class_comparisons(rows: list[_ClassRow], p: _Paired, th: Thresholds) -> lis
                 verdict=_verdict(sa, sb, qs[i], th, tested),
             )
         )
-    classes.sort(key=_severity)
+    classes.sort(key=severity)
     return classes
 
 
@@ -318,7 +323,7 @@ def _subsample(values: FloatArray, rng: np.random.Generator) -> list[float]:
 _ORDER = {Verdict.REGRESSED: 0, Verdict.IMPROVED: 1, Verdict.UNCHANGED: 2, Verdict.TOO_FEW: 3}
 
 
-def _severity(c: ClassComparison) -> tuple[int, float]:
+def severity(c: ClassComparison) -> tuple[int, float]:
     """Worst first: regressions by added time, then improvements, then the rest by time."""
     added = (c.candidate.total - c.baseline.total) if c.baseline.count and c.candidate.count else 0
     return (_ORDER[c.verdict], -abs(added) - max(c.baseline.total, c.candidate.total) * 1e-9)

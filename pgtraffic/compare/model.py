@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pgtraffic.compare.rounds import Drift, RoundsEffect
 from pgtraffic.compare.stats import Interval, Summary, TestResult
+from pgtraffic.compare.targets import TargetDifferences
 from replay.fidelity import FidelityLimits, FidelityVerdict
 
 IntArray = npt.NDArray[np.integer[Any]]
@@ -138,6 +140,9 @@ class ClassComparison:
     test: TestResult
     q_value: float
     verdict: Verdict
+    rounds: RoundsEffect | None = None
+    """With several rounds a side: the effect across rounds (the verdict's basis; the
+    ratio, interval and q-value above are then the rounds' ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +270,16 @@ class Comparison:
     """Things the reader must know about the inputs (the same file twice, one server)."""
     explain_error: str | None = None
     """--explain was asked for but nothing could be explained, and why."""
+    rounds: Rounds | None = None
+    """Several results files a side: how the verdicts were reached across them."""
+    targets: TargetDifferences | None = None
+    """What differs between the two targets besides the version."""
 
     def incomplete_runs(self) -> list[tuple[str, RunSummary]]:
-        """(``baseline``/``candidate``, summary) of each side that is incomplete."""
-        sides = (("baseline", self.baseline), ("candidate", self.candidate))
+        """(side, summary) of each run that is incomplete (with rounds: every round's)."""
+        sides = [("baseline", self.baseline), ("candidate", self.candidate)]
+        if self.rounds is not None:
+            sides = list(self.rounds.runs)
         return [(side, run) for side, run in sides if not run.complete]
 
     @property
@@ -287,3 +298,17 @@ class Comparison:
     @property
     def new_errors(self) -> int:
         return sum(d.count for d in self.errors if d.change in ("new", "changed"))
+
+
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """A comparison of several replays a side (rounds), see :mod:`pgtraffic.compare.rounds`."""
+
+    baseline: int
+    candidate: int
+    drift: Drift | None
+    """A shift shared by nearly every class, reported once and factored out."""
+    runs: tuple[tuple[str, RunSummary], ...]
+    """Every round's run, labelled (``baseline round 2``), first rounds first."""
+    statements: int
+    """Statements that succeeded in every round on both sides (what locations use)."""

@@ -8,12 +8,30 @@ class's location in that round only). See :mod:`pgtraffic.compare.rounds`.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from pgtraffic.compare.model import IntArray, RunData
-from pgtraffic.compare.rounds import location
+from pgtraffic.compare.core import run_summary, severity
+from pgtraffic.compare.model import (
+    ClassComparison,
+    Comparison,
+    IntArray,
+    Rounds,
+    RunData,
+    Thresholds,
+    Verdict,
+)
+from pgtraffic.compare.rounds import (
+    RoundsEffect,
+    RoundsJudgement,
+    judge_rounds,
+    location,
+    significant,
+)
+from pgtraffic.compare.stats import TestResult
 
 
 def _keys(run: RunData, sessions: dict[str, int], width: int) -> IntArray:
@@ -63,3 +81,52 @@ def round_locations(
         key = first.fingerprints[int(cid)]
         out[key] = (locs[: len(baseline)], locs[len(baseline) :])
     return out
+
+
+def _verdict(cls: ClassComparison, effect: RoundsEffect, q: float, th: Thresholds) -> Verdict:
+    delta = cls.baseline.p50 * (effect.ratio - 1)
+    if not significant(effect, q, th.alpha) or abs(delta) < th.min_delta_us:
+        return Verdict.UNCHANGED
+    if effect.ratio >= th.min_ratio:
+        return Verdict.REGRESSED
+    if effect.ratio <= 1 / th.min_ratio:
+        return Verdict.IMPROVED
+    return Verdict.UNCHANGED
+
+
+def _judged_class(cls: ClassComparison, judged: RoundsJudgement, th: Thresholds) -> ClassComparison:
+    effect = judged.effects.get(cls.fingerprint)
+    if effect is None or cls.verdict is Verdict.TOO_FEW:
+        return cls
+    q = judged.q_values[cls.fingerprint]
+    return dataclasses.replace(
+        cls,
+        ratio_p50=effect.ratio,
+        delta_p50_us=cls.baseline.p50 * (effect.ratio - 1),
+        ci_p50=effect.interval if not math.isnan(effect.interval.low) else None,
+        test=TestResult("rounds-t", effect.p_value, len(effect.round_ratios)),
+        q_value=q,
+        verdict=_verdict(cls, effect, q, th),
+        rounds=effect,
+    )
+
+
+def apply_rounds(
+    first: Comparison,
+    baseline: Sequence[RunData],
+    candidate: Sequence[RunData],
+) -> Comparison:
+    """The comparison of the first round of each side, its class verdicts replaced by
+    verdicts across all rounds (errors, rows and plans stay the first rounds')."""
+    th = first.thresholds
+    locations = round_locations(baseline, candidate)
+    judged = judge_rounds(locations, alpha=th.alpha)
+    classes = sorted((_judged_class(c, judged, th) for c in first.classes), key=severity)
+    runs = tuple(
+        (f"{side} round {k + 1}", run_summary(run, th))
+        for side, side_runs in (("baseline", baseline), ("candidate", candidate))
+        for k, run in enumerate(side_runs)
+    )
+    common = len(_common_ok([*baseline, *candidate])[0]) if baseline else 0
+    rounds = Rounds(len(baseline), len(candidate), judged.drift, runs, common)
+    return dataclasses.replace(first, classes=tuple(classes), rounds=rounds)

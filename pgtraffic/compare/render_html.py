@@ -10,10 +10,12 @@ from pgtraffic.compare import charts
 from pgtraffic.compare.model import Comparison, Verdict
 from pgtraffic.compare.render_text import (
     completeness_text,
+    floor_text,
     fmt_ratio,
     headline,
     incomplete_lines,
     ms,
+    noise_lines,
     plan_problem_lines,
 )
 
@@ -33,6 +35,8 @@ def to_html(c: Comparison, *, version: str) -> str:
         headline=headline(c),
         incomplete=incomplete_lines(c),
         plan_problems=plan_problem_lines(c),
+        noise=noise_lines(c),
+        floor=floor_text,
         completeness=completeness_text,
         ratio_svg=charts.ratios(c),
         dist_svg=charts.distributions(c),

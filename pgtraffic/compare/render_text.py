@@ -53,6 +53,42 @@ def incomplete_lines(c: Comparison) -> list[str]:
     ]
 
 
+def noise_lines(c: Comparison) -> list[str]:
+    """How far the verdicts can be trusted on this machine: rounds, drift, targets."""
+    r = c.rounds
+    if r is None:
+        lines = [
+            "one run a side: no noise floor was measured, so a verdict rests on a single "
+            "pair of replays (the spread between two runs on one machine is a few percent); "
+            "rehearse --rounds 3, or several results files a side, measures it"
+        ]
+    else:
+        lines = [
+            f"{r.baseline} baseline and {r.candidate} candidate rounds: verdicts come from "
+            f"the spread between rounds ({r.statements:,} statements that succeeded in every "
+            "round), each class with its own noise floor"
+        ]
+        if r.drift is not None:
+            d = r.drift
+            way = "slower" if d.ratio > 1 else "faster"
+            lines.append(
+                f"drift: the candidate side is {abs(d.ratio - 1):.1%} {way} in {d.share:.0%} of "
+                f"{d.classes} classes, a shift shared by nearly all of them (the machine, not "
+                "a query): reported once here and factored out of each class's verdict"
+            )
+    if c.targets:
+        lines.append("the targets differ in more than the version:")
+        lines += [f"  {line}" for line in c.targets.lines()]
+    return lines
+
+
+def floor_text(cls: ClassComparison) -> str:
+    """The class's noise floor: changes smaller than this cannot be told from noise."""
+    if cls.rounds is None or cls.rounds.floor is None:
+        return "-"
+    return f"±{cls.rounds.floor:.0%}"
+
+
 def plan_problem_lines(c: Comparison) -> list[str]:
     """Why plans (some or all) could not be compared, in a few lines."""
     if c.explain_error is not None:
@@ -92,7 +128,13 @@ def terminal(c: Comparison, *, limit: int = 25, width: int = 120) -> RenderableT
 
     ``width`` is the terminal's: narrow ones get fewer columns.
     """
-    parts: list[RenderableType] = [*_banners(c), _runs_table(c), *_class_table(c, limit, width)]
+    noise = [Text(line, style="dim") for line in noise_lines(c)]
+    parts: list[RenderableType] = [
+        *_banners(c),
+        _runs_table(c),
+        *noise,
+        *_class_table(c, limit, width),
+    ]
     parts += _divergence_tables(c, limit)
     parts += _plan_tables(c)
     parts.append(Text(headline(c), style="bold red" if c.incomplete_runs() else "bold"))
@@ -147,6 +189,9 @@ def _class_table(c: Comparison, limit: int, width: int) -> list[RenderableType]:
     wide = width >= 130
     narrow = width < 100
     numeric = ["n", "p50 ms", "p95 ms", "p50 ratio [95% CI]"]
+    rounds = c.rounds is not None
+    if rounds:
+        numeric.append("floor")
     if wide:
         numeric += ["q", "errors"]
     class_rows: list[tuple[ClassComparison, list[str]]] = []
@@ -157,6 +202,8 @@ def _class_table(c: Comparison, limit: int, width: int) -> list[RenderableType]:
             f"{ms(cls.baseline.p95)}→{ms(cls.candidate.p95)}",
             _ratio_ci(cls),
         ]
+        if rounds:
+            cells.append(floor_text(cls))
         if wide:
             cells += [
                 "-" if math.isnan(cls.q_value) else f"{cls.q_value:.2g}",
@@ -285,6 +332,7 @@ def to_json(c: Comparison) -> str:
         side: list(run.completeness.reasons()) for side, run in c.incomplete_runs()
     }
     data["notices"] = list(c.notices)
+    data["noise"] = noise_lines(c)
     return json.dumps(_clean(data), indent=2, default=str)
 
 
@@ -310,8 +358,10 @@ def to_markdown(c: Comparison, *, limit: int = 30) -> str:
         f"| lag p50 / p99 / max (ms) | {_md(b.lag_text())} | {_md(k.lag_text())} |",
         f"| fidelity | {_md(b.fidelity_note)} | {_md(k.fidelity_note)} |",
         "",
-        "| verdict | query class | n | p50 ms | p95 ms | p50 ratio [95% CI] | q |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        *[f"_{_md(line)}_  " for line in noise_lines(c)],
+        "",
+        "| verdict | query class | n | p50 ms | p95 ms | p50 ratio [95% CI] | floor | q |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for cls in c.classes[:limit]:
         out.append(
@@ -319,7 +369,7 @@ def to_markdown(c: Comparison, *, limit: int = 30) -> str:
             f"{cls.baseline.count:,}/{cls.candidate.count:,} | "
             f"{ms(cls.baseline.p50)} → {ms(cls.candidate.p50)} | "
             f"{ms(cls.baseline.p95)} → {ms(cls.candidate.p95)} | {_ratio_ci(cls)} | "
-            f"{'-' if math.isnan(cls.q_value) else f'{cls.q_value:.2g}'} |"
+            f"{floor_text(cls)} | {'-' if math.isnan(cls.q_value) else f'{cls.q_value:.2g}'} |"
         )
     if c.errors:
         out += [
