@@ -1,10 +1,14 @@
 """Running a capacity sweep: reset, replay, sample, measure; step after step.
 
-Each step is a full replay of the workload at one speed (time compression), from
-the same starting state (:mod:`pgtraffic.capacity.reset`), while
-:class:`~pgtraffic.capacity.sampler.ActivitySampler` watches the server. Its results
-file is kept in the output folder; :func:`step_from_results` turns it into a
-:class:`~pgtraffic.capacity.model.Step`.
+Each step is a full replay of the workload at one load: a speed (time compression)
+and a session scale-up factor, from the same starting state
+(:mod:`pgtraffic.capacity.reset`), while
+:class:`~pgtraffic.capacity.sampler.ActivitySampler` watches the server and
+pg_stat_statements is read before and after (:mod:`pgtraffic.capacity.statements`).
+The step's workload is made once per scale factor in the output folder
+(:mod:`pgtraffic.capacity.scale`, then :mod:`pgtraffic.capacity.order` for the
+causal order a step keeps). Its results file is kept in the output folder;
+:func:`step_from_results` turns it into a :class:`~pgtraffic.capacity.model.Step`.
 """
 
 from __future__ import annotations
