@@ -23,6 +23,7 @@ from capture.filters import Filters
 from capture.pipeline import CaptureOptions, CaptureSummary, capture
 from pgtraffic import scenario as scenarios
 from pgtraffic.compare import Comparison, ExplainTargets, Thresholds, compare_files
+from pgtraffic.compare.rounds import balanced_order
 from pgtraffic.errors import ServerError, UsageError
 from pgtraffic.servers import Cluster, Profile, find_installation
 from replay.connection import TargetInfo
@@ -204,6 +205,8 @@ class RehearsalResult:
     replay_summaries: tuple[FinalSummary, FinalSummary]
     servers: dict[str, str] = field(default_factory=dict)
     """DSNs of servers left running (demo --keep)."""
+    rounds: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())
+    """Every round's results files, baseline and candidate (the first are the above)."""
 
 
 def replay_once(
@@ -247,8 +250,13 @@ def rehearse(
     reset: Callable[[str], None] | None = None,
     reporter: Reporter | None = None,
     allow_same_server: bool = False,
+    rounds: int = 1,
 ) -> RehearsalResult:
     """Capture ``logs``, replay the workload on both servers, compare the runs.
+
+    With ``rounds`` > 1 each server is replayed that many times in the balanced order
+    A B B A A B ... (:func:`pgtraffic.compare.rounds.balanced_order`), ``reset``
+    before each replay, and compare judges across the rounds.
 
     ``reset(label)``, when given, is called before each replay to put that server
     back into the pre-capture state (the demo restores a dump; users can pass a
@@ -278,15 +286,26 @@ def rehearse(
             f"{summary.statements:,} statements in {summary.sessions:,} sessions, "
             f"{summary.classes:,} query classes -> {workload}"
         )
-    results = {"baseline": workdir / "baseline.pgtr", "candidate": workdir / "candidate.pgtr"}
-    finals = []
-    for label, dsn in (("baseline", baseline_dsn), ("candidate", candidate_dsn)):
+    dsns = {"baseline": baseline_dsn, "candidate": candidate_dsn}
+    results: dict[str, list[Path]] = {"baseline": [], "candidate": []}
+    finals: dict[str, list[FinalSummary]] = {"baseline": [], "candidate": []}
+    if rounds > 1 and reset is None:
+        rep.note(
+            "no reset between rounds: each replay runs on the state the previous one left "
+            "(fine for a read-only workload; otherwise give a reset command)"
+        )
+    for side in balanced_order(rounds):
+        label = "baseline" if side == "A" else "candidate"
+        k = len(results[label]) + 1
+        path = workdir / (f"{label}.pgtr" if k == 1 else f"{label}-{k}.pgtr")
+        title = label if rounds == 1 else f"{label} (round {k} of {rounds})"
         if reset is not None:
             with rep.step(f"Reset the {label} server to the pre-capture state"):
                 reset(label)
-        with rep.step(f"Replay onto the {label} server"):
-            finals.append(replay_once(workload, dsn, results[label], settings, rep, label))
-    with rep.step("Compare the two replays" + (" and their plans" if explain else "")):
+        with rep.step(f"Replay onto the {title} server"):
+            finals[label].append(replay_once(workload, dsns[label], path, settings, rep, label))
+        results[label].append(path)
+    with rep.step("Compare the replays" + (" and their plans" if explain else "")):
         comparison = compare_files(
             results["baseline"],
             results["candidate"],
@@ -297,10 +316,11 @@ def rehearse(
     return RehearsalResult(
         workload=workload,
         capture=summary,
-        baseline_results=results["baseline"],
-        candidate_results=results["candidate"],
+        baseline_results=results["baseline"][0],
+        candidate_results=results["candidate"][0],
         comparison=comparison,
-        replay_summaries=(finals[0], finals[1]),
+        replay_summaries=(finals["baseline"][0], finals["candidate"][0]),
+        rounds=(tuple(results["baseline"]), tuple(results["candidate"])),
     )
 
 
@@ -315,6 +335,11 @@ class DemoSettings:
     """Client transactions per second in total (None: as fast as it goes). The default
     leaves the 2-core machine it was made for unsaturated, so replays keep to schedule."""
     keep: bool = False
+    rounds: int = 1
+    """Replays per server, in the order A B B A A B ..., each on freshly restored data."""
+    candidate_sql: str | None = None
+    """SQL run on the candidate after each restore: the change under test (an index
+    dropped, a setting), for seeing what a regression looks like."""
 
 
 DEMO_DB = "gitlab"
@@ -365,6 +390,8 @@ def demo(
 
         def reset(label: str) -> None:
             _restore(targets[label], dump)
+            if label == "candidate" and cfg.candidate_sql:
+                targets[label].psql(cfg.candidate_sql, dbname=DEMO_DB)
 
         capture_options = CaptureOptions(filters=Filters(databases=(DEMO_DB,), since=window_start))
         logs = [str(p) for p in source.log_files()]
@@ -379,6 +406,7 @@ def demo(
             explain=True,
             reset=reset,
             reporter=rep,
+            rounds=cfg.rounds,
         )
         servers = {}
         if cfg.keep:

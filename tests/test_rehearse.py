@@ -172,3 +172,44 @@ def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
     assert "baseline and candidate are the same server" in out
     assert "the candidate replays on the state the baseline replay left" in out
     assert "both runs replayed on the same server" in out  # and the report says it too
+
+
+def test_rehearse_rounds_reset_before_every_replay_in_balanced_order(
+    make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    source = make_cluster(16, Profile.CAPTURE)
+    _prepare(source)
+    script = tmp_path / "client.pgbench"
+    script.write_text(CLIENT)
+    source.run_tool("pgbench", "--no-vacuum", "-c", "2", "-t", "40", "-f", str(script), dbname=DB)
+    baseline, candidate = make_cluster(16), make_cluster(16)
+    _prepare(baseline)
+    _prepare(candidate)
+    work = tmp_path / "rehearsal"
+    resets = tmp_path / "resets.txt"
+    args = [*pgtraffic_cmd, "rehearse", "--rounds", "2"]
+    for log in source.log_files():
+        args += ["--log", str(log)]
+    args += ["--baseline", baseline.dsn(DB), "--candidate", candidate.dsn(DB)]
+    args += ["--workdir", str(work), "--max-speed", "--application", "pgbench", "--no-explain"]
+    args += ["--reset-command", f'echo "$PGTRAFFIC_SIDE" >> {resets}']
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=dict(os.environ, COLUMNS="120"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A B B A, a reset before each replay
+    assert resets.read_text().split() == ["baseline", "candidate", "candidate", "baseline"]
+    for name in ("baseline", "baseline-2", "candidate", "candidate-2"):
+        assert (work / f"{name}.pgtr").exists()
+    assert "2 baseline and 2 candidate rounds" in " ".join(result.stdout.split())
+    failing = subprocess.run(
+        [*args[:-1], "exit 3"], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert failing.returncode == 1
+    assert "the reset command failed for the baseline (exit 3)" in " ".join(failing.stderr.split())
+    assert "Traceback" not in failing.stderr

@@ -83,6 +83,14 @@ ResultsOutput = Annotated[
         "--output", "-o", metavar="FILE", help="Results file to write (.pgtr), read by compare."
     ),
 ]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        "-f",
+        help="Replace the output file if it exists (never an input of the command).",
+    ),
+]
 Speed = Annotated[
     float,
     typer.Option(
@@ -283,6 +291,19 @@ MinSamples = Annotated[
 Html = Annotated[
     Path | None,
     typer.Option("--html", metavar="FILE", help="HTML report path (default: WORKDIR/report.html)."),
+]
+
+Rounds = Annotated[
+    int,
+    typer.Option(
+        "--rounds",
+        min=1,
+        metavar="N",
+        help="Replay each server N times in the order A B B A A B ... and judge across the "
+        "rounds: each class gets its noise floor on this machine, drift is factored out "
+        "(3 is a good start; 1: one replay each, no floor measured).",
+        rich_help_panel=COMPARE,
+    ),
 ]
 
 # ---- capture filters -----------------------------------------------------------------

@@ -141,6 +141,24 @@ def demo_command(
     keep: Annotated[
         bool, typer.Option(help="Leave the servers running and print their DSNs.")
     ] = False,
+    rounds: opt.Rounds = 1,
+    baseline_version: Annotated[
+        int, typer.Option(metavar="MAJOR", help="PostgreSQL major version of the baseline.")
+    ] = 16,
+    candidate_version: Annotated[
+        int,
+        typer.Option(
+            metavar="MAJOR", help="PostgreSQL major version of the candidate (16: an A/A run)."
+        ),
+    ] = 18,
+    candidate_sql: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SQL",
+            help="SQL run on the candidate after each restore: the change under test "
+            "(e.g. a DROP INDEX), to see what a regression looks like.",
+        ),
+    ] = None,
 ) -> None:
     """See pgtraffic work end to end on embedded PostgreSQL 16 and 18, in a few minutes.
 
@@ -149,9 +167,15 @@ def demo_command(
     the log, restores the pre-capture data onto a 16 and an 18 target, replays the
     workload on both, compares them (with EXPLAIN on both) and writes report.html.
 
+    With --rounds N each target is replayed N times (A B B A A B ..., each on freshly
+    restored data) and the verdicts come from the spread between rounds.
+
     \b
     Example:
         pgtraffic demo --seconds 20 --workdir /tmp/demo
+        pgtraffic demo --candidate-version 16 --rounds 3      (A/A: should flag nothing)
+        pgtraffic demo --candidate-version 16 --rounds 3 \\
+            --candidate-sql 'DROP INDEX index_issues_on_project_id_and_state_and_created_at'
     """
     settings = opt.replay_settings(
         speed=speed,
@@ -167,7 +191,17 @@ def demo_command(
     out = Console(highlight=False)
     result = demo(
         workdir,
-        DemoSettings(seconds=seconds, clients=clients, scale=scale, rate=rate or None, keep=keep),
+        DemoSettings(
+            seconds=seconds,
+            clients=clients,
+            scale=scale,
+            rate=rate or None,
+            keep=keep,
+            rounds=rounds,
+            baseline_major=baseline_version,
+            candidate_major=candidate_version,
+            candidate_sql=candidate_sql,
+        ),
         replay=settings,
         reporter=ConsoleReporter(out),
     )
@@ -209,6 +243,16 @@ def rehearse_command(
             "run: the candidate replays on the state the baseline replay left).",
         ),
     ] = False,
+    rounds: opt.Rounds = 1,
+    reset_command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CMD",
+            help="Shell command run before each replay to restore that server's data to "
+            "the pre-capture state (your snapshot restore); it gets PGTRAFFIC_SIDE "
+            "(baseline or candidate) and PGTRAFFIC_DSN. A failure stops the rehearsal.",
+        ),
+    ] = None,
     min_ratio: opt.MinRatio = opt.DEFAULT_MIN_RATIO,
     min_delta_ms: opt.MinDeltaMs = opt.DEFAULT_MIN_DELTA_MS,
     alpha: opt.Alpha = opt.DEFAULT_ALPHA,
@@ -227,10 +271,16 @@ def rehearse_command(
     refused before anything runs, unless --allow-same-server. Exit codes are those of
     `pgtraffic compare` (6 when a replay was incomplete, unless --allow-incomplete).
 
+    With --rounds N each server is replayed N times (A B B A A B ...), --reset-command
+    restoring its data before each replay, and the verdicts come from the spread
+    between rounds (see pgtraffic compare --help).
+
     \b
     Example:
         pgtraffic rehearse --log pg.csv --baseline postgresql://pg16/app \\
             --candidate postgresql://pg18/app --fail-on regression,errors
+        pgtraffic rehearse --log pg.csv --baseline ... --candidate ... --rounds 3 \\
+            --reset-command './restore-snapshot.sh "$PGTRAFFIC_SIDE"'
     """
     settings = opt.replay_settings(
         speed=speed,
@@ -272,11 +322,40 @@ def rehearse_command(
         explain=explain,
         reporter=ConsoleReporter(out),
         allow_same_server=allow_same_server,
+        rounds=rounds,
+        reset=_reset_runner(reset_command, baseline, candidate),
     )
     _report(result, html or workdir / "report.html", out)
     code = exit_code(result.comparison, failures, allow_incomplete=allow_incomplete)
     if code:
         raise typer.Exit(code)
+
+
+def _reset_runner(
+    command: str | None, baseline: str, candidate: str
+) -> Callable[[str], None] | None:
+    """The --reset-command as a reset callback (None without one)."""
+    if command is None:
+        return None
+
+    def reset(label: str) -> None:
+        import os
+        import subprocess
+
+        from pgtraffic.errors import ReplayError
+
+        env = dict(os.environ)
+        env["PGTRAFFIC_SIDE"] = label
+        env["PGTRAFFIC_DSN"] = baseline if label == "baseline" else candidate
+        done = subprocess.run(command, shell=True, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ReplayError(
+                f"the reset command failed for the {label} (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-500:]}",
+                hint="run it by hand with PGTRAFFIC_SIDE set to see why",
+            )
+
+    return reset
 
 
 def register(app: typer.Typer) -> None:
