@@ -329,7 +329,8 @@ def build_report(results: Results) -> ReplayReport:
         )
     if results.damaged_bytes:
         report_warnings.append(
-            f"the last {results.damaged_bytes} bytes of the file were a torn write and were ignored"
+            f"the file ends inside a chunk ({results.damaged_bytes} bytes ignored): the replay "
+            "was killed or the file was cut short; figures cover what it holds"
         )
     lag_p99 = None if max_speed else _pct(lag, 99)
     own_lag = lag_split(sent)[2]  # replayer_lag_us less the sync waits

@@ -25,13 +25,31 @@ descriptor, a STRINGS chunk always in the same write as the RECORDS chunk that
 needs it. A replay killed with ``kill -9`` therefore leaves a file whose chunks are
 all complete except perhaps the last, which the reader drops (and says so): at
 most one flush interval of statements is lost.
+
+The reader tells the two ways a file can be incomplete apart:
+
+* its **tail is missing** (the last chunk is cut short, nothing valid follows): the
+  writer was killed, or the file was cut short when copied. The chunks before are
+  read; :attr:`Results.torn_tail` counts the bytes dropped, and without the final
+  summary the run reads as interrupted.
+* it is **damaged in the middle** (a chunk whose checksum fails, or bytes that are
+  no chunk, with intact chunks after them): that is not an interruption, and the
+  file is refused (:class:`~replay.errors.ResultsFormatError`) unless the caller
+  accepts damage (``--accept-damaged``); then the intact chunks are read, the
+  damaged regions are listed in :attr:`Results.damage`, and the records a lost
+  STRINGS chunk would have named are dropped too (counted).
+
+The file is written under its final name (a killed replay must leave it readable
+there); the CLI refuses to replace an existing file without ``--force``.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
+import re
 import struct
 import sys
 import zlib
@@ -43,6 +61,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from capture.outputs import atomic_output
 from replay.errors import ResultsFormatError
 
 MAGIC = b"PGTRES"
@@ -276,11 +295,45 @@ class Results:
     final: dict[str, Any] | None = None
     """The final summary; None when the replay was killed before writing it."""
     damaged_bytes: int = 0
-    """Bytes at the end that did not form a complete chunk (an interrupted write)."""
+    """Bytes at the end that did not form a complete chunk (the tail is missing: an
+    interrupted write, or a file cut short)."""
     counts: dict[str, int] = field(default_factory=dict)
+    damage: tuple[DamagedRegion, ...] = ()
+    """Regions in the middle of the file that could not be read (only when the file
+    was read with ``accept_damaged``; otherwise such a file is refused)."""
+    lost_records: int = 0
+    """Intact records dropped because the strings they name were in a damaged chunk."""
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def torn_tail(self) -> int:
+        """Bytes at the end that did not form a complete chunk."""
+        return self.damaged_bytes
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the file holds less than the whole run: the replay did not finish,
+        its tail is missing, or it is damaged."""
+        return self.final is None or bool(self.damaged_bytes or self.damage)
+
+    def incompleteness(self) -> list[str]:
+        """Why the file holds less than the whole run, one sentence each ([]: complete)."""
+        out = [region.describe() for region in self.damage]
+        if self.lost_records:
+            out.append(
+                f"{self.lost_records} intact records were dropped: the strings they name "
+                "were in a damaged chunk"
+            )
+        if self.damaged_bytes:
+            out.append(
+                f"the file ends inside a chunk ({self.damaged_bytes} bytes ignored): the "
+                "replay was killed, or the file was cut short"
+            )
+        if self.final is None:
+            out.append("the replay's final summary is missing: it did not finish")
+        return out
 
     def strings_of(self, column: str) -> npt.NDArray[np.object_]:
         """A string column decoded into an object array (None where absent)."""
@@ -313,32 +366,113 @@ class Results:
             )
 
 
-def _iter_chunks(data: bytes, path: Path) -> Iterator[tuple[int, int, bytes] | int]:
-    """Yield (kind, worker, payload) per chunk, then the count of damaged trailing bytes."""
+@dataclass(frozen=True, slots=True)
+class DamagedRegion:
+    """Bytes in the middle of a results file that are not an intact chunk."""
+
+    offset: int
+    length: int
+    reason: str
+    kind: int | None = None
+    """The chunk kind its header names, when the header is readable."""
+    worker: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.length} damaged bytes at byte {self.offset} ({self.reason})"
+
+
+_KINDS = frozenset({ChunkKind.HEADER, ChunkKind.STRINGS, ChunkKind.RECORDS, ChunkKind.SUMMARY})
+_CHUNK_START = re.compile(rb"[\x01-\x04][\x00-\xff]\x00\x00", re.DOTALL)
+"""Where a chunk header may begin: a known kind, any worker, the reserved zeros."""
+
+
+def _chunk_at(data: bytes, pos: int) -> tuple[int, int, bytes] | str:
+    """The chunk at ``pos``, or why there is none ("short": it runs past the end)."""
+    end = len(data)
+    if end - pos < _CHUNK.size:
+        return "short"
+    kind, worker, reserved, length, crc = _CHUNK.unpack_from(data, pos)
+    if kind not in _KINDS or reserved != 0:
+        return "not a chunk header"
+    start = pos + _CHUNK.size
+    if start + length > end:
+        return "short"
+    payload = data[start : start + length]
+    if zlib.crc32(payload) != crc:
+        return "checksum mismatch"
+    return kind, worker, payload
+
+
+def _next_chunk(data: bytes, pos: int) -> int | None:
+    """The offset of the next intact chunk after ``pos`` (a resynchronization)."""
+    for match in _CHUNK_START.finditer(data, pos + 1):
+        if not isinstance(_chunk_at(data, match.start()), str):
+            return match.start()
+    return None
+
+
+def _iter_chunks(data: bytes) -> Iterator[tuple[int, int, bytes] | DamagedRegion | int]:
+    """Yield (kind, worker, payload) per intact chunk and a :class:`DamagedRegion` per
+    unreadable region followed by intact chunks; last, the count of bytes of a torn
+    tail (bytes after the last intact chunk that hold none)."""
     pos = _PREAMBLE.size
     end = len(data)
     while pos < end:
-        if end - pos < _CHUNK.size:
-            yield end - pos
+        found = _chunk_at(data, pos)
+        if not isinstance(found, str):
+            yield found
+            pos += _CHUNK.size + len(found[2])
+            continue
+        after = _next_chunk(data, pos)
+        if after is None:
+            if found == "short" or not data[pos:].strip(b"\0"):  # zeros: a crash's tail
+                yield end - pos
+                return
+            yield DamagedRegion(pos, end - pos, found, *_header_of(data, pos))
+            yield 0
             return
-        kind, worker, _, length, crc = _CHUNK.unpack_from(data, pos)
-        start = pos + _CHUNK.size
-        payload = data[start : start + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            yield end - pos
-            return
-        yield kind, worker, payload
-        pos = start + length
+        yield DamagedRegion(pos, after - pos, found, *_header_of(data, pos))
+        pos = after
     yield 0
 
 
-def read_results(path: Path | str) -> Results:
-    """Load a results file, tolerating a torn last chunk (an interrupted replay)."""
+def _header_of(data: bytes, pos: int) -> tuple[int | None, int | None]:
+    """The kind and worker a damaged chunk's header names, when they look right."""
+    if len(data) - pos < _CHUNK.size:
+        return None, None
+    kind, worker, reserved, _, _ = _CHUNK.unpack_from(data, pos)
+    if kind not in _KINDS or reserved != 0:
+        return None, None
+    return kind, worker
+
+
+def _refuse_damage(path: Path, damage: list[DamagedRegion], intact_after: int) -> None:
+    first = damage[0]
+    more = f" and {len(damage) - 1} more damaged regions" if len(damage) > 1 else ""
+    raise ResultsFormatError(
+        f"{path} is damaged: {first.describe()}{more}, with {intact_after} intact chunks "
+        "after it. This is damage to the file, not an interrupted replay; its figures "
+        "would describe only part of the run",
+        hint="copy the file again from where the replay wrote it, or replay again; "
+        "--accept-damaged reads the intact chunks, and every output then says the "
+        "results are incomplete",
+    )
+
+
+def read_results(path: Path | str, *, accept_damaged: bool = False) -> Results:
+    """Load a results file, tolerating a torn last chunk (an interrupted replay).
+
+    A file damaged in the middle is refused (:class:`ResultsFormatError`) unless
+    ``accept_damaged``: then what is intact is read and the damage listed
+    (:attr:`Results.damage`, :meth:`Results.incompleteness`).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ResultsFormatError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ResultsFormatError(f"{path} is a folder, not a results file") from exc
     except OSError as exc:
         raise ResultsFormatError(f"{path}: cannot read ({exc.strerror})") from exc
     if len(data) < _PREAMBLE.size or data[: len(MAGIC)] != MAGIC:
@@ -353,49 +487,85 @@ def read_results(path: Path | str) -> Results:
             f"versions {', '.join(map(str, READABLE_VERSIONS))}",
             hint="use the pgtraffic version that wrote it",
         )
-    header: dict[str, Any] | None = None
-    strings: list[str | None] = [None]
-    global_ids: dict[str | None, int] = {None: 0}
-    maps: dict[int, list[int]] = {}
-    parts: list[npt.NDArray[Any]] = []
-    summaries: list[dict[str, Any]] = []
-    final: dict[str, Any] | None = None
-    damaged = 0
-    for item in _iter_chunks(data, path):
-        if isinstance(item, int):
-            damaged = item
-            break
-        kind, worker, payload = item
-        if kind == ChunkKind.HEADER:
-            header = json.loads(payload)
-        elif kind == ChunkKind.STRINGS:
-            mapping = maps.setdefault(worker, [0])
-            for value in json.loads(payload):
-                ident = global_ids.get(value)
-                if ident is None:
-                    ident = len(strings)
-                    strings.append(value)
-                    global_ids[value] = ident
-                mapping.append(ident)
-        elif kind == ChunkKind.RECORDS:
-            parts.append(_decode_records(payload, maps.get(worker, [0]), path, version))
-        elif kind == ChunkKind.SUMMARY:
-            if worker == FINAL_WORKER:
-                final = json.loads(payload)
-            else:
-                summaries.append(json.loads(payload))
-    if header is None:
+    loader = _Loader(path, version)
+    items = list(_iter_chunks(data))
+    torn = items.pop()
+    assert isinstance(torn, int)
+    damage = [item for item in items if isinstance(item, DamagedRegion)]
+    if damage and not accept_damaged:
+        first = items.index(damage[0])
+        _refuse_damage(path, damage, sum(1 for i in items[first:] if isinstance(i, tuple)))
+    for item in items:
+        if isinstance(item, DamagedRegion):
+            loader.lose(item)
+        elif not isinstance(item, int):
+            kind, worker, payload = item
+            loader.take(kind, worker, payload)
+    if loader.header is None:
         raise ResultsFormatError(f"{path}: the header chunk is missing or damaged")
-    records = np.concatenate(parts) if parts else np.zeros(0, dtype=RECORD_DTYPE)
+    records = np.concatenate(loader.parts) if loader.parts else np.zeros(0, dtype=RECORD_DTYPE)
     return Results(
         path=path,
-        header=header,
+        header=loader.header,
         records=records,
-        strings=tuple(strings),
-        summaries=tuple(summaries),
-        final=final,
-        damaged_bytes=damaged,
+        strings=tuple(loader.strings),
+        summaries=tuple(loader.summaries),
+        final=loader.final,
+        damaged_bytes=torn,
+        damage=tuple(damage),
+        lost_records=loader.lost_records,
     )
+
+
+class _Loader:
+    """Builds a :class:`Results` from intact chunks, in file order."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        self.path = path
+        self.version = version
+        self.header: dict[str, Any] | None = None
+        self.strings: list[str | None] = [None]
+        self.global_ids: dict[str | None, int] = {None: 0}
+        self.maps: dict[int, list[int]] = {}
+        self.parts: list[npt.NDArray[Any]] = []
+        self.summaries: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+        self.untrusted: set[int] | None = set()
+        """Workers whose string table lost a chunk (None: perhaps every worker's)."""
+        self.lost_records = 0
+
+    def lose(self, region: DamagedRegion) -> None:
+        """A damaged region: if it may have held strings, later records of its worker
+        (of every worker when its header is unreadable) cannot be decoded."""
+        if region.kind is None or region.worker is None:
+            self.untrusted = None
+        elif region.kind == ChunkKind.STRINGS and self.untrusted is not None:
+            self.untrusted.add(region.worker)
+
+    def take(self, kind: int, worker: int, payload: bytes) -> None:
+        if kind == ChunkKind.HEADER:
+            self.header = json.loads(payload)
+        elif kind == ChunkKind.STRINGS:
+            mapping = self.maps.setdefault(worker, [0])
+            for value in json.loads(payload):
+                ident = self.global_ids.get(value)
+                if ident is None:
+                    ident = len(self.strings)
+                    self.strings.append(value)
+                    self.global_ids[value] = ident
+                mapping.append(ident)
+        elif kind == ChunkKind.RECORDS:
+            if self.untrusted is None or worker in self.untrusted:
+                with contextlib.suppress(zlib.error, struct.error):
+                    self.lost_records += struct.unpack_from("<I", zlib.decompress(payload))[0]
+                return
+            mapping = self.maps.get(worker, [0])
+            self.parts.append(_decode_records(payload, mapping, self.path, self.version))
+        elif kind == ChunkKind.SUMMARY:
+            if worker == FINAL_WORKER:
+                self.final = json.loads(payload)
+            else:
+                self.summaries.append(json.loads(payload))
 
 
 def _decode_records(
@@ -423,7 +593,14 @@ def _decode_records(
 
 
 def export_csv(results: Results, out: Path) -> int:
-    """Write every record as CSV with a header row; returns the number of rows."""
+    """Write every record as CSV with a header row; returns the number of rows.
+
+    Written under a temporary name and renamed over ``out`` when complete."""
+    with atomic_output(out) as tmp:
+        return _write_csv(results, tmp)
+
+
+def _write_csv(results: Results, out: Path) -> int:
     import csv
 
     count = 0

@@ -92,7 +92,7 @@ def test_gzip_stdin_and_several_files(tmp_path: Path, pgtraffic_cmd: list[str]) 
     assert summary.statements == 3
     assert summary.skipped == {"not a csvlog record": 1}
     result = subprocess.run(
-        [*pgtraffic_cmd, "capture", "-", "-o", str(out), "-q"],
+        [*pgtraffic_cmd, "capture", "-", "-o", str(out), "-q", "--force"],
         cwd=LOGS.parent.parent,
         input=gz.read_bytes(),
         capture_output=True,

@@ -141,7 +141,7 @@ def test_unreachable_target_fails_before_starting(pgtraffic_cmd: list[str], tmp_
     assert "cannot reach the replay target" in result.stderr
     assert not out.exists()
     out.write_bytes(b"an earlier run")  # left alone, and not reported as this run's
-    again = _run(pgtraffic_cmd, "replay", str(wl), "--target", dsn, "-o", str(out))
+    again = _run(pgtraffic_cmd, "replay", str(wl), "--target", dsn, "-o", str(out), "--force")
     assert again.returncode == 5
     assert again.stdout == "" and "results:" not in again.stderr
     assert out.read_bytes() == b"an earlier run"

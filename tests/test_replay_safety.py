@@ -207,14 +207,14 @@ def test_writes_onto_an_unprepared_server_need_a_yes(
     )
     assert reads.returncode == 0, reads.stderr
 
-    allowed = _run(pgtraffic_cmd, *args, "--max-speed", "--allow-writes")
+    allowed = _run(pgtraffic_cmd, *args, "--max-speed", "--allow-writes", "--force")
     assert allowed.returncode == 0, allowed.stderr
     assert target.psql("SELECT count(*) FROM t") == "5"
     header = read_results(out).header
     assert header["target_identity"]["system_identifier"] == system_id
 
     target.psql("ALTER DATABASE postgres SET pgtraffic.replay_target = on")
-    marked = _run(pgtraffic_cmd, *args, "--max-speed")
+    marked = _run(pgtraffic_cmd, *args, "--max-speed", "--force")
     assert marked.returncode == 0, marked.stderr
     assert target.psql("SELECT count(*) FROM t") == "10"
 

@@ -240,12 +240,16 @@ def capture_command(
     from capture.pipeline import CaptureOptions
 
     for pattern in exclude_sql or ():
+    force: opt.Force = False,
         try:
             re.compile(pattern)
         except re.error as exc:
             raise UsageError(f"--exclude-sql {pattern!r}: {exc}") from exc
+    from capture.outputs import check_output
     if jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
+    check_output(output, inputs=logs, force=force)
+
     filters = Filters(
         databases=tuple(database or ()),
         exclude_databases=tuple(exclude_database or ()),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from replay.connection import TargetInfo
     from replay.report import ReplayReport
+    from replay.results import Results
     from replay.runner import LiveStatus, ReplayPlan, ReplaySettings, TargetCheck
 
 results_app = typer.Typer(
@@ -40,7 +41,8 @@ One connection per captured session, as its user and database (--map-user,
 --map-database), opened and closed at the captured times; each statement sent at
 its captured offset divided by --speed. Results (timing, rows, errors of every
 statement) are written to --output as the replay runs, so an interrupted replay
-leaves a readable file. The closing report says whether the run kept to schedule.
+leaves a readable file (an existing one is replaced only with --force, and
+never the workload itself). The closing report says whether the run kept to schedule.
 
 \b
 Examples:
@@ -269,6 +271,7 @@ def replay_command(
     allow_writes: opt.AllowWrites = False,
     allow_missing_logins: opt.AllowMissingLogins = False,
     target_is_copy: opt.TargetIsCopy = False,
+    force: opt.Force = False,
 ) -> None:
     settings = opt.replay_settings(
         speed=speed,
@@ -301,6 +304,9 @@ def replay_command(
         )
     if output is None:
         raise UsageError("--output/-o is required to replay", hint="-o run.pgtr")
+    from capture.outputs import check_output
+
+    check_output(output, inputs=[workload], force=force)
     _replay(
         workload,
         output,
@@ -427,41 +433,87 @@ def _exit_if_incomplete(report: ReplayReport, err: Console) -> None:
     raise typer.Exit(INCOMPLETE_EXIT)
 
 
+AcceptDamaged = Annotated[
+    bool,
+    typer.Option(
+        "--accept-damaged",
+        help="Read a results file damaged in the middle (a checksum that fails): only "
+        "its intact parts, and the output says it is incomplete. Without it such a "
+        "file is refused.",
+    ),
+]
+
+
+def _read_checked(path: Path, accept_damaged: bool, err: Console) -> Results:
+    """Read a results file for ``results`` commands; say on stderr when it is incomplete."""
+    from replay.results import read_results
+
+    results = read_results(path, accept_damaged=accept_damaged)
+    for why in results.incompleteness():
+        err.print(f"[bold yellow]incomplete results:[/] {why}", highlight=False)
+    return results
+
+
 @results_app.command("export")
 def export_command(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="Results file (.pgtr).")],
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="FILE", help="CSV file to write.")
     ],
+    force: opt.Force = False,
+    accept_damaged: AcceptDamaged = False,
 ) -> None:
     """Write a results file as CSV (one row per statement, with a header row).
+
+    The CSV is written under a temporary name and renamed when complete; an
+    existing file is replaced only with --force. Rows of an incomplete run (killed,
+    cut short, or damaged and read with --accept-damaged) are what the file holds:
+    the command says so on stderr and exits 6.
 
     Example: pgtraffic results export run.pgtr -o run.csv
     """
     from rich.console import Console
 
-    from replay.results import export_csv, read_results
+    from capture.outputs import check_output
+    from replay.results import export_csv
 
-    rows = export_csv(read_results(results), output)
-    Console(stderr=True).print(f"wrote {rows} rows to {output}", highlight=False)
+    err = Console(stderr=True)
+    check_output(output, inputs=[results], force=force)
+    loaded = _read_checked(results, accept_damaged, err)
+    rows = export_csv(loaded, output)
+    if loaded.incomplete:
+        err.print(
+            f"wrote {rows} rows to {output}: INCOMPLETE, only part of the run", highlight=False
+        )
+        raise typer.Exit(INCOMPLETE_EXIT)
+    err.print(f"wrote {rows} rows to {output}", highlight=False)
 
 
 @results_app.command("report")
 def report_command(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="Results file (.pgtr).")],
     as_json: opt.Json = False,
+    accept_damaged: AcceptDamaged = False,
 ) -> None:
     """Print the closing report of a (possibly interrupted) replay again.
+
+    A file damaged in the middle is refused (exit 3) unless --accept-damaged;
+    then the report covers its intact parts and says it is incomplete (with
+    --json: "incomplete" lists why).
 
     Example: pgtraffic results report run.pgtr --json
     """
     from rich.console import Console
 
     from replay.report import build_report
-    from replay.results import read_results
 
-    report = build_report(read_results(results))
-    _print_report(report, as_json, Console(), Console(stderr=True))
+    out, err = Console(), Console(stderr=True)
+    loaded = _read_checked(results, accept_damaged, err)
+    report = build_report(loaded)
+    if as_json:
+        out.print_json(json.dumps({**report.to_json(), "incomplete": loaded.incompleteness()}))
+        return
+    _print_report(report, as_json, out, err)
 
 
 def register(app: typer.Typer) -> None:
