@@ -1,9 +1,14 @@
-"""Statistics about a workload file, for ``pgtraffic inspect`` (pure over the records)."""
+"""Statistics about a workload file, for ``pgtraffic inspect`` (pure over the records).
+
+Every figure comes from the records the file holds (the class counts and logged
+times included, counted over the statements), not from the header's counts; the
+reader refuses a file whose records do not match its header.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from capture.records import QueryClass, Session
@@ -38,6 +43,8 @@ class WorkloadStats:
     top_by_time: tuple[QueryClass, ...]
     classes: int
     source_server_version: str | None
+    notices: tuple[str, ...] = ()
+    """What could not be checked (a workload written before content digests)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SHAPED}
@@ -132,6 +139,8 @@ def workload_stats(workload: Workload, *, top: int = 10, buckets: int = 20) -> W
     statements = 0
     last_offset = 0
     kinds: dict[str, int] = {}
+    per_class: dict[str, list[Any]] = {}
+    """fingerprint: [count, total duration, first SQL]"""
     failed = 0
     for obj in workload.statement_dicts():
         offset = obj["offset_us"]
@@ -142,11 +151,14 @@ def workload_stats(workload: Workload, *, top: int = 10, buckets: int = 20) -> W
         span = spans.get(sid)
         spans[sid] = (offset, offset) if span is None else (span[0], offset)
         kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+        entry = per_class.setdefault(obj["fingerprint"], [0, 0, obj.get("sql", "")])
+        entry[0] += 1
+        entry[1] += int(obj.get("duration_us") or 0)
         if obj.get("sqlstate"):
             failed += 1
     duration_us = max(workload.duration_us, last_offset)
     intervals = session_intervals(workload.sessions, spans, duration_us)
-    classes = list(workload.classes.values())
+    classes = _held_classes(workload.classes, per_class)
     by_count = sorted(classes, key=lambda c: (-c.count, c.fingerprint))[:top]
     by_time = sorted(
         (c for c in classes if c.total_duration_us > 0),
@@ -166,4 +178,19 @@ def workload_stats(workload: Workload, *, top: int = 10, buckets: int = 20) -> W
         top_by_time=tuple(by_time),
         classes=len(classes),
         source_server_version=workload.header.source_server_version,
+        notices=workload.notices,
     )
+
+
+def _held_classes(
+    listed: Mapping[str, QueryClass], per_class: Mapping[str, list[Any]]
+) -> list[QueryClass]:
+    """The query classes of the statements held, with the counts and times held: a
+    listed class keeps its normalized text, an unlisted one shows its first SQL."""
+    out = []
+    for fingerprint, (count, total, sql) in per_class.items():
+        known = listed.get(fingerprint)
+        if known is None:
+            known = QueryClass(fingerprint, str(sql), parsed=False, count=0)
+        out.append(replace(known, count=count, total_duration_us=total))
+    return out

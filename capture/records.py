@@ -226,6 +226,9 @@ class WorkloadHeader:
     source: dict[str, Any] = field(default_factory=dict)
     """The source server's identity when capture could read it (``--source-dsn``):
     system_identifier, server_version, host, port, data_directory, cluster_name ({}: unknown)."""
+    preamble_digest: str = ""
+    """SHA-256 (hex, first 16 bytes) of the class and session lines as stored, so a
+    reader can tell an edited or damaged preamble ("": written before it existed)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -244,6 +247,7 @@ class WorkloadHeader:
             "workload_id": self.workload_id,
             "sync": self.sync,
             "source": self.source,
+            "preamble_digest": self.preamble_digest,
         }
 
     @classmethod
@@ -262,4 +266,5 @@ class WorkloadHeader:
             workload_id=obj.get("workload_id", ""),
             sync=dict(obj.get("sync", {})),
             source=dict(obj.get("source") or {}),
+            preamble_digest=str(obj.get("preamble_digest") or ""),
         )

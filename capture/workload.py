@@ -192,6 +192,9 @@ class WorkloadWriter:
         self._body.close()
         session_list = list(sessions)
         class_list = list(classes)
+        lines = [_dumps(c.to_json()) for c in class_list]
+        lines.extend(_dumps(s.to_json()) for s in session_list)
+        preamble = "".join(line + "\n" for line in lines).encode()
         header = WorkloadHeader(
             format_version=FORMAT_VERSION,
             pgtraffic_version=__version__,
@@ -211,14 +214,12 @@ class WorkloadWriter:
             workload_id=self._digest.hexdigest()[:32],
             sync=dict(sync or {}),
             source=dict(source or {}),
+            preamble_digest=hashlib.sha256(preamble).hexdigest()[:32],
         )
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as out:
             with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as pre:
-                lines = [_dumps(header.to_json())]
-                lines.extend(_dumps(c.to_json()) for c in class_list)
-                lines.extend(_dumps(s.to_json()) for s in session_list)
-                pre.write(("\n".join(lines) + "\n").encode())
+                pre.write((_dumps(header.to_json()) + "\n").encode() + preamble)
             with self._body_path.open("rb") as body:
                 shutil.copyfileobj(body, out, 1 << 20)
         self._body_path.unlink()
@@ -241,6 +242,10 @@ class Workload:
     header: WorkloadHeader
     classes: Mapping[str, QueryClass]
     sessions: Mapping[str, Session]
+    preamble_lines: int = -1
+    """Lines before the first statement (-1: one header, then one per class and session)."""
+    notices: tuple[str, ...] = ()
+    """What the reader could not check (a file written before the preamble digest)."""
 
     @property
     def has_sync(self) -> bool:
@@ -265,12 +270,20 @@ class Workload:
             yield Statement.from_json(obj)
 
     def statement_dicts(self) -> Iterator[dict[str, Any]]:
-        """Every statement as its raw JSON object (faster than :meth:`statements`)."""
-        skip = 1 + len(self.classes) + len(self.sessions)
+        """Every statement as its raw JSON object (faster than :meth:`statements`).
+
+        Read to the end, the statements are checked against the header (their count,
+        and their digest, the ``workload_id``): an edited or cut file raises
+        :class:`WorkloadFormatError` after its last statement."""
+        skip = self.preamble_lines
+        if skip < 0:
+            skip = 1 + len(self.classes) + len(self.sessions)
+        check = _BodyCheck(self)
         with _open(self.path) as fh:
             for number, line in enumerate(fh, start=1):
                 if number <= skip:
                     continue
+                check.add(line)
                 obj = _decode(self.path, number, line)
                 if obj.get("type") != "statement":
                     raise WorkloadFormatError(
@@ -278,6 +291,51 @@ class Workload:
                         f"got {obj.get('type')!r}"
                     )
                 yield obj
+        check.finish()
+
+
+_EDITED_HINT = (
+    "the file was edited or damaged after capture wrote it; capture the logs again "
+    "(pgtraffic capture LOG... -o workload.pgtw), or use the copy you made it from"
+)
+
+
+class _BodyCheck:
+    """The statement lines as read, checked against the header at the end."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.count = 0
+        self.digest = hashlib.sha256()
+        self.pending: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        pending = self.pending
+        pending.append(line)
+        if len(pending) >= 4096:
+            self.digest.update("".join(pending).encode())
+            pending.clear()
+
+    def finish(self) -> None:
+        header, path = self.workload.header, self.workload.path
+        self.digest.update("".join(self.pending).encode())
+        self.pending.clear()
+        expected = header.counts.get("statements")
+        if expected is not None and expected != self.count:
+            raise WorkloadFormatError(
+                f"{path} holds {self.count} statements but its header says {expected}",
+                hint=_EDITED_HINT,
+            )
+        # workload_id is checked only in files that have a preamble digest: older
+        # writers computed it differently (see docs/workload-format.md)
+        if header.preamble_digest and self.digest.hexdigest()[:32] != header.workload_id:
+            raise WorkloadFormatError(
+                f"{path}: its statements are not the ones it was written with (their "
+                f"digest {self.digest.hexdigest()[:12]}... is not the workload_id "
+                f"{header.workload_id[:12]}... of its header)",
+                hint=_EDITED_HINT,
+            )
 
 
 def _open(path: Path) -> _GuardedText:
@@ -334,28 +392,21 @@ def _decode(path: Path, number: int, line: str) -> dict[str, Any]:
 
 
 def read_workload(path: Path | str) -> Workload:
-    """Open a workload file, checking its format and version."""
+    """Open a workload file, checking its format and version, and its preamble (the
+    class and session records) against the header; the statements are checked when
+    they are read (:meth:`Workload.statement_dicts`)."""
     path = Path(path)
     header: WorkloadHeader | None = None
     classes: dict[str, QueryClass] = {}
     sessions: dict[str, Session] = {}
+    digest = hashlib.sha256()
+    preamble = 0
     with _open(path) as fh:
         for number, line in enumerate(fh, start=1):
             obj = _decode(path, number, line)
             kind = obj.get("type")
             if number == 1:
-                if kind != "header" or obj.get("format") != FORMAT:
-                    raise WorkloadFormatError(
-                        f"{path} is not a pgtraffic workload file",
-                        hint="create one with: pgtraffic capture LOG... -o workload.pgtw",
-                    )
-                if obj.get("format_version") not in READS_VERSIONS:
-                    raise WorkloadFormatError(
-                        f"{path} has workload format version {obj.get('format_version')}; "
-                        f"this pgtraffic ({__version__}) reads versions 1 to {FORMAT_VERSION}",
-                        hint="use the pgtraffic version that wrote it, or capture the logs again",
-                    )
-                header = WorkloadHeader.from_json(obj)
+                header = _header(path, obj)
             elif kind == "class":
                 cls = QueryClass.from_json(obj)
                 classes[cls.fingerprint] = cls
@@ -364,6 +415,65 @@ def read_workload(path: Path | str) -> Workload:
                 sessions[session.id] = session
             else:
                 break
+            preamble = number
+            if number > 1:
+                digest.update(line.encode())
     if header is None:
         raise WorkloadFormatError(f"{path} is empty")
-    return Workload(path=path, header=header, classes=classes, sessions=sessions)
+    notices = _check_preamble(path, header, digest.hexdigest()[:32], classes, sessions)
+    return Workload(path, header, classes, sessions, preamble, notices)
+
+
+def _header(path: Path, obj: dict[str, Any]) -> WorkloadHeader:
+    if obj.get("type") != "header" or obj.get("format") != FORMAT:
+        raise WorkloadFormatError(
+            f"{path} is not a pgtraffic workload file",
+            hint="create one with: pgtraffic capture LOG... -o workload.pgtw",
+        )
+    if obj.get("format_version") not in READS_VERSIONS:
+        raise WorkloadFormatError(
+            f"{path} has workload format version {obj.get('format_version')}; "
+            f"this pgtraffic ({__version__}) reads versions 1 to {FORMAT_VERSION}",
+            hint="use the pgtraffic version that wrote it, or capture the logs again",
+        )
+    return WorkloadHeader.from_json(obj)
+
+
+def _check_preamble(
+    path: Path,
+    header: WorkloadHeader,
+    digest: str,
+    classes: Mapping[str, QueryClass],
+    sessions: Mapping[str, Session],
+) -> tuple[str, ...]:
+    """Raise when the class and session records are not those the header was written
+    with; the notices to show for a file too old to be checked."""
+    for what, held in (("classes", len(classes)), ("sessions", len(sessions))):
+        expected = header.counts.get(what)
+        if expected is not None and expected != held:
+            raise WorkloadFormatError(
+                f"{path} holds {held} {what} but its header says {expected}",
+                hint=_EDITED_HINT,
+            )
+    if not header.preamble_digest:
+        return (
+            f"{path} was written by pgtraffic {header.pgtraffic_version}, before workload "
+            "files recorded a digest of their content: only its counts can be checked",
+        )
+    if digest != header.preamble_digest:
+        raise WorkloadFormatError(
+            f"{path}: its class and session records are not the ones it was written with "
+            "(their digest does not match the header's preamble_digest)",
+            hint=_EDITED_HINT,
+        )
+    return ()
+
+
+def check_workload_id(workload: Workload, expected: str, what: str) -> None:
+    """Refuse to use ``workload`` with a file (``what``) that names another workload."""
+    if expected and workload.header.workload_id and expected != workload.header.workload_id:
+        raise WorkloadFormatError(
+            f"{workload.path} is not the workload {what} was replayed from (workload_id "
+            f"{workload.header.workload_id[:12]}... there, {expected[:12]}... in {what})",
+            hint="name the workload file the replay read (it is in the results header)",
+        )

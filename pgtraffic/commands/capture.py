@@ -58,7 +58,8 @@ The server must log with (postgresql.conf):
 
 INSPECT_HELP = """Summarize a workload file: time span, sessions, peak concurrent sessions,
 statements per second over time, and the top query classes by count and by
-total logged time.
+total logged time, all counted over the records the file holds. A file whose
+records do not match its header (edited by hand, cut short) is refused.
 
 \b
 Example:
@@ -239,6 +240,7 @@ def capture_command(
     from capture.filters import Filters
     from capture.pipeline import CaptureOptions
 
+    force: opt.Force = False,
     for pattern in exclude_sql or ():
     force: opt.Force = False,
         try:

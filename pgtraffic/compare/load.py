@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.records import Statement
-from capture.workload import Workload, read_workload
+from capture.workload import Workload, check_workload_id, read_workload
 from pgtraffic.compare.model import Comparison, Completeness, Example, RunData
 from replay.results import Results, read_results
 from replay.sqlstates import NO_CONNECTION
@@ -102,7 +102,9 @@ def find_workload(run: RunData, explicit: Path | None) -> Workload | None:
         candidates.append(Path(run.workload_path))
     for path in candidates:
         if path is not None and path.is_file():
-            return read_workload(path)
+            workload = read_workload(path)
+            check_workload_id(workload, run.workload_id, str(run.path))
+            return workload
     return None
 
 
