@@ -10,7 +10,6 @@ quote characters: :class:`CsvChunker` finds such boundaries with ``bytes.count``
 from __future__ import annotations
 
 import csv
-import io
 import re
 import sys
 from dataclasses import dataclass
@@ -74,27 +73,70 @@ def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
     if not (truncated_tail or ends_without_newline or check_encoding):
         rows = _one_line_rows(text)
         if rows is not None:
-            check = _RowCheck(decoder, source, -1, truncated_tail=False, check_encoding=False)
+            check = _RowCheck(decoder, source, check_encoding=False)
             decoder.add_csv_rows(source, first_line, rows, check)
             decoder.result.lines += len(rows)
             return
-    reader = csv.reader(io.StringIO(text))
-    total = chunk.line_count() if (truncated_tail or ends_without_newline) else -1
-    check = _RowCheck(decoder, source, total, truncated_tail, check_encoding)
-    before = 0
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            decoder.problem(source, first_line + before, "unreadable csv", str(exc))
-            before = reader.line_num
-            continue
-        line = first_line + before
-        before = reader.line_num
-        check(line, row, before)
-    decoder.result.lines += before
+    lines = text.split("\n")
+    last = lines.pop()  # after the last newline: "" or a line without its newline
+    lines = [line + "\n" for line in lines]
+    if last:
+        lines.append(last)
+    _parse_lines(_RowCheck(decoder, source, check_encoding), lines, chunk)
+    decoder.result.lines += len(lines)
+
+
+def _parse_lines(check: _RowCheck, lines: list[str], chunk: ChunkText) -> None:
+    """Decode records that may span lines, resynchronizing after a malformed one.
+
+    A stray quote (an odd ``"`` in a garbage line) makes the csv reader take every
+    following line into one field. Such a row is not a csvlog record: it is
+    reported at its first line, and reading starts again at the next line that
+    begins like a csvlog record (its log time), so the records after it are kept.
+    The last record of a file is truncated when the file ends inside it: without
+    its newline, or with an odd number of quotes in it.
+    """
+    decoder, source, first_line = check.decoder, check.source, chunk.first_line
+    last_of_file = chunk.truncated_tail or not chunk.text.endswith("\n")
+    total = len(lines)
+    pos = 0
+    while pos < total:
+        reader = csv.reader(iter(lines[pos:]))
+        start = base = pos
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                decoder.problem(source, first_line + start, "unreadable csv", str(exc))
+                pos = _next_record_start(lines, start + 1)
+                break
+            end = base + reader.line_num
+            if end >= total and last_of_file and _cut_short(lines, start, end):
+                decoder.problem(source, first_line + start, "truncated record at end of file")
+                return
+            if not check.good(row) and end - start > 1:
+                check.report(first_line + start, row, spans=end - start)
+                pos = _next_record_start(lines, start + 1)
+                break
+            check(first_line + start, row)
+            start = end
+
+
+def _cut_short(lines: list[str], start: int, end: int) -> bool:
+    """Whether the record in ``lines[start:end]`` (the file's last) was cut short."""
+    if not lines[end - 1].endswith("\n"):
+        return True
+    return sum(line.count('"') for line in lines[start:end]) % 2 == 1
+
+
+def _next_record_start(lines: list[str], after: int) -> int:
+    """The index of the first line from ``after`` on that begins like a csvlog record."""
+    for index in range(after, len(lines)):
+        if _LOOKS_LIKE_TIME.match(lines[index]) is not None:
+            return index
+    return len(lines)
 
 
 def _one_line_rows(text: str) -> list[list[str]] | None:
@@ -121,42 +163,43 @@ class _RowCheck:
 
     decoder: RecordDecoder
     source: str
-    total: int
-    """Lines in the chunk, or -1 when it ends with a complete record."""
-    truncated_tail: bool
     check_encoding: bool
     checked: str = ""
     """The last YYYY-MM-DD HH:MM:SS prefix seen to match _LOOKS_LIKE_TIME."""
 
-    def __call__(self, line: int, row: list[str], before: int = -1) -> None:
-        """``before``: lines of the chunk up to the end of this row (-1: not needed)."""
-        decoder, source, total = self.decoder, self.source, self.total
+    def good(self, row: list[str]) -> bool:
+        """Whether ``row`` has a csvlog record's shape: its columns, a log time first."""
+        if len(row) not in COLUMNS:
+            return False
+        # log times repeat for many records: match the pattern once per second
+        head = row[0][:19]
+        if head == self.checked or _LOOKS_LIKE_TIME.match(head) is not None:
+            self.checked = head
+            return True
+        return False
+
+    def report(self, line: int, row: list[str], spans: int = 1) -> None:
+        """Report ``row`` (at ``line``) as not a csvlog record, unless it is blank."""
         ncols = len(row)
-        good = False
-        if ncols in COLUMNS:
-            # log times repeat for many records: match the pattern once per second
-            head = row[0][:19]
-            if head == self.checked or _LOOKS_LIKE_TIME.match(head) is not None:
-                self.checked = head
-                good = True
-        if not good:
-            if total >= 0 and before >= total:
-                decoder.problem(source, line, "truncated record at end of file")
-            elif ncols <= 1 and not "".join(row).strip():
-                pass
-            else:
-                decoder.problem(
-                    source,
-                    line,
-                    "not a csvlog record",
-                    f"{ncols} fields; csvlog has 23, 24 or 26: {','.join(row)[:80]!r}",
-                )
-        elif self.truncated_tail and before >= total:
-            decoder.problem(source, line, "truncated record at end of file")
+        if ncols <= 1 and not "".join(row).strip():
+            return
+        where = f" over {spans} lines (an unmatched quote?)" if spans > 1 else ""
+        self.decoder.problem(
+            self.source,
+            line,
+            "not a csvlog record",
+            f"{ncols} fields{where}; csvlog has 23, 24 or 26: {','.join(row)[:80]!r}",
+        )
+
+    def __call__(self, line: int, row: list[str]) -> None:
+        if not self.good(row):
+            self.report(line, row)
         elif self.check_encoding and not _is_clean(row):
-            decoder.problem(source, line, "not UTF-8", "the record holds bytes that are not UTF-8")
+            self.decoder.problem(
+                self.source, line, "not UTF-8", "the record holds bytes that are not UTF-8"
+            )
         else:
-            decoder.add_csv_row(source, line, row, ncols)
+            self.decoder.add_csv_row(self.source, line, row, len(row))
 
 
 def _is_clean(row: list[str]) -> bool:

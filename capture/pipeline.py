@@ -37,6 +37,7 @@ from capture.filters import Filters
 from capture.jsonlog import JsonChunker
 from capture.jsonlog import parse_chunk as parse_json
 from capture.normalize import normalized_text
+from capture.overlaps import InputOverlaps
 from capture.platforms import WholeChunker
 from capture.platforms import parse_chunk as parse_platform
 from capture.prefix import compile_prefix
@@ -50,7 +51,6 @@ from capture.sources import (
     SourceInfo,
     describe,
     detect,
-    read_blocks,
 )
 from capture.stderrlog import StderrChunker, resolve_sessions
 from capture.stderrlog import parse_chunk as parse_stderr
@@ -248,20 +248,23 @@ class _Chunks:
     def __post_init__(self) -> None:
         sizes = [i.size for i in self.infos]
         self.total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        self.overlaps = InputOverlaps(self.infos)
 
     def __iter__(self) -> Iterator[Chunk]:
         done_before = 0
         if self.progress is not None:
             self.progress(0, self.total)
-        for info in self.infos:
+        for index, info in enumerate(self.infos):
             fmt: LogFormat | None = self.fmt
             prefix = ""
             chunker: Chunker | None = None
             consumed = 0
-            offset = 0
+            offset = lines = 0
             ranged = info.name != "-" and not info.gzipped
-            for data, consumed in read_blocks(info):
+            for data, consumed in self.overlaps.blocks(index, info):  # repeats skipped
                 if chunker is None:
+                    start = self.overlaps.start(index)
+                    offset, lines = start.skip_bytes, start.skip_lines
                     found = detect(data[:HEAD], info.name, fmt=self.fmt, prefix=self.prefix)
                     fmt, prefix = found.format, found.prefix
                     self.formats.append(found.label)
@@ -279,19 +282,22 @@ class _Chunks:
                 assert fmt is not None
                 for chunk, line in chunker.feed(data):
                     yield Chunk(
-                        fmt, chunk, info.name, line, False, offset if ranged else -1, prefix
+                        fmt, chunk, info.name, line + lines, False, offset if ranged else -1, prefix
                     )
                     offset += len(chunk)
                 self.bytes_read = done_before + consumed
                 if self.progress is not None:
                     self.progress(self.bytes_read, self.total)
             if chunker is None:
+                if self.overlaps.start(index).skipped:
+                    continue  # all of it was read before
                 raise InputError(f"{info.name} is empty", hint="point capture at a csvlog file")
             assert fmt is not None
             rest = chunker.finish()
             if rest is not None:
+                line, truncated = rest[1] + lines, rest[2]
                 yield Chunk(
-                    fmt, rest[0], info.name, rest[1], rest[2], offset if ranged else -1, prefix
+                    fmt, rest[0], info.name, line, truncated, offset if ranged else -1, prefix
                 )
             done_before += consumed
 
@@ -629,6 +635,11 @@ class _Capture:
                 tracker.feed_all(result.events)
                 self._write(tracker.pop_ready())
             self._write(list(tracker.drain()))
+            for reason, count, where in self.chunks.overlaps.skipped():
+                self.skipped[reason] += count
+                self.examples.setdefault(reason, []).extend(
+                    where[: self.options.examples_per_reason]
+                )
             if tracker.statements == 0 and tracker.counts.filtered_statements == 0:
                 raise _no_statements(  # noqa: TRY301
                     self.sources, self.records, self.non_english, self.skipped, self.chunks.formats

@@ -45,7 +45,13 @@ Example:
 
 Records capture cannot use (garbage lines, a truncated last record, non-UTF-8
 bytes) are skipped, counted and listed in the summary; --strict stops at the
-first one instead.
+first one instead. A file named twice is read once, and the start of a file that
+repeats the end of the file before it (overlapping copies of a rotated log) is
+skipped as duplicate records (counted in the summary; see docs/capture.md).
+
+An existing output file is replaced only with --force, and never when it is one
+of the logs; the workload is written under a temporary name and renamed when
+complete.
 
 Exit codes: 0 done (even with skipped records), 2 bad options, 3 unusable input
 (missing file, not a PostgreSQL log, no statements in it, --strict stop),
@@ -234,24 +240,23 @@ def capture_command(
             "it, e.g. --source-dsn postgresql://postgres@prod-db:5432/postgres.",
         ),
     ] = None,
+    force: opt.Force = False,
 ) -> None:
     import re
 
     from capture.filters import Filters
+    from capture.outputs import check_output
     from capture.pipeline import CaptureOptions
 
-    force: opt.Force = False,
+    check_output(output, inputs=logs, force=force)
+
     for pattern in exclude_sql or ():
-    force: opt.Force = False,
         try:
             re.compile(pattern)
         except re.error as exc:
             raise UsageError(f"--exclude-sql {pattern!r}: {exc}") from exc
-    from capture.outputs import check_output
     if jobs < 0:
         raise UsageError("--jobs must be 0 (one per CPU) or more")
-    check_output(output, inputs=logs, force=force)
-
     filters = Filters(
         databases=tuple(database or ()),
         exclude_databases=tuple(exclude_database or ()),
@@ -356,6 +361,8 @@ def inspect_command(
     from capture.workload import read_workload
 
     stats = workload_stats(read_workload(workload), top=top)
+    for notice in stats.notices:
+        Console(stderr=True).print(f"[yellow]notice:[/] {notice}", highlight=False)
     if as_json:
         typer.echo(json.dumps(stats.to_json(), indent=2, ensure_ascii=False))
         return
