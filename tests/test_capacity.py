@@ -262,6 +262,8 @@ def test_capacity_compare_puts_two_runs_side_by_side(
         str(with_baseline),
     )
     assert done.returncode == 0, done.stderr
+    assert "knee:" in done.stdout and "sync: ddl:" in done.stdout
+    assert "pg_stat_statements is not installed" in done.stdout
     page = with_baseline.read_text()
     assert "Knees side by side" in page and "before" in page and "after" in page
     runs = [tmp_path / "before", tmp_path / "after"]
@@ -356,7 +358,7 @@ def test_until_knee_finds_the_hot_row_ceiling_pgbench_reaches(
     """Every statement updates the one row: the target's ceiling is how fast it can
     hand that row's lock from one transaction to the next. pgbench with the same
     script and clients measures it right before and right after the sweep (the
-    machine is shared: the knee must be within 20% of one of the two)."""
+    machine is shared: the knee must be within 20% of one of the two, or between)."""
     workload, script = hot_row
     assert read_workload(workload).header.counts["statements"] > 600  # about 1,200
     target: Cluster = make_cluster(16, Profile.TARGET)
@@ -381,5 +383,41 @@ def test_until_knee_finds_the_hot_row_ceiling_pgbench_reaches(
     knee = report["knee"]["achieved_statements_per_s"]
     assert knee is not None, report["knee"]["reason"]
     assert report["sync"] == "ddl"
-    ratios = [knee / before, knee / after]
-    assert any(0.8 <= r <= 1.2 for r in ratios), (knee, before, after, report["knee"]["reason"])
+    # within 20% of pgbench before or after, or between the two (the machine's load
+    # changed during the sweep: pgbench alone has moved by 2x within a minute here)
+    low, high = sorted((before, after))
+    assert 0.8 * low <= knee <= 1.2 * high, (knee, before, after, report["knee"]["reason"])
+
+
+@pytest.mark.slow
+def test_hot_row_updates_queue_on_the_row_lock_not_on_the_captured_commit_order(
+    hot_row: tuple[Path, Path], make_cluster: Any, tmp_path: Path
+) -> None:
+    """Why capacity's default is --sync ddl (docs/capacity.md): at speed 4, replayed in
+    captured commit order the hot-row updates wait for each other's commit one round
+    trip at a time (sync waits, few updates on the target at once); left to the
+    target (ddl order) they queue on the row lock as pgbench's clients do."""
+    workload, _ = hot_row
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    target.psql(HOT_SETUP)
+    steps: dict[str, list[Any]] = {}
+    for k, mode in enumerate(("commit", "ddl", "commit", "ddl")):  # interleaved: shared machine
+        sweep = run_sweep(
+            workload,
+            target.dsn(),
+            tmp_path / f"cap{k}-{mode}",
+            plan=SweepPlan(speeds=(4.0,)),
+            settings=ReplaySettings(sync=SyncMode.COMMIT),
+            reset=Reset(ResetMode.NONE, target.dsn(), ("postgres",)),
+            ddl_order=mode == "ddl",
+        )
+        steps.setdefault(mode, []).append(sweep.steps[0])
+    for step in steps["commit"]:
+        assert step.sync_wait_s > 1.0  # each update waited for the commits before it
+    for step in steps["ddl"]:
+        assert step.sync_wait_s == 0.0
+        assert step.waits.get("Lock", 0.0) > 0.4, step.waits  # queued on the row lock
+    # how many updates were on the target at once: the captured order lets few through
+    active = {m: [round(s.active_backends, 2) for s in v] for m, v in steps.items()}
+    rates = {m: [round(s.achieved_statements_per_s) for s in v] for m, v in steps.items()}
+    assert max(active["commit"]) < min(active["ddl"]), (active, rates)

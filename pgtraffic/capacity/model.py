@@ -130,6 +130,8 @@ class Step:
     """Runs of every session (``--scale``): 1 is the workload as captured."""
     top_statements: tuple[StatementDelta, ...] = ()
     """pg_stat_statements over the step, most total execution time first (when installed)."""
+    active_backends: float = 0.0
+    """Client backends active on the target, on average over the samples of the step."""
 
     def value(self, metric: Metric) -> float:
         return {Metric.P50: self.p50_ms, Metric.P95: self.p95_ms, Metric.P99: self.p99_ms}[metric]

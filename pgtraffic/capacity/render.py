@@ -182,7 +182,8 @@ def waits_chart(sweep: Sweep) -> str | None:
 def _table(sweep: Sweep) -> str:
     head = (
         "<tr><th>step</th><th>speed</th><th>scale</th><th>offered/s</th><th>achieved/s</th>"
-        "<th>p99 ms</th><th>errors</th><th>sync wait s</th><th>reset s</th></tr>"
+        "<th>p99 ms</th><th>errors</th><th>sync wait s</th><th>active backends</th>"
+        "<th>reset s</th></tr>"
     )
     rows = []
     for s in sweep.steps:
@@ -192,6 +193,7 @@ def _table(sweep: Sweep) -> str:
             f"<tr{knee}><td>{s.index + 1}</td><td>{s.speed:g}</td><td>&times;{s.scale}</td>"
             f"<td>{s.offered_statements_per_s:,.0f}</td><td>{s.achieved_statements_per_s:,.0f}</td>"
             f"<td>{s.p99_ms:.2f}</td><td>{errors}</td><td>{s.sync_wait_s:.2f}</td>"
+            f"<td>{s.active_backends:.1f}</td>"
             f"<td>{s.reset_s:.1f}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"

@@ -366,6 +366,9 @@ class _SweepRun:
             step,
             scale=load.scale,
             waits=sampler.shares(),
+            active_backends=sum(sampler.counts.values()) / sampler.samples
+            if sampler.samples
+            else 0.0,
             database=deltas(before, after),
             top_statements=top,
         )

@@ -308,6 +308,7 @@ def steps_table(sweep: Sweep) -> Table:
         "p50 ms",
         "p99 ms",
         "errors",
+        "active",
         "top wait",
         "reset s",
     ):
@@ -325,6 +326,7 @@ def steps_table(sweep: Sweep) -> Table:
             f"{s.p50_ms:.2f}",
             f"{s.p99_ms:.2f}",
             ", ".join(f"{k} x{v}" for k, v in s.errors.items()) or "-",
+            f"{s.active_backends:.1f}",
             f"{wait[0]} {wait[1]:.0%}",
             f"{s.reset_s:.1f}",
         )
