@@ -214,3 +214,30 @@ def test_target_differences_list_settings_and_missing_statistics() -> None:
     assert "without planner statistics on the candidate (public.builds)" in lines[1]
     assert not target_differences(base, base)
     assert not target_differences({}, {})
+
+
+def test_a_busy_machine_shifting_whole_rounds_is_taken_out_of_every_class() -> None:
+    """Each round's machine state moves every class of that round alike (here by 15%
+    per round, far above the classes' own 1-5%): taken out, the floors are the
+    classes' own and a 20% change in one class still stands out."""
+    rng = np.random.default_rng(21)
+    caught = 0
+    false_share = 0.0
+    sets = 150
+    for _ in range(sets):
+        noise = rng.uniform(0.01, 0.05, CLASSES)
+        machine = rng.normal(0.0, 0.15, (2, ROUNDS))
+        locations = {}
+        for c in range(CLASSES):
+            a = machine[0] + rng.normal(0.0, noise[c], ROUNDS)
+            b = machine[1] + rng.normal(0.0, noise[c], ROUNDS) + (math.log(1.2) if c == 3 else 0)
+            locations[f"class{c}"] = (a.tolist(), b.tolist())
+        flagged = _flagged(locations)
+        caught += "class3" in flagged
+        false_share += len(flagged - {"class3"}) / max(1, len(flagged))
+    assert caught / sets >= 0.85
+    # Benjamini-Hochberg bounds the share of false verdicts among the verdicts
+    assert false_share / sets <= ALPHA + 0.03
+    judged = judge_rounds(locations, alpha=ALPHA)
+    floors = [e.floor for e in judged.effects.values() if e.floor is not None]
+    assert max(floors) < 0.15  # without taking the rounds' shifts out: above 20%

@@ -162,11 +162,14 @@ def class_effect(
     drift: float = 0.0,
     alpha: float = 0.05,
     prior: Prior | None = None,
+    df_lost: float = 0.0,
 ) -> RoundsEffect:
     """Test one class from its round locations (log scale) on each side.
 
     ``drift`` is the shared log shift to factor out (0: none); ``prior`` the
-    classes' common variance to moderate this class's own towards (None: its own).
+    classes' common variance to moderate this class's own towards (None: its own);
+    ``df_lost`` the degrees of freedom the round factors took from this class (its
+    share of them), which its variance is corrected for.
     """
     a = np.asarray(baseline, dtype=np.float64)
     b = np.asarray(candidate, dtype=np.float64)
@@ -175,10 +178,12 @@ def class_effect(
         math.exp(float(y - x) - drift) for x, y in zip(a.tolist(), b.tolist(), strict=False)
     )
     consistent = all((r > 1) == (effect > 0) for r in pairs if r != 1)
-    variance, df = pooled_variance(baseline, candidate)
+    variance, whole_df = pooled_variance(baseline, candidate)
+    df = whole_df - df_lost
     if df < 1:
         nan = math.nan
         return RoundsEffect(math.exp(effect), Interval(nan, nan), nan, None, pairs, consistent)
+    variance *= whole_df / df
     total_df: float = df
     if prior is not None:
         if math.isinf(prior.df):
@@ -227,6 +232,29 @@ class RoundsJudgement:
     """Rounds on the baseline and on the candidate side."""
 
 
+def round_factors(
+    locations: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+) -> tuple[FloatArray, FloatArray] | None:
+    """Each round's shift shared by the classes (the machine's state in that round).
+
+    Per class, its locations are centred on their mean over all rounds; a round's
+    factor is the median of those deviations over the classes. None when fewer than
+    :data:`DRIFT_MIN_CLASSES` classes have every round, or rounds differ in number.
+    """
+    shapes = {(len(a), len(b)) for a, b in locations.values()}
+    if len(shapes) != 1 or len(locations) < DRIFT_MIN_CLASSES:
+        return None
+    na, nb = shapes.pop()
+    if na + nb < 3:
+        return None
+    matrix = np.array([[*a, *b] for a, b in locations.values()], dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        return None
+    deviations = matrix - matrix.mean(axis=1, keepdims=True)
+    factors = np.median(deviations, axis=0)
+    return factors[:na], factors[na:]
+
+
 def judge_rounds(
     locations: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
@@ -234,23 +262,37 @@ def judge_rounds(
 ) -> RoundsJudgement:
     """Test every class (key -> its baseline and candidate round locations).
 
-    Drift is estimated from the raw effects of all classes, then each class is
-    tested with it factored out, and the p-values are adjusted together.
+    The machine's state moves every class of a round together, so each round's
+    shared shift (:func:`round_factors`) is taken out of every class's locations
+    first: what is left is each class's own noise, and the shared part of the
+    difference between the sides is the drift (reported when nearly every class
+    points its way). With too few classes to tell a shared shift, drift is
+    estimated from the classes' raw effects instead. The p-values are adjusted
+    together.
     """
-    raw = {
-        key: float(np.mean(b) - np.mean(a))
-        for key, (a, b) in locations.items()
-        if len(a) and len(b)
-    }
+    usable = {k: (list(a), list(b)) for k, (a, b) in locations.items() if len(a) and len(b)}
+    raw = {key: float(np.mean(b) - np.mean(a)) for key, (a, b) in usable.items()}
     drift = estimate_drift(list(raw.values()))
+    factors = round_factors(usable)
+    lost = 0.0
     shift = math.log(drift.ratio) if drift is not None else 0.0
-    spreads = [pooled_variance(*locations[key]) for key in raw]
+    if factors is not None:
+        fa, fb = factors
+        usable = {
+            key: ((np.asarray(a) - fa).tolist(), (np.asarray(b) - fb).tolist())
+            for key, (a, b) in usable.items()
+        }
+        shared = float(fb.mean() - fa.mean())
+        if drift is not None:
+            drift = Drift(math.exp(shared), drift.share, drift.classes)
+        shift = 0.0  # the shared shift left with the round factors
+        lost = (len(fa) + len(fb) - 1) / len(usable)
+    spreads = [pooled_variance(*usable[key]) for key in usable]
     dfs = {df for _, df in spreads}
     prior = estimate_prior([v for v, _ in spreads], dfs.pop()) if len(dfs) == 1 else None
     effects = {
-        key: class_effect(a, b, drift=shift, alpha=alpha, prior=prior)
-        for key, (a, b) in locations.items()
-        if key in raw
+        key: class_effect(a, b, drift=shift, alpha=alpha, prior=prior, df_lost=lost)
+        for key, (a, b) in usable.items()
     }
     keys = list(effects)
     qs = benjamini_hochberg([effects[k].p_value for k in keys])
