@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -196,3 +197,19 @@ def test_inspect_cli(tmp_path: Path, pgtraffic_cmd: list[str]) -> None:
     ).stdout
     assert "peak concurrent sessions" in text
     assert "top classes by count" in text
+
+
+def test_a_jsonlog_and_its_hard_link_count_once(tmp_path: Path) -> None:
+    """Duplicate inputs are told by the file, whatever its format (#12)."""
+    from capture.overlaps import DUPLICATE
+
+    once, sqls = run(tmp_path, "pg18_edge.json")
+    log, link = tmp_path / "log.json", tmp_path / "link.json"
+    shutil.copyfile(LOGS / "pg18_edge.json", log)
+    os.link(log, link)
+    out = tmp_path / "twice.pgtw"
+    twice = capture([str(log), str(link)], out, CaptureOptions(jobs=1))
+    assert [s.sql for s in read_workload(out).statements()] == sqls
+    assert twice.statements == once.statements  # type: ignore[attr-defined]
+    records = (LOGS / "pg18_edge.json").read_bytes().count(b"\n{") + 1
+    assert twice.skipped[DUPLICATE] == records
