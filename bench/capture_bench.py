@@ -1,19 +1,23 @@
-"""Capture throughput: pgtraffic capture vs pgreplay -f and pgbadger on one pgbench csvlog.
+"""Capture throughput: pgtraffic capture vs pgreplay -f and pgbadger on one pgbench log.
 
-Generates (or reuses) a csvlog of at least --size-gb written by PostgreSQL 16
+Generates (or reuses) a csvlog (``--format stderr``: a stderr log with
+``log_line_prefix = '%m|%u|%d|%c|'``, the prefix pgreplay requires) of at least
+--size-gb written by PostgreSQL 16
 while pgbench runs in simple-protocol mode with log_statement=all,
 log_min_duration_statement=-1 and connection logging, then times, on that same
 file and in the same run:
 
-* ``pgreplay -f -c -o OUT LOG``  (parse-only mode of pgreplay),
-* ``pgbadger -j 2 -f csv -o OUT LOG``,
+* ``pgreplay -f -c -o OUT LOG``  (parse-only mode of pgreplay; no ``-c`` for stderr),
+* ``pgbadger -j 2 -f csv -o OUT LOG`` (``-f stderr -p PREFIX`` for stderr),
 * ``pgtraffic capture LOG -o OUT``,
 
-and reports statements/s for each (the statement count is pgtraffic's, so the
+``--runs N`` times each tool N times, alternating, and reports medians with
+ranges; it reports statements/s for each (the statement count is pgtraffic's, so the
 ratios are ratios of wall times), the CPU each used (cores busy on average),
 and pgtraffic's peak RSS summed over its process tree.
 
     python bench/capture_bench.py --size-gb 1 --workdir /tmp/pgtraffic-bench
+    python bench/capture_bench.py --format stderr --size-gb 1 --runs 3
 
 PostgreSQL 16 is used because pgreplay aborts on the ``Parameters:`` lines of
 17+ logs (not present in simple-mode logs, but kept comparable anyway).
@@ -37,25 +41,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def generate(log: Path, size_gb: float) -> None:
+STDERR_PREFIX = "%m|%u|%d|%c|"
+"""The one log_line_prefix pgreplay reads stderr logs with."""
+
+
+def generate(log: Path, size_gb: float, fmt: str = "csvlog") -> None:
     from pgtraffic.servers import Cluster, Profile
 
-    cluster = Cluster.create(
-        major=16,
-        profile=Profile.CAPTURE,
-        settings={"log_min_duration_statement": "-1", "max_connections": "50"},
-    )
+    settings = {"log_min_duration_statement": "-1", "max_connections": "50"}
+    if fmt == "stderr":
+        settings |= {"log_destination": "'stderr'", "log_line_prefix": f"'{STDERR_PREFIX}'"}
+    pattern = "*.csv" if fmt == "csvlog" else "*.log"
+    cluster = Cluster.create(major=16, profile=Profile.CAPTURE, settings=settings)
     try:
         cluster.run_tool("pgbench", "-i", "-q", "-s", "10")
         target = int(size_gb * (1 << 30))
         while True:
-            files = cluster.log_files()
+            files = cluster.log_files(pattern)
             size = sum(f.stat().st_size for f in files)
             print(f"  log size {size / (1 << 20):,.0f} MiB", flush=True)
             if size >= target:
                 break
             cluster.run_tool("pgbench", "-n", "-M", "simple", "-c", "8", "-j", "2", "-T", "20")
-        files = cluster.log_files()
+        files = cluster.log_files(pattern)
         assert len(files) == 1, files
         log.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(files[0]), log)
@@ -150,11 +158,60 @@ def count_statements(workload: Path) -> int:
     return read_workload(workload).header.counts["statements"]
 
 
+def _commands(args: argparse.Namespace, log: Path, work: Path) -> dict[str, list[str]]:
+    """The command of each tool timed, on the same file."""
+    out = work / "bench.pgtw"
+    cmds = {
+        "pgtraffic capture": [
+            sys.executable,
+            "-m",
+            "pgtraffic.cli",
+            "capture",
+            str(log),
+            "-o",
+            str(out),
+            "-q",
+            "--force",
+        ],
+    }
+    if not args.skip_peers:
+        flags = ["-c"] if args.format == "csvlog" else []
+        cmds["pgreplay -f" + (" -c" if flags else "")] = [
+            "pgreplay",
+            "-f",
+            *flags,
+            "-o",
+            str(work / "bench.replay"),
+            str(log),
+        ]
+    if not (args.skip_pgbadger or args.skip_peers):
+        fmt = ["-f", "csv"] if args.format == "csvlog" else ["-f", "stderr", "-p", STDERR_PREFIX]
+        cmds["pgbadger -j 2"] = [
+            "pgbadger",
+            "-j",
+            "2",
+            *fmt,
+            "-q",
+            "-o",
+            str(work / "bench.html"),
+            str(log),
+        ]
+    return cmds
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--format", choices=["csvlog", "stderr"], default="csvlog")
+    parser.add_argument("--runs", type=int, default=1, help="times each tool, alternating")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-bench"))
-    parser.add_argument("--log", type=Path, help="reuse this csvlog instead of generating one")
+    parser.add_argument("--log", type=Path, help="reuse this log instead of generating one")
     parser.add_argument("--skip-pgbadger", action="store_true")
     parser.add_argument("--skip-peers", action="store_true", help="time only pgtraffic")
     parser.add_argument(
@@ -163,47 +220,42 @@ def main() -> None:
     args = parser.parse_args()
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    log = args.log or work / "pgbench16.csv"
+    log = args.log or work / ("pgbench16.csv" if args.format == "csvlog" else "pgbench16.log")
     if not log.exists():
         print(f"generating {log} ({args.size_gb} GB)", flush=True)
-        generate(log, args.size_gb)
+        generate(log, args.size_gb, args.format)
     size = log.stat().st_size
     print(f"log: {log} ({size / (1 << 30):.2f} GiB), {os.cpu_count()} CPUs", flush=True)
+    cmds = _commands(args, log, work)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in cmds}
+    for k in range(args.runs):
+        for name, cmd in cmds.items():
+            runs[name].append(run(cmd, name, memory=not args.skip_memory and k == 0))
+    statements = count_statements(work / "bench.pgtw")
+    _table(runs, statements, size)
 
-    results: dict[str, dict[str, float]] = {}
-    out = work / "bench.pgtw"
-    results["pgtraffic capture"] = run(
-        [sys.executable, "-m", "pgtraffic.cli", "capture", str(log), "-o", str(out), "-q"],
-        "pgtraffic",
-        memory=not args.skip_memory,
-    )
-    statements = count_statements(out)
-    if args.skip_peers:
-        args.skip_pgbadger = True
-    else:
-        results["pgreplay -f -c"] = run(
-            ["pgreplay", "-f", "-c", "-o", str(work / "bench.replay"), str(log)],
-            "pgreplay",
-            memory=not args.skip_memory,
-        )
-    if not args.skip_pgbadger:
-        results["pgbadger -j 2"] = run(
-            ["pgbadger", "-j", "2", "-f", "csv", "-q", "-o", str(work / "bench.html"), str(log)],
-            "pgbadger",
-            memory=not args.skip_memory,
-        )
-    ours = results["pgtraffic capture"]["wall"]
-    print(f"\nstatements: {statements:,}; log {size / (1 << 20):,.0f} MiB\n")
+
+def _table(runs: dict[str, list[dict[str, float]]], statements: int, size: int) -> None:
+    ours = _median([r["wall"] for r in runs["pgtraffic capture"]])
     print(
-        "| tool | wall s | statements/s | MB/s | CPU cores busy | peak RSS MiB "
+        f"\nstatements: {statements:,}; log {size / (1 << 20):,.0f} MiB; medians of "
+        f"{len(runs['pgtraffic capture'])} runs\n"
+    )
+    print(
+        "| tool | wall s (median, range) | statements/s | MB/s | CPU cores busy | peak RSS MiB "
         "| peak PSS MiB | pgtraffic speed-up |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
+    for name, results in runs.items():
+        walls = [r["wall"] for r in results]
+        wall = _median(walls)
+        cpu = _median([r["cpu"] for r in results])
+        first = results[0]
         print(
-            f"| {name} | {r['wall']:.1f} | {statements / r['wall']:,.0f} | "
-            f"{size / 1e6 / r['wall']:.1f} | {r['cpu'] / r['wall']:.2f} | "
-            f"{r['rss'] / (1 << 20):,.0f} | {r['pss'] / (1 << 20):,.0f} | {r['wall'] / ours:.2f}x |"
+            f"| {name} | {wall:.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
+            f"{statements / wall:,.0f} | {size / 1e6 / wall:.1f} | {cpu / wall:.2f} | "
+            f"{first['rss'] / (1 << 20):,.0f} | {first['pss'] / (1 << 20):,.0f} | "
+            f"{wall / ours:.2f}x |"
         )
 
 
