@@ -32,6 +32,7 @@ from replay.connection import TargetInfo, TypeEntry, connect, probe_target, reso
 from replay.conninfo import ConnInfo
 from replay.engine import Progress, ReplayOptions, run_worker, shared_sync
 from replay.errors import ReplayError, TargetError, TargetRefusedError
+from replay.planner_stats import StatisticsGap, statistics_gap, workload_relations
 from replay.results import append_final_summary, create_results_file
 from replay.safety import (
     MARKER,
@@ -376,6 +377,8 @@ class ResultsHeader:
     """:meth:`ServerIdentity.to_json` of the target ({}: not read)."""
     read_only: bool = False
     """--read-only: the classes that may write were not sent."""
+    unanalyzed_tables: tuple[str, ...] = ()
+    """Tables the workload uses that had data but no planner statistics on the target."""
 
     @classmethod
     def for_run(
@@ -387,6 +390,7 @@ class ResultsHeader:
         workload_path: Path,
         start: dt.datetime,
         identity: ServerIdentity | None = None,
+        unanalyzed: tuple[str, ...] = (),
     ) -> ResultsHeader:
         schedule = options.schedule
         return cls(
@@ -405,6 +409,7 @@ class ResultsHeader:
             start_time=start.isoformat(),
             target_identity={} if identity is None else identity.to_json(),
             read_only=options.read_only,
+            unanalyzed_tables=unanalyzed,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -414,6 +419,7 @@ class ResultsHeader:
             map_user=dict(self.map_user),
             map_database=dict(self.map_database),
             target_identity=dict(self.target_identity),
+            unanalyzed_tables=list(self.unanalyzed_tables),
         )
 
     @classmethod
@@ -436,6 +442,7 @@ class ResultsHeader:
             start_time=str(obj.get("start_time", "")),
             target_identity=dict(obj.get("target_identity") or {}),
             read_only=bool(obj.get("read_only", False)),
+            unanalyzed_tables=tuple(str(t) for t in obj.get("unanalyzed_tables") or ()),
         )
 
 
@@ -478,6 +485,7 @@ def run_replay(
     *,
     on_status: Callable[[LiveStatus], None] | None = None,
     identity: ServerIdentity | None = None,
+    unanalyzed: tuple[str, ...] = (),
 ) -> FinalSummary:
     """Replay ``workload`` onto the target; returns the final summary (also in the file).
 
@@ -487,7 +495,13 @@ def run_replay(
     raise_open_file_limit(65536)
     start_wall = dt.datetime.now(dt.UTC)
     header = ResultsHeader.for_run(
-        workload, target, options, workload_path=workload.path, start=start_wall, identity=identity
+        workload,
+        target,
+        options,
+        workload_path=workload.path,
+        start=start_wall,
+        identity=identity,
+        unanalyzed=unanalyzed,
     )
     create_results_file(results_path, header.to_json())
     status = LiveStatus()
@@ -725,6 +739,8 @@ class TargetCheck:
     read_only: bool
     source: Mapping[str, Any]
     """The workload header's ``source`` ({}: the capture did not record it)."""
+    statistics: StatisticsGap = field(default_factory=lambda: StatisticsGap(()))
+    """Tables the workload uses that have no planner statistics on the target."""
 
     @property
     def is_source(self) -> bool:
@@ -756,22 +772,26 @@ def check_target(
     logins = session_logins(prepared.workload, options)
     created = created_names([*prepared.workload.classes.values(), *prepared.scan.unlisted.values()])
 
-    async def go() -> tuple[ServerIdentity, tuple[MissingLogin, ...]]:
+    relations = workload_relations(prepared.workload.classes.values())
+
+    async def go() -> tuple[ServerIdentity, tuple[MissingLogin, ...], StatisticsGap]:
         conn = await connect(dsn, timeout_s=timeout_s, fallback_application="pgtraffic")
         try:
-            return await read_identity(conn), await missing_logins(conn, logins, created)
+            identity = await read_identity(conn)
+            missing = await missing_logins(conn, logins, created)
+            return identity, missing, await statistics_gap(conn, relations)
         finally:
             await conn.close()
 
     try:
-        identity, missing = asyncio.run(go())
+        identity, missing, gap = asyncio.run(go())
     except Exception as exc:
         raise TargetError(
             f"cannot read the replay target's identity: {exc}",
             hint="check --target; the check reads pg_control_system(), pg_roles and pg_database",
         ) from exc
     source = getattr(prepared.workload.header, "source", None) or {}
-    return TargetCheck(identity, missing, prepared.writes, options.read_only, dict(source))
+    return TargetCheck(identity, missing, prepared.writes, options.read_only, dict(source), gap)
 
 
 def refuse_unsafe(check: TargetCheck, settings: ReplaySettings) -> None:
@@ -861,5 +881,6 @@ def replay_workload(
         target,
         on_status=on_status,
         identity=check.identity,
+        unanalyzed=check.statistics.tables,
     )
     return ReplayRun(results_path, target, prepared.plan, options, final, check)

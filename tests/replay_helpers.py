@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from capture.records import Session, Statement, StatementKind
+from capture.records import QueryClass, Session, Statement, StatementKind
 from capture.workload import Workload, WorkloadWriter, read_workload
 from pgtraffic.servers import Cluster
 from replay.results import Results, read_results
@@ -58,6 +58,7 @@ def write_workload(
     database: str = "postgres",
     connect: dict[str, int] | None = None,
     disconnect: dict[str, int] | None = None,
+    classes: Iterable[QueryClass] = (),
 ) -> Workload:
     """A workload file from statements (any order); sessions derived from them."""
     stmts = sorted(statements, key=lambda s: (s.offset_us, s.session, s.seq))
@@ -85,7 +86,7 @@ def write_workload(
             )
             for sid, n in counts.items()
         ],
-        classes=[],
+        classes=list(classes),
     )
     return read_workload(path)
 

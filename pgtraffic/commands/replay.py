@@ -374,6 +374,8 @@ def _approve(check: TargetCheck, err: Console, allow_writes: bool) -> bool:
     err.print(f"target identity: {ident.describe()}", highlight=False)
     for missing in check.missing:  # only here with --allow-missing-logins
         err.print(f"[yellow]warning:[/] login will fail: {missing.describe()}", highlight=False)
+    if check.statistics.tables:
+        err.print(f"[yellow]warning:[/] {check.statistics.warning()}", highlight=False)
     if check.read_only:
         skipped = len(check.writes.skipped_by_read_only)
         err.print(f"--read-only: {skipped} query classes that may write will not be sent")
