@@ -175,7 +175,7 @@ def demo_command(
         pgtraffic demo --seconds 20 --workdir /tmp/demo
         pgtraffic demo --candidate-version 16 --rounds 3      (A/A: should flag nothing)
         pgtraffic demo --candidate-version 16 --rounds 3 \\
-            --candidate-sql 'DROP INDEX index_issues_on_project_id_and_state_and_created_at'
+            --candidate-sql 'DROP INDEX index_merge_requests_on_author_id'
     """
     settings = opt.replay_settings(
         speed=speed,
