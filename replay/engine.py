@@ -829,6 +829,11 @@ class Replayer:
         self._remaining[session_id] = session.statements
         self.counters.sessions += 1
         runner = self._runners[session_id] = _SessionRunner(self, session, queue)
+        if session_id in self.workload.sessions and session.statements == 0:
+            # a connection that ran nothing (pgbench's first): it ends now, not when
+            # the whole workload is dispatched; later connections wait for it
+            queue.put(_END)
+            self._ended.add(session_id)
         task = asyncio.create_task(runner.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -318,3 +318,57 @@ def test_a_workload_without_sync_members_replays_without_sync(
     assert counters["sync_requested"] == "commit"
     report = build_report(results)
     assert any("--sync none" in w for w in report.warnings)
+
+
+def test_a_session_that_runs_nothing_disconnects_on_time(pg16: Cluster, tmp_path: Path) -> None:
+    """pgbench's first connection runs no statement; a later connection waits for its
+    disconnection. The session's end must not wait for the whole workload to be
+    dispatched (it did: the later connection then stalled until the end)."""
+    stmts = [sql_stmt("late", 0, 300, "SELECT 1")]
+    stmts += [sql_stmt("busy", k, k * 500, "SELECT 2") for k in range(7)]
+    path = tmp_path / "w.pgtw"
+    writer = WorkloadWriter(path)
+    for s in sorted(stmts, key=lambda s: (s.offset_us, s.session)):
+        writer.write(s)
+    sessions = [
+        Session(
+            "idle",
+            "postgres",
+            "postgres",
+            connect_us=0,
+            disconnect_us=100_000,
+            statements=0,
+            disconnect_order=1,
+        ),
+        Session(
+            "late",
+            "postgres",
+            "postgres",
+            connect_us=200_000,
+            disconnect_us=400_000,
+            statements=1,
+            disconnect_order=2,
+            after_disconnects=1,
+        ),
+        Session(
+            "busy",
+            "postgres",
+            "postgres",
+            connect_us=0,
+            disconnect_us=3_100_000,
+            statements=7,
+            disconnect_order=3,
+        ),
+    ]
+    writer.close(
+        capture_start=START,
+        capture_end=START + dt.timedelta(seconds=3.1),
+        sessions=sessions,
+        classes=[],
+        sync={"commits": 0, "disconnects": 3},
+    )
+    results = replay(read_workload(path), pg16, tmp_path / "r.pgtr", sync=SyncMode.COMMIT)
+    late = results.records[results.records["session"] == results.strings.index("late")]
+    assert late.size == 1
+    lag_us = int(late["start_us"][0]) - int(late["intended_us"][0])
+    assert lag_us < 1_000_000, f"the late session waited {lag_us / 1e6:.1f} s for the idle one"
