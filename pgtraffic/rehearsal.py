@@ -305,7 +305,8 @@ def rehearse(
         with rep.step(f"Replay onto the {title} server"):
             finals[label].append(replay_once(workload, dsns[label], path, settings, rep, label))
         results[label].append(path)
-    with rep.step("Compare the replays" + (" and their plans" if explain else "")):
+    what = "the two replays" if rounds == 1 else f"the {2 * rounds} replays across rounds"
+    with rep.step(f"Compare {what}" + (" and their plans" if explain else "")):
         comparison = compare_files(
             results["baseline"],
             results["candidate"],
