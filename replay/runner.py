@@ -78,6 +78,8 @@ class ReplaySettings:
     """Replay even though some logins (user@database) do not exist on the target."""
     target_is_copy: bool = False
     """The target has the source's system_identifier because it is a physical copy."""
+    allow_writes: bool = False
+    """Replay writes onto a server not marked as a replay target without asking."""
 
     def check(self) -> None:
         """UsageError when a setting is out of range."""
@@ -859,7 +861,8 @@ def replay_workload(
     Before anything is sent: a target that is the capture's source, or lacks logins
     the workload uses, is refused (:func:`refuse_unsafe`); then ``approve``, when
     given, sees the target's identity and what the workload writes and says whether
-    to go on (the CLI asks before writing onto an unprepared server). ``on_target`` is
+    to go on (the CLI asks before writing onto an unprepared server); without it,
+    writes onto an unprepared server are refused unless ``settings.allow_writes``. ``on_target`` is
     called once the target answered, before the first session starts (to show what is
     about to happen); ``on_status`` with live progress. The results file is complete
     when this returns, and readable when it raises.
@@ -870,8 +873,11 @@ def replay_workload(
     options = with_defaults(replace(prepared.options, conninfo=conninfo), target)
     check = check_target(conninfo, prepared, options)
     refuse_unsafe(check, settings)
-    if approve is not None and not approve(check):
-        raise unprepared_refusal(check)
+    if approve is not None:
+        if not approve(check):
+            raise unprepared_refusal(check)
+    elif check.unprepared_writes and not settings.allow_writes:
+        raise unprepared_refusal(check)  # nobody to ask (rehearse, capacity, the API)
     if on_target is not None:
         on_target(target, prepared.plan)
     final = run_replay(

@@ -17,6 +17,7 @@ import pytest
 from capture.records import Session
 from capture.workload import WorkloadWriter, read_workload
 from pgtraffic.servers import Cluster, Profile
+from replay.errors import TargetRefusedError
 from replay.results import read_results
 from replay.runner import ReplaySettings, inspect_target, prepare_replay, target_warnings
 from replay.sync import SyncMode
@@ -353,3 +354,22 @@ def test_max_connections_warning_counts_what_the_pace_opens(pg16: Cluster, tmp_p
     plan = prepare_replay(plain, ReplaySettings(max_speed=True, sync=SyncMode.COMMIT)).plan
     assert plan.replay_peak_sessions == count
     assert len(target_warnings(info, plan)) == 1
+
+
+def test_without_anyone_to_ask_writes_onto_an_unprepared_server_need_allow_writes(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """rehearse and capacity replay through the API with nobody to ask: writes onto a
+    server not marked as a replay target are refused unless allow_writes."""
+    target = make_cluster(16)
+    target.psql("ALTER DATABASE postgres SET pgtraffic.replay_target = off")
+    target.psql("CREATE TABLE t (x int)")
+    wl = write_workload(
+        tmp_path / "w.pgtw",
+        [simple("a", i, i * 100, f"INSERT INTO t VALUES ({i})") for i in range(3)],
+    )
+    with pytest.raises(TargetRefusedError, match="not marked as a replay target"):
+        replay(wl, target, tmp_path / "r.pgtr", max_speed=True)
+    assert target.psql("SELECT count(*) FROM t") == "0"
+    replay(wl, target, tmp_path / "r2.pgtr", max_speed=True, allow_writes=True)
+    assert target.psql("SELECT count(*) FROM t") == "3"

@@ -169,6 +169,7 @@ def capacity_command(
     sync_in_blocks: opt.SyncInBlocks = False,
     map_user: opt.MapUser = None,
     map_database: opt.MapDatabase = None,
+    allow_writes: opt.AllowWrites = False,
     as_json: opt.Json = False,
     html: opt.Html = None,
 ) -> None:
@@ -189,6 +190,7 @@ def capacity_command(
         sync_in_blocks=sync_in_blocks,
         map_user=map_user,
         map_database=map_database,
+        allow_writes=allow_writes,
     )
     scales = parse_scales(scale)
     if speeds is None:

@@ -435,6 +435,7 @@ def replay_settings(
     read_only: bool = False,
     allow_missing_logins: bool = False,
     target_is_copy: bool = False,
+    allow_writes: bool = False,
 ) -> ReplaySettings:
     """The replay options as the runner's ReplaySettings, checked."""
     from replay.runner import ReplaySettings
@@ -456,6 +457,7 @@ def replay_settings(
         read_only=read_only,
         allow_missing_logins=allow_missing_logins,
         target_is_copy=target_is_copy,
+        allow_writes=allow_writes,
     )
     settings.check()
     return settings

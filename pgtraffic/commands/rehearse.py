@@ -244,6 +244,7 @@ def rehearse_command(
         ),
     ] = False,
     rounds: opt.Rounds = 1,
+    allow_writes: opt.AllowWrites = False,
     reset_command: Annotated[
         str | None,
         typer.Option(
@@ -268,8 +269,10 @@ def rehearse_command(
     Both servers should hold the data as it was when the capture began (restore a
     backup or snapshot taken then). The two must be different servers (read from
     them: system identifier, data directory, start time): one server twice is
-    refused before anything runs, unless --allow-same-server. Exit codes are those of
-    `pgtraffic compare` (6 when a replay was incomplete, unless --allow-incomplete).
+    refused before anything runs, unless --allow-same-server; so are writes onto a server
+    not marked as a replay target (pgtraffic.replay_target = on), unless --allow-writes
+    (exit 7). Other exit codes are those of `pgtraffic compare` (6 when a replay was
+    incomplete, unless --allow-incomplete).
 
     With --rounds N each server is replayed N times (A B B A A B ...), --reset-command
     restoring its data before each replay, and the verdicts come from the spread
@@ -292,6 +295,7 @@ def rehearse_command(
         sync_in_blocks=sync_in_blocks,
         map_user=map_user,
         map_database=map_database,
+        allow_writes=allow_writes,
     )
     failures = opt.fail_on(fail_on)
     thresholds = opt.thresholds(min_ratio, min_delta_ms, alpha, min_samples)
