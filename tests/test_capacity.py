@@ -92,6 +92,7 @@ def test_without_a_reset_the_second_step_fails_and_is_not_sustained(
     assert sweep.knee.step in (0, None)  # None when the loaded machine made step 1 lag
 
 
+@pytest.mark.slow  # CI's time budget: the default run keeps a sibling
 def test_connections_running_out_is_what_breaks(make_cluster: Any, tmp_path: Path) -> None:
     """12 sessions, started 0.25 s apart, each running 10 statements of 80 ms 100 ms
     apart: at speed 1 about 4 are connected at once; time compression does not shorten
@@ -229,6 +230,7 @@ def test_scale_up_until_connections_run_out(
     assert report["sync"] == "ddl"  # capacity's default
 
 
+@pytest.mark.slow  # CI's time budget: the default run keeps a sibling
 def test_capacity_compare_puts_two_runs_side_by_side(
     make_cluster: Any, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:

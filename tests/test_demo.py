@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from pgtraffic.compare import Verdict
 from pgtraffic.rehearsal import DemoSettings, demo
@@ -46,6 +47,7 @@ def test_demo_flags_skip_scan_as_improved_with_a_changed_plan(tmp_path: Path) ->
     assert mine == []
 
 
+@pytest.mark.slow  # CI's time budget: the default run keeps a sibling
 def test_demo_cli_writes_the_report_and_keeps_servers(
     tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:

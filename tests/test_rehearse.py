@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pgtraffic.rehearsal import server_identity
 from pgtraffic.servers import Cluster, Profile
 from tests.conftest import ClusterFactory
@@ -144,6 +146,7 @@ def test_one_server_identity_tells_servers_apart(pg16: Cluster, pg18: Cluster) -
     assert a.system_identifier and a.data_directory == str(pg16.data_dir.resolve())
 
 
+@pytest.mark.slow  # CI's time budget: the default run keeps a sibling
 def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
     make_cluster: ClusterFactory, pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:

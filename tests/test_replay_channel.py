@@ -355,6 +355,7 @@ def test_extended_statements_on_the_channel(server: Cluster, tmp_path: Path) -> 
     }
 
 
+@pytest.mark.slow  # CI's time budget: the default run keeps a sibling
 def test_a_statement_with_forty_thousand_parameters(server: Cluster, tmp_path: Path) -> None:
     """Bulk statements can carry more than 32,767 parameters (the protocol's count
     is unsigned): they go through as the original client sent them."""
