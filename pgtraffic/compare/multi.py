@@ -67,7 +67,14 @@ def round_locations(
     runs = [*baseline, *candidate]
     if not runs:
         return {}
-    positions = _common_ok(runs)
+    return _locations(runs, _common_ok(runs), len(baseline))
+
+
+def _locations(
+    runs: Sequence[RunData], positions: Sequence[IntArray], baseline: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """:func:`round_locations` over ``positions`` (from :func:`_common_ok`); the first
+    ``baseline`` runs are the baseline's."""
     first = runs[0]
     pos0 = positions[0]
     classes = first.fingerprint[pos0]
@@ -79,7 +86,7 @@ def round_locations(
             for run, pos in zip(runs, positions, strict=True)
         ]
         key = first.fingerprints[int(cid)]
-        out[key] = (locs[: len(baseline)], locs[len(baseline) :])
+        out[key] = (locs[:baseline], locs[baseline:])
     return out
 
 
@@ -119,14 +126,16 @@ def apply_rounds(
     """The comparison of the first round of each side, its class verdicts replaced by
     verdicts across all rounds (errors, rows and plans stay the first rounds')."""
     th = first.thresholds
-    locations = round_locations(baseline, candidate)
+    runs = [*baseline, *candidate]
+    positions = _common_ok(runs)  # once: both the locations and the count use it
+    locations = _locations(runs, positions, len(baseline))
     judged = judge_rounds(locations, alpha=th.alpha)
     classes = sorted((_judged_class(c, judged, th) for c in first.classes), key=severity)
-    runs = tuple(
+    summaries = tuple(
         (f"{side} round {k + 1}", run_summary(run, th))
         for side, side_runs in (("baseline", baseline), ("candidate", candidate))
         for k, run in enumerate(side_runs)
     )
-    common = len(_common_ok([*baseline, *candidate])[0]) if baseline else 0
-    rounds = Rounds(len(baseline), len(candidate), judged.drift, runs, common)
+    common = len(positions[0])
+    rounds = Rounds(len(baseline), len(candidate), judged.drift, summaries, common)
     return dataclasses.replace(first, classes=tuple(classes), rounds=rounds)
