@@ -25,22 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from capture.pipeline import CaptureOptions, capture  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sync_bench import capture_workload  # noqa: E402
+
 from pgtraffic.servers import Cluster, Profile  # noqa: E402
 from tests.replay_helpers import run_quiet  # noqa: E402
-
-
-def capture_workload(seconds: int, rate: int, out: Path) -> None:
-    source = Cluster.create(major=16, profile=Profile.CAPTURE)
-    try:
-        run_quiet(source, "pgbench", "-i", "-q", "-s", "10")
-        source.run_tool(
-            "pgbench", "-n", "-N", "-c", "8", "-j", "2", "-R", str(rate), "-T", str(seconds)
-        )
-        time.sleep(0.6)
-        capture([str(p) for p in source.log_files()], out, CaptureOptions())
-    finally:
-        source.stop()
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capacity-bench-") as tmp:
         work = Path(tmp)
         workload = work / "w.pgtw"
-        capture_workload(args.seconds, args.rate, workload)
+        capture_workload(args.seconds, 8, workload, rate=args.rate)
         target = Cluster.create(major=16, profile=Profile.TARGET)
         try:
             run_quiet(target, "pgbench", "-i", "-q", "-s", "10")

@@ -29,11 +29,15 @@ from pgtraffic.servers import Cluster, Profile  # noqa: E402
 from tests.replay_helpers import run_quiet  # noqa: E402
 
 
-def capture_workload(seconds: int, clients: int, out: Path) -> None:
+def capture_workload(seconds: int, clients: int, out: Path, rate: int | None = None) -> None:
+    """pgbench -N (scale 10) captured from a fresh 16; ``rate``: pgbench -R (None: flat out)."""
     source = Cluster.create(major=16, profile=Profile.CAPTURE)
+    limit = [] if rate is None else ["-R", str(rate)]
     try:
         run_quiet(source, "pgbench", "-i", "-q", "-s", "10")
-        source.run_tool("pgbench", "-n", "-N", "-c", str(clients), "-j", "2", "-T", str(seconds))
+        source.run_tool(
+            "pgbench", "-n", "-N", "-c", str(clients), "-j", "2", *limit, "-T", str(seconds)
+        )
         time.sleep(0.6)
         capture([str(p) for p in source.log_files()], out, CaptureOptions())
     finally:
