@@ -116,7 +116,7 @@ def one_round(
         out = args.workdir / "capture.pgtw"
         out.unlink(missing_ok=True)
         row["capture_wall_s"], _ = timed(checkout, "capture", str(args.log), "-o", str(out))
-    common = ["--target", target.socket_dsn(), "--json", "--no-progress"]
+    common = ["--target", target.socket_dsn(), "--json", "--no-progress", "--force"]
     res = str(args.workdir / "r.pgtr")
     wall, text = timed(checkout, "replay", str(max_w), "-o", res, "--max-speed", *common)
     report = json.loads(text)

@@ -168,7 +168,11 @@ class _Bench:
         tgt = self.tgt
         pgbench_init(tgt, self.args.scale)
         dsn = tgt.socket_dsn()
-        return run(pgtraffic("replay", str(workload), "--target", dsn, "-o", str(results), *extra))
+        return run(
+            pgtraffic(
+                "replay", str(workload), "--target", dsn, "-o", str(results), "--force", *extra
+            )
+        )
 
     def pgtraffic_max(self) -> None:
         """``--max-speed``, then (unless skipped) the same through asyncpg's query path

@@ -60,6 +60,7 @@ def replay_once(workload: Path, target: Cluster, mode: str, out: Path) -> dict[s
         mode,
         "--json",
         "--no-progress",
+        "--force",
     ]
     began = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
