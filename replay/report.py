@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from capture.fields import field_dict
 from replay.fidelity import Fidelity, FidelityVerdict, judge_records, replayer_lag_us
 from replay.results import Results
 from replay.sqlstates import NO_CONNECTION
@@ -73,14 +74,7 @@ class LoginFailure:
     """Sessions whose first connection failed so."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "database": self.database,
-            "sqlstate": self.sqlstate,
-            "message": self.message,
-            "attempts": self.attempts,
-            "sessions": self.sessions,
-        }
+        return field_dict(self)
 
     def describe(self) -> str:
         return (

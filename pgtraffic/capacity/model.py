@@ -153,16 +153,7 @@ class Step:
         for name in self.__slots__:
             value = getattr(self, name)
             if name == "classes":
-                value = [
-                    {
-                        "fingerprint": c.fingerprint,
-                        "count": c.count,
-                        "p50_ms": c.p50_ms,
-                        "p95_ms": c.p95_ms,
-                        "p99_ms": c.p99_ms,
-                    }
-                    for c in value
-                ]
+                value = [field_dict(c) for c in value]
             elif name == "top_statements":
                 value = [t.to_json() for t in value]
             elif isinstance(value, Mapping):

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from capture.fields import field_dict
 from pgtraffic.capacity.sweep import Sweep
 from pgtraffic.compare.charts import svg_of
 
@@ -53,13 +54,7 @@ class KneeRow:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "knee_statements_per_s": self.knee_statements_per_s,
-            "load": self.load,
-            "ratio": self.ratio,
-            "reason": self.reason,
-        }
+        return field_dict(self)
 
 
 def knee_ratios(sweeps: Sequence[Sweep]) -> list[KneeRow]:
