@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +159,27 @@ def fetch(cluster: Cluster, sql: str) -> list[tuple[Any, ...]]:
 
 def environ_without_pg() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def run_cli(
+    cmd: Sequence[str],
+    *args: str,
+    timeout: float = 120,
+    columns: int | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (``pgtraffic_cmd``) with ``args``, capturing its text output, never
+    raising on its exit code; ``columns`` sets the terminal width its tables wrap at."""
+    environ = dict(os.environ if env is None else env)
+    if columns is not None:
+        environ["COLUMNS"] = str(columns)
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=environ,
+        cwd=cwd,
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,38 +10,34 @@ import pytest
 from pgtraffic.rehearsal import server_identity
 from pgtraffic.servers import Cluster, Profile
 from tests.conftest import ClusterFactory
+from tests.replay_helpers import run_cli
 from tests.test_compare import CLIENT, DB, _prepare
+
+
+def _captured_source(make_cluster: ClusterFactory, tmp_path: Path, *pgbench: str) -> list[str]:
+    """A capture-ready PostgreSQL 16 that logged pgbench running CLIENT (``pgbench``: its
+    options); its log files as rehearse's ``--log`` options."""
+    source = make_cluster(16, Profile.CAPTURE)
+    _prepare(source)
+    script = tmp_path / "client.pgbench"
+    script.write_text(CLIENT)
+    source.run_tool("pgbench", "--no-vacuum", *pgbench, "-f", str(script), dbname=DB)
+    return [arg for log in source.log_files() for arg in ("--log", str(log))]
 
 
 def test_rehearse_cli_end_to_end(
     make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:
-    source = make_cluster(16, Profile.CAPTURE)
-    _prepare(source)
-    script = tmp_path / "client.pgbench"
-    script.write_text(CLIENT)
-    source.run_tool(
-        "pgbench",
-        "--no-vacuum",
-        "-M",
-        "extended",
-        "-c",
-        "2",
-        "-t",
-        "60",
-        "-f",
-        str(script),
-        dbname=DB,
-    )
+    logs = _captured_source(make_cluster, tmp_path, "-M", "extended", "-c", "2", "-t", "60")
     baseline = make_cluster(16)
     candidate = make_cluster(18)
     _prepare(baseline)
     _prepare(candidate, drop_function=True)
     work = tmp_path / "rehearsal"
-    args = [*pgtraffic_cmd, "rehearse"]
-    for log in source.log_files():
-        args += ["--log", str(log)]
-    args += [
+    result = run_cli(
+        pgtraffic_cmd,
+        "rehearse",
+        *logs,
         "--baseline",
         baseline.dsn(DB),
         "--candidate",
@@ -55,32 +49,21 @@ def test_rehearse_cli_end_to_end(
         "pgbench",
         "--fail-on",
         "errors",
-    ]
-    result = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
         timeout=600,
-        check=False,
-        env=dict(os.environ, COLUMNS="120"),
+        columns=120,
     )
     # The missing function on the candidate fails the price() calls: new errors, 16 + 2.
     assert result.returncode == 18, result.stdout[-3000:] + result.stderr[-3000:]
     assert (work / "report.html").exists()
     assert (work / "workload.pgtw").exists()
-    out = subprocess.run(
-        [
-            *pgtraffic_cmd,
-            "compare",
-            str(work / "baseline.pgtr"),
-            str(work / "candidate.pgtr"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    out = run_cli(
+        pgtraffic_cmd,
+        "compare",
+        str(work / "baseline.pgtr"),
+        str(work / "candidate.pgtr"),
+        "--json",
     )
+    assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     new = [e for e in data["errors"] if e["change"] == "new"]
     assert {e["candidate_sqlstate"] for e in new} == {"42883"}
@@ -101,13 +84,7 @@ def test_bad_replay_options_are_refused_before_any_work(
         ["demo", "--workers", "65"],
     ]
     for argv in runs:
-        result = subprocess.run(
-            [*pgtraffic_cmd, *argv, *common],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_cli(pgtraffic_cmd, *argv, *common)
         assert result.returncode == 2, (argv, result.stdout, result.stderr)
         assert not work.exists()
 
@@ -122,14 +99,7 @@ def test_rehearse_refuses_one_server_twice(
     log.write_text("")
     for candidate in (pg16.dsn(), pg16.socket_dsn()):
         argv = ["rehearse", "--log", str(log), "--baseline", pg16.dsn(), "--candidate", candidate]
-        result = subprocess.run(
-            [*pgtraffic_cmd, *argv, "--workdir", str(work)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=dict(os.environ, COLUMNS="200"),
-        )
+        result = run_cli(pgtraffic_cmd, *argv, "--workdir", str(work), columns=200)
         err = " ".join(result.stderr.split())
         assert result.returncode == 2, result.stdout + result.stderr
         assert "--baseline and --candidate are the same server and database" in err
@@ -150,26 +120,13 @@ def test_one_server_identity_tells_servers_apart(pg16: Cluster, pg18: Cluster) -
 def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
     make_cluster: ClusterFactory, pg16: Cluster, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:
-    source = make_cluster(16, Profile.CAPTURE)
-    _prepare(source)
-    script = tmp_path / "client.pgbench"
-    script.write_text(CLIENT)
-    source.run_tool("pgbench", "--no-vacuum", "-c", "1", "-t", "20", "-f", str(script), dbname=DB)
+    logs = _captured_source(make_cluster, tmp_path, "-c", "1", "-t", "20")
     _prepare(pg16)
     work = tmp_path / "rehearsal"
-    args = [*pgtraffic_cmd, "rehearse", "--workdir", str(work), "--max-speed", "--no-explain"]
-    for log in source.log_files():
-        args += ["--log", str(log)]
+    args = ["rehearse", "--workdir", str(work), "--max-speed", "--no-explain", *logs]
     args += ["--baseline", pg16.dsn(DB), "--candidate", pg16.dsn(DB), "--allow-same-server"]
     args += ["--application", "pgbench"]
-    result = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=dict(os.environ, COLUMNS="200"),
-    )
+    result = run_cli(pgtraffic_cmd, *args, timeout=600, columns=200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = " ".join(result.stdout.split())
     assert "baseline and candidate are the same server" in out
@@ -180,39 +137,24 @@ def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
 def test_rehearse_rounds_reset_before_every_replay_in_balanced_order(
     make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:
-    source = make_cluster(16, Profile.CAPTURE)
-    _prepare(source)
-    script = tmp_path / "client.pgbench"
-    script.write_text(CLIENT)
-    source.run_tool("pgbench", "--no-vacuum", "-c", "2", "-t", "40", "-f", str(script), dbname=DB)
+    logs = _captured_source(make_cluster, tmp_path, "-c", "2", "-t", "40")
     baseline, candidate = make_cluster(16), make_cluster(16)
     _prepare(baseline)
     _prepare(candidate)
     work = tmp_path / "rehearsal"
     resets = tmp_path / "resets.txt"
-    args = [*pgtraffic_cmd, "rehearse", "--rounds", "2"]
-    for log in source.log_files():
-        args += ["--log", str(log)]
+    args = ["rehearse", "--rounds", "2", *logs]
     args += ["--baseline", baseline.dsn(DB), "--candidate", candidate.dsn(DB)]
     args += ["--workdir", str(work), "--max-speed", "--application", "pgbench", "--no-explain"]
     args += ["--reset-command", f'echo "$PGTRAFFIC_SIDE" >> {resets}']
-    result = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=dict(os.environ, COLUMNS="120"),
-    )
+    result = run_cli(pgtraffic_cmd, *args, timeout=600, columns=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # A B B A, a reset before each replay
     assert resets.read_text().split() == ["baseline", "candidate", "candidate", "baseline"]
     for name in ("baseline", "baseline-2", "candidate", "candidate-2"):
         assert (work / f"{name}.pgtr").exists()
     assert "2 baseline and 2 candidate rounds" in " ".join(result.stdout.split())
-    failing = subprocess.run(
-        [*args[:-1], "exit 3"], capture_output=True, text=True, timeout=600, check=False
-    )
+    failing = run_cli(pgtraffic_cmd, *args[:-1], "exit 3", timeout=600)
     assert failing.returncode == 1
     assert "the reset command failed for the baseline (exit 3)" in " ".join(failing.stderr.split())
     assert "Traceback" not in failing.stderr
