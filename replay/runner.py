@@ -46,6 +46,7 @@ from replay.safety import (
 )
 from replay.schedule import Schedule, idle_gaps, peak_concurrency
 from replay.sync import DEFAULT_SYNC_TIMEOUT_S, SyncMode, effective_mode
+from replay.target_contents import DatabaseContents, read_databases
 
 START_DELAY_S = 0.3
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -381,6 +382,10 @@ class ResultsHeader:
     """--read-only: the classes that may write were not sent."""
     unanalyzed_tables: tuple[str, ...] = ()
     """Tables the workload uses that had data but no planner statistics on the target."""
+    databases: Mapping[str, Any] | None = None
+    """Each database the sessions log in to: :meth:`DatabaseContents.to_json` (its
+    size and extensions), read before the start (None: not read, as in files written
+    before pgtraffic read them)."""
 
     @classmethod
     def for_run(
@@ -393,6 +398,7 @@ class ResultsHeader:
         start: dt.datetime,
         identity: ServerIdentity | None = None,
         unanalyzed: tuple[str, ...] = (),
+        databases: Mapping[str, DatabaseContents] | None = None,
     ) -> ResultsHeader:
         schedule = options.schedule
         return cls(
@@ -412,6 +418,9 @@ class ResultsHeader:
             target_identity={} if identity is None else identity.to_json(),
             read_only=options.read_only,
             unanalyzed_tables=unanalyzed,
+            databases=None
+            if databases is None
+            else {name: db.to_json() for name, db in databases.items()},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -422,6 +431,7 @@ class ResultsHeader:
             map_database=dict(self.map_database),
             target_identity=dict(self.target_identity),
             unanalyzed_tables=list(self.unanalyzed_tables),
+            databases=None if self.databases is None else dict(self.databases),
         )
 
     @classmethod
@@ -445,6 +455,7 @@ class ResultsHeader:
             target_identity=dict(obj.get("target_identity") or {}),
             read_only=bool(obj.get("read_only", False)),
             unanalyzed_tables=tuple(str(t) for t in obj.get("unanalyzed_tables") or ()),
+            databases=dict(dbs) if isinstance(dbs := obj.get("databases"), Mapping) else None,
         )
 
 
@@ -488,6 +499,7 @@ def run_replay(
     on_status: Callable[[LiveStatus], None] | None = None,
     identity: ServerIdentity | None = None,
     unanalyzed: tuple[str, ...] = (),
+    databases: Mapping[str, DatabaseContents] | None = None,
 ) -> FinalSummary:
     """Replay ``workload`` onto the target; returns the final summary (also in the file).
 
@@ -504,6 +516,7 @@ def run_replay(
         start=start_wall,
         identity=identity,
         unanalyzed=unanalyzed,
+        databases=databases,
     )
     create_results_file(results_path, header.to_json())
     status = LiveStatus()
@@ -743,6 +756,8 @@ class TargetCheck:
     """The workload header's ``source`` ({}: the capture did not record it)."""
     statistics: StatisticsGap = field(default_factory=lambda: StatisticsGap(()))
     """Tables the workload uses that have no planner statistics on the target."""
+    databases: Mapping[str, DatabaseContents] = field(default_factory=dict)
+    """Size and extensions of each database the sessions log in to."""
 
     @property
     def is_source(self) -> bool:
@@ -776,24 +791,30 @@ def check_target(
 
     relations = workload_relations(prepared.workload.classes.values())
 
-    async def go() -> tuple[ServerIdentity, tuple[MissingLogin, ...], StatisticsGap]:
+    async def go() -> tuple[
+        ServerIdentity, tuple[MissingLogin, ...], StatisticsGap, dict[str, DatabaseContents]
+    ]:
         conn = await connect(dsn, timeout_s=timeout_s, fallback_application="pgtraffic")
         try:
             identity = await read_identity(conn)
             missing = await missing_logins(conn, logins, created)
-            return identity, missing, await statistics_gap(conn, relations)
+            gap = await statistics_gap(conn, relations)
+            used = {database for _, database in logins if database}
+            return identity, missing, gap, await read_databases(conn, used, dsn, timeout_s)
         finally:
             await conn.close()
 
     try:
-        identity, missing, gap = asyncio.run(go())
+        identity, missing, gap, databases = asyncio.run(go())
     except Exception as exc:
         raise TargetError(
             f"cannot read the replay target's identity: {exc}",
             hint="check --target; the check reads pg_control_system(), pg_roles and pg_database",
         ) from exc
     source = getattr(prepared.workload.header, "source", None) or {}
-    return TargetCheck(identity, missing, prepared.writes, options.read_only, dict(source), gap)
+    return TargetCheck(
+        identity, missing, prepared.writes, options.read_only, dict(source), gap, databases
+    )
 
 
 def refuse_unsafe(check: TargetCheck, settings: ReplaySettings) -> None:
@@ -888,5 +909,6 @@ def replay_workload(
         on_status=on_status,
         identity=check.identity,
         unanalyzed=check.statistics.tables,
+        databases=check.databases,
     )
     return ReplayRun(results_path, target, prepared.plan, options, final, check)

@@ -79,6 +79,8 @@ def noise_lines(c: Comparison) -> list[str]:
     if c.targets:
         lines.append("the targets differ in more than the version:")
         lines += [f"  {line}" for line in c.targets.lines()]
+    if c.targets is not None:
+        lines += [f"unknown whether the targets differ: {note}" for note in c.targets.unknown]
     return lines
 
 
