@@ -64,8 +64,8 @@ def test_extensions_on_one_side_or_in_another_version_are_listed() -> None:
 @pytest.mark.parametrize(
     ("base_mb", "cand_mb", "listed"),
     [
-        (7.3, 7.7, False),  # empty databases of two major versions
-        (7.5, 15.0, False),  # twice as big, but under 8 MB apart
+        (6.9, 7.1, False),  # empty databases on 16 and 18
+        (7.0, 14.5, False),  # twice as big, but under 8 MB apart
         (100, 119, False),  # 19 MB apart, but under 20%
         (100, 125, True),
         (500, 100, True),
