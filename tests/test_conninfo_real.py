@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from replay.results import read_results
 from replay.runner import ReplaySettings, replay_workload
 from replay.sync import SyncMode
 from tests.conftest import ClusterFactory
-from tests.replay_helpers import outcomes, simple, write_workload
+from tests.replay_helpers import outcomes, run_cli, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")
 
@@ -166,13 +165,8 @@ def test_malformed_target_is_a_usage_error_without_traceback(
         ("postgresql://u:secret@db:notaport/x", 'invalid port "notaport"'),
         ("host='db", "unterminated quoted string"),
     ):
-        result = subprocess.run(
-            [*pgtraffic_cmd, "replay", str(workload), "--target", target, "-o", "r.pgtr"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-            check=False,
+        result = run_cli(
+            pgtraffic_cmd, "replay", str(workload), "--target", target, "-o", "r.pgtr", cwd=tmp_path
         )
         assert result.returncode == 2, result.stderr
         assert part in result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import psycopg
@@ -15,6 +14,7 @@ from pgtraffic.rehearsal import DemoSettings, demo
 from pgtraffic.scenario import get_scenario
 from pgtraffic.servers import registry
 from tests.conftest import require_version
+from tests.replay_helpers import run_cli
 
 
 def test_demo_flags_skip_scan_as_improved_with_a_changed_plan(tmp_path: Path) -> None:
@@ -55,26 +55,8 @@ def test_demo_cli_writes_the_report_and_keeps_servers(
     require_version(18)
     work = tmp_path / "demo"
     env = dict(os.environ, COLUMNS="120", PGTRAFFIC_STATE_DIR=str(tmp_path / "state"))
-    result = subprocess.run(
-        [
-            *pgtraffic_cmd,
-            "demo",
-            "--seconds",
-            "5",
-            "--scale",
-            "0.02",
-            "--rate",
-            "40",
-            "--workdir",
-            str(work),
-            "--keep",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=env,
-    )
+    argv = ["demo", "--seconds", "5", "--scale", "0.02", "--rate", "40", "--workdir", str(work)]
+    result = run_cli(pgtraffic_cmd, *argv, "--keep", timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (work / "report.html").exists()
     assert "HTML report:" in result.stdout
@@ -93,13 +75,6 @@ def test_demo_cli_writes_the_report_and_keeps_servers(
             with psycopg.connect(dsn, connect_timeout=10) as conn:
                 assert conn.execute("SELECT count(*) FROM projects").fetchone() is not None
     finally:
-        stopped = subprocess.run(
-            [*pgtraffic_cmd, "servers", "stop", "--all"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env=env,
-        )
+        stopped = run_cli(pgtraffic_cmd, "servers", "stop", "--all", timeout=300, env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.count("stopped (fast)") == 3
