@@ -63,6 +63,30 @@ def _sweep_inserts(
     return target, sweep
 
 
+def _six_client_target(make_cluster: Any) -> Cluster:
+    """A new target with room for 6 client connections (9, 3 of them kept for superusers)."""
+    target: Cluster = make_cluster(
+        16,
+        Profile.TARGET,
+        settings={"max_connections": "9", "superuser_reserved_connections": "3"},
+    )
+    return target
+
+
+def _sleepers(path: Path, sessions: int, gap_us: int, sleep_s: str, stay_us: int) -> Workload:
+    """``sessions`` read-only sessions connecting ``gap_us`` apart, each running 10
+    ``pg_sleep(sleep_s)`` 100 ms apart and disconnecting ``stay_us`` after it connected."""
+    names = [f"s{s:0{len(str(sessions - 1))}d}" for s in range(sessions)]  # s0.. or s00..
+    stmts = [
+        simple(name, i, s * gap_us + i * 100_000, f"SELECT pg_sleep({sleep_s})")
+        for s, name in enumerate(names)
+        for i in range(10)
+    ]
+    connect = {name: s * gap_us for s, name in enumerate(names)}
+    disconnect = {name: s * gap_us + stay_us for s, name in enumerate(names)}
+    return write_workload(path, stmts, connect=connect, disconnect=disconnect)
+
+
 def test_template_reset_gives_every_step_the_same_start(make_cluster: Any, tmp_path: Path) -> None:
     target, sweep = _sweep_inserts(make_cluster, tmp_path, (1.0, 2.0, 4.0), ResetMode.TEMPLATE)
     assert [s.speed for s in sweep.steps] == [1.0, 2.0, 4.0]
@@ -98,19 +122,8 @@ def test_connections_running_out_is_what_breaks(make_cluster: Any, tmp_path: Pat
     apart: at speed 1 about 4 are connected at once; time compression does not shorten
     the statements, so at speed 4 (a session every 62 ms, each busy 0.8 s) about 13
     would be, and the target has room for 6 client connections."""
-    target: Cluster = make_cluster(
-        16,
-        Profile.TARGET,
-        settings={"max_connections": "9", "superuser_reserved_connections": "3"},
-    )
-    stmts = [
-        simple(f"s{s:02d}", i, s * 250_000 + i * 100_000, "SELECT pg_sleep(0.08)")
-        for s in range(12)
-        for i in range(10)
-    ]
-    connect = {f"s{s:02d}": s * 250_000 for s in range(12)}
-    disconnect = {f"s{s:02d}": s * 250_000 + 1_000_000 for s in range(12)}
-    workload = write_workload(tmp_path / "w.pgtw", stmts, connect=connect, disconnect=disconnect)
+    target = _six_client_target(make_cluster)
+    workload = _sleepers(tmp_path / "w.pgtw", 12, 250_000, "0.08", 1_000_000)
     sweep = run_sweep(
         workload.path,
         target.dsn(),
@@ -182,19 +195,8 @@ def test_scale_up_until_connections_run_out(
     """3 concurrent read-only sessions, each 10 statements of 50 ms 100 ms apart; the
     target has 9 connections (the sweep's own sampler takes one): x2 (6 sessions)
     fits, x4 (12) does not, and the report says connections ran out."""
-    target: Cluster = make_cluster(
-        16,
-        Profile.TARGET,
-        settings={"max_connections": "9", "superuser_reserved_connections": "3"},
-    )
-    stmts = [
-        simple(f"s{s}", i, s * 20_000 + i * 100_000, "SELECT pg_sleep(0.05)")
-        for s in range(3)
-        for i in range(10)
-    ]
-    connect = {f"s{s}": s * 20_000 for s in range(3)}
-    disconnect = {f"s{s}": s * 20_000 + 1_050_000 for s in range(3)}
-    workload = write_workload(tmp_path / "w.pgtw", stmts, connect=connect, disconnect=disconnect)
+    target = _six_client_target(make_cluster)
+    workload = _sleepers(tmp_path / "w.pgtw", 3, 20_000, "0.05", 1_050_000)
     html = tmp_path / "cap.html"
     done = _cli(
         pgtraffic_cmd,
