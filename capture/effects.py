@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pglast
 from pglast import ast
-from pglast.enums import ObjectType, TransactionStmtKind
+from pglast.enums import AlterTableType, ConstrType, ObjectType, TransactionStmtKind
+
+from capture.rowkeys import KeyPlan, plan_of
 
 
 class Control(enum.IntEnum):
@@ -69,6 +71,13 @@ class Effect:
     autocommit: tuple[frozenset[str], bool] | None
     """One step that may write and controls nothing: what it commits when it runs
     outside a transaction block, ``(written, writes_global)``; None otherwise."""
+    keys: KeyPlan | None = None
+    """How to find the rows it touches (capture/rowkeys.py), for a single plain
+    statement that is not global; None: it is ordered by relation."""
+    couples: frozenset[str] = frozenset()
+    """Relations this DDL ties to others, so that writing one may change or check
+    rows of another (a foreign key, a view, a trigger, a rule, a policy, a
+    partition or inheritance): from then on they are not ordered by row."""
 
 
 READ_ONLY_FUNCTIONS = frozenset(
@@ -310,6 +319,34 @@ def combine(steps: tuple[Step, ...]) -> Effect:
     )
 
 
+_COUPLING = (
+    ast.ViewStmt,
+    ast.CreateTrigStmt,
+    ast.RuleStmt,
+    ast.CreatePolicyStmt,
+    ast.AlterPolicyStmt,
+)
+"""DDL that always ties the relations it names together."""
+_COUPLING_ALTERS = frozenset({AlterTableType.AT_AttachPartition, AlterTableType.AT_AddInherit})
+
+
+def couplings(node: ast.Node) -> frozenset[str]:
+    """The relations ``node`` (one parsed statement) ties together, if it is such DDL."""
+    tied = isinstance(node, _COUPLING)
+    if isinstance(node, ast.CreateStmt):
+        tied = bool(node.inhRelations or node.partbound)
+    for item in _walk(node) if not tied else ():
+        if isinstance(item, ast.Constraint) and item.contype == ConstrType.CONSTR_FOREIGN:
+            tied = True
+            break
+        if isinstance(item, ast.AlterTableCmd) and item.subtype in _COUPLING_ALTERS:
+            tied = True
+            break
+    if not tied or not isinstance(node, (ast.CreateStmt, ast.AlterTableStmt, *_COUPLING)):
+        return frozenset()
+    return frozenset(n.relname for n in _walk(node) if isinstance(n, ast.RangeVar) and n.relname)
+
+
 def classify(sql: str) -> Effect:
     """The effect of one statement record's text (several statements allowed)."""
     try:
@@ -317,10 +354,19 @@ def classify(sql: str) -> Effect:
     except Exception:  # pglast raises ParseError, and a few others on odd input
         return combine((UNPARSABLE,))
     steps: list[Step] = []
+    couples: set[str] = set()
     for item in raw:
         if item.stmt is not None:
             steps.extend(statement_steps(item.stmt))
-    return combine(tuple(steps))
+            couples.update(couplings(item.stmt))
+    effect = combine(tuple(steps))
+    if couples:
+        effect = replace(effect, couples=frozenset(couples))
+    if len(steps) == 1 and not effect.is_global and effect.control is Control.NONE:
+        plan = plan_of(sql)
+        if plan is not None:
+            effect = replace(effect, keys=plan)
+    return effect
 
 
 def effect_of(sql: str, parsed: bool) -> Effect:

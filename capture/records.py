@@ -55,6 +55,9 @@ class Statement:
     """Commits 1..after were seen complete in the log before it started."""
     after_objects: int = 0
     """The latest of those that wrote a relation it touches, or was global (<= after)."""
+    after_rows: int = 0
+    """The latest commit that wrote rows it touches, by key where it has one, else by
+    relation (docs/workload-format.md; present when the header's sync has ``rows``)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,6 +85,8 @@ class Statement:
             out["after"] = self.after
         if self.after_objects:
             out["after_objects"] = self.after_objects
+        if self.after_rows:
+            out["after_rows"] = self.after_rows
         return out
 
     @classmethod
@@ -102,6 +107,7 @@ class Statement:
             commit=obj.get("commit", 0),
             after=obj.get("after", 0),
             after_objects=obj.get("after_objects", 0),
+            after_rows=obj.get("after_rows", 0),
         )
 
 
@@ -222,7 +228,8 @@ class WorkloadHeader:
     workload_id: str = ""
     """A digest of the statements: results files name it to prove what they replayed."""
     sync: dict[str, int] = field(default_factory=dict)
-    """``{"commits": K, "disconnects": J}``: the commit clock's totals ({} in version 1)."""
+    """``{"commits": K, "disconnects": J, "rows": 1}``: the commit clock's totals ({} in
+    version 1); ``rows`` says the statements carry ``after_rows`` (absent before)."""
     source: dict[str, Any] = field(default_factory=dict)
     """The source server's identity when capture could read it (``--source-dsn``):
     system_identifier, server_version, host, port, data_directory, cluster_name ({}: unknown)."""

@@ -47,6 +47,8 @@ from capture.filters import Filters
 from capture.messages import placeholder_count
 from capture.normalize import fingerprint as compute_fingerprint
 from capture.records import Session, StatementKind
+from capture.rowclock import RowClock, Write
+from capture.rowkeys import Access, key_values
 
 _COPY_FROM_STDIN = re.compile(r"(?is)\bcopy\b[^;]*?\bfrom\s+stdin\b")
 
@@ -83,6 +85,9 @@ EVIDENCE_KEPT = 100_000
 """Commits whose evidence time is remembered (for statements logged at their end)."""
 HISTORY_KEPT = 64
 """Commit numbers remembered per relation written."""
+BLOCK_KEPT = 1_000
+"""Statements of one transaction block remembered to find what its BEGIN waits for
+(``after_rows``); a longer block's BEGIN waits for every commit before it."""
 
 
 class OpenStatement:
@@ -91,6 +96,7 @@ class OpenStatement:
     __slots__ = (
         "after",
         "after_objects",
+        "after_rows",
         "closed",
         "commit",
         "duration_us",
@@ -103,6 +109,9 @@ class OpenStatement:
         "params_truncated",
         "parsed",
         "pending",
+        "row_key",
+        "row_writes",
+        "rows_fallback",
         "seq",
         "session",
         "sql",
@@ -144,9 +153,17 @@ class OpenStatement:
         self.params_json: str | None = None
         self.after = 0
         self.after_objects = 0
+        self.after_rows = 0
+        """Commits 1..after_rows must be done before it, by row (``--sync rows``)."""
+        self.rows_fallback = 0
+        """``after_rows`` if it turns out to have failed: ordered by relation then."""
+        self.row_key: Write | None = None
+        """The rows it writes, when it writes by key."""
         self.commit = 0
         self.pending: tuple[AbstractSet[str], bool] | None = None
         """A commit waiting for its number: (relations written, global)."""
+        self.row_writes: tuple[list[Write], set[str]] | None = None
+        """With ``pending``: the rows it commits by key, and the relations without."""
 
     def encode(self, offset_us: int) -> str:
         """The statement record as a JSON line, as ``Statement.to_json`` would give it."""
@@ -189,7 +206,16 @@ class OpenStatement:
             out += f',"after":{self.after}'
         if self.after_objects:
             out += f',"after_objects":{self.after_objects}'
+        rows = self.rows_value()
+        if rows:
+            out += f',"after_rows":{rows}'
         return out
+
+    def rows_value(self) -> int:
+        """``after_rows`` as written: a statement that failed in the capture may have
+        failed because of rows its key does not name (a unique or foreign key), so
+        it is ordered by relation."""
+        return self.after_rows if self.sqlstate is None else self.rows_fallback
 
     def __lt__(self, other: OpenStatement) -> bool:
         return self.start_us < other.start_us
@@ -207,7 +233,9 @@ def _session_json(session: str) -> str:
 class _SessionState:
     __slots__ = (
         "after_disconnects",
+        "begin",
         "block",
+        "block_statements",
         "connect_after",
         "connect_after_objects",
         "connect_us",
@@ -219,6 +247,8 @@ class _SessionState:
         "proto",
         "statements",
         "tx_global",
+        "tx_keyed",
+        "tx_unkeyed",
         "tx_written",
     )
 
@@ -235,6 +265,13 @@ class _SessionState:
         self.tx_written: set[str] | None = None
         """What the open transaction may have written so far (None: nothing)."""
         self.tx_global = False
+        self.tx_keyed: list[Write] = []
+        """Rows the open transaction wrote by key so far."""
+        self.tx_unkeyed: set[str] = set()
+        """Relations the open transaction wrote without a key so far."""
+        self.begin: OpenStatement | None = None
+        """The BEGIN of the open block, while its ``after_rows`` may still be lowered."""
+        self.block_statements: list[OpenStatement] = []
         self.connect_after = 0
         self.connect_after_objects = 0
         self.after_disconnects = 0
@@ -297,6 +334,12 @@ class StatementTracker:
         """Relation name to the latest commit that wrote it."""
         self._global: list[int] = [0]
         """The latest global commit numbers, ascending (0: none)."""
+        self._row_clock = RowClock()
+        """Which commit last wrote which rows (``after_rows``)."""
+        self._coupled: set[str] = set()
+        """Relations DDL in the log tied to others (capture.effects.couplings)."""
+        self._rows_global: list[int] = [0]
+        """The latest commits that are global by row: global, or wrote a coupled relation."""
 
     # --- input -----------------------------------------------------------------
 
@@ -321,7 +364,7 @@ class StatementTracker:
                 self.feed(event)
             return
         sessions, effects = self.sessions.get, self._effects.get
-        feed, transit, number = self.feed, self._transit, self._number
+        feed, transit, number, by_row = self.feed, self._transit, self._number, self._by_row
         last_write, global_commits = self._last_write.get, self._global
         tail = self._tail
         append = tail.append
@@ -372,6 +415,7 @@ class StatementTracker:
                         if k > m:
                             m = k
                     stmt.after_objects = m
+            by_row(state, stmt, effect, n)
             if not effect.inert:
                 transit(state, stmt, effect, ts_us)
             order += 1
@@ -603,8 +647,57 @@ class StatementTracker:
                 for relation in effect.relations:
                     m = max(m, self._last_write.get(relation, 0))
                 stmt.after_objects = m
+        self._by_row(state, stmt, effect, stmt.after, logged_at_end)
         if not effect.inert:
             self._transit(state, stmt, effect, ts_us)
+
+    def _by_row(
+        self,
+        state: _SessionState,
+        stmt: OpenStatement,
+        effect: Effect,
+        n: int,
+        logged_at_end: bool = False,
+    ) -> None:
+        """The row clock's part of opening ``stmt`` (after its ``after_objects``):
+        its ``after_rows``, and the rows it writes by key (docs/workload-format.md)."""
+        coupled = self._coupled
+        if effect.couples:
+            coupled.update(effect.couples)
+        if effect.is_global or len(effect.steps) > 1 or not coupled.isdisjoint(effect.relations):
+            value = fallback = n
+        else:
+            value = fallback = max(stmt.after_objects, _latest(self._rows_global, n))
+            plan = effect.keys
+            values = None if plan is None else key_values(plan, stmt.sql, stmt.params)
+            if plan is not None and values is not None:
+                if plan.writes:
+                    stmt.row_key = (plan, values)
+                if not logged_at_end:  # the clock holds the present, not the past
+                    clock = self._row_clock
+                    if plan.access is Access.INSERT:
+                        found = clock.inserting(plan.relation)
+                    else:
+                        found = clock.keyed(plan, values)
+                    value = min(fallback, max(found, self._rows_global[-1]))
+        stmt.after_rows, stmt.rows_fallback = value, fallback
+        if state.begin is not None:
+            if len(state.block_statements) < BLOCK_KEPT:
+                state.block_statements.append(stmt)
+            else:
+                state.begin = None  # too long to follow: its BEGIN waits for every commit
+
+    def _end_block(self, state: _SessionState) -> None:
+        """The block of ``state`` ends: its BEGIN waits only for the commits before it
+        that wrote rows its statements touch (when the BEGIN is not written yet)."""
+        begin, statements = state.begin, state.block_statements
+        state.begin, state.block_statements = None, []
+        if begin is None or begin.emitted:
+            return
+        value = begin.rows_fallback
+        for stmt in statements:
+            value = max(value, stmt.rows_value())
+        begin.after_rows = min(begin.after, value)
 
     def _transit(
         self, state: _SessionState, stmt: OpenStatement, effect: Effect, ts_us: int
@@ -612,28 +705,43 @@ class StatementTracker:
         """Follow the session's transaction through ``stmt``: is it a commit?"""
         control = effect.control
         if effect.autocommit is not None:  # one statement that may write
+            key = stmt.row_key
             if not state.block:
                 stmt.pending = effect.autocommit
-            elif state.tx_written is None:
-                state.tx_written = set(effect.written)  # remembered for the COMMIT
+                stmt.row_writes = None if key is None else ([key], set())
             else:
-                state.tx_written.update(effect.written)
+                if state.tx_written is None:
+                    state.tx_written = set(effect.written)  # remembered for the COMMIT
+                else:
+                    state.tx_written.update(effect.written)
+                if key is None:
+                    state.tx_unkeyed.update(effect.written)
+                else:
+                    state.tx_keyed.append(key)
             if effect.writes_global and state.block:
                 state.tx_global = True
         elif control is _BEGIN:
             state.block = True
             # replay waits at a block's start, not inside it (no wait while holding
             # row locks), and which relations the block will touch is not known yet:
-            # its BEGIN waits for every commit before it, in objects mode too
-            stmt.after_objects = stmt.after
+            # its BEGIN waits for every commit before it, in objects mode too; by row,
+            # until the block's end shows which rows it touched (_end_block)
+            stmt.after_objects = stmt.after_rows = stmt.after
+            state.begin, state.block_statements = stmt, []
         elif control is _COMMIT or control is _ROLLBACK:
+            self._end_block(state)
             if state.tx_written is not None:
                 if control is _COMMIT:
                     stmt.pending = (state.tx_written, state.tx_global)
+                    stmt.row_writes = (state.tx_keyed, state.tx_unkeyed)
                 state.tx_written, state.tx_global = None, False
+            state.tx_keyed, state.tx_unkeyed = [], set()
             state.block = False
         else:  # several statements in one record
+            state.begin = None
             stmt.pending = _transition(state, effect)
+            if state.tx_written is None:
+                state.tx_keyed, state.tx_unkeyed = [], set()
         if stmt.closed and stmt.pending is not None:
             self._number(stmt, ts_us)
 
@@ -657,6 +765,16 @@ class StatementTracker:
         if len(evidence) > 2 * EVIDENCE_KEPT:
             del evidence[:EVIDENCE_KEPT]
             self._evidence_base += EVIDENCE_KEPT
+        rows = stmt.row_writes
+        stmt.row_writes = None
+        if rows is None:
+            self._row_clock.record(k, (), written)
+        else:
+            self._row_clock.record(k, rows[0], rows[1])
+        if is_global or not self._coupled.isdisjoint(written):
+            self._rows_global.append(k)
+            if len(self._rows_global) > 2 * HISTORY_KEPT:
+                del self._rows_global[:HISTORY_KEPT]
         written_by = self._written_by
         last_write = self._last_write
         for relation in written:
@@ -863,6 +981,7 @@ class StatementTracker:
         return {
             "commits": self.commits,
             "disconnects": sum(1 for _, state in written if state.disconnect_seen),
+            "rows": 1,
         }
 
     def _written_sessions(self) -> list[tuple[str, _SessionState]]:

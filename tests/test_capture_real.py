@@ -150,7 +150,7 @@ def check_invariants(workload: Workload, *, durations: bool) -> None:
     assert all(s.after_objects <= s.after and (not s.commit or s.after < s.commit) for s in every)
     orders = sorted(s.disconnect_order for s in workload.sessions.values() if s.disconnect_order)
     assert orders == list(range(1, len(orders) + 1))
-    assert workload.header.sync == {"commits": len(commits), "disconnects": len(orders)}
+    assert workload.header.sync == {"commits": len(commits), "disconnects": len(orders), "rows": 1}
 
     # psql: every statement of the script, once, in order, with its outcome
     (psql,) = [

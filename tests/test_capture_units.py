@@ -332,7 +332,7 @@ def _tracked_workload(path: Path) -> tuple[StatementTracker, Workload]:
 def test_workload_version_2_carries_the_commit_clock(tmp_path: Path) -> None:
     _, workload = _tracked_workload(tmp_path / "w.pgtw")
     assert workload.header.format_version == 2 and workload.has_sync
-    assert workload.header.sync == {"commits": 1, "disconnects": 1}
+    assert workload.header.sync == {"commits": 1, "disconnects": 1, "rows": 1}
     assert [(s.sql, s.commit, s.after, s.after_objects) for s in workload.statements()] == [
         ("CREATE TABLE t (a int)", 1, 0, 0),
         ("SELECT * FROM t", 0, 1, 1),

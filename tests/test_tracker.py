@@ -250,7 +250,7 @@ def test_session_records() -> None:
     assert sessions["idle"].statements == 0 and sessions["idle"].disconnect_order == 2
     assert sessions["late"].connect_us is None and sessions["late"].statements == 1
     assert sessions["idle"].after_disconnects == 1  # a's disconnection came before
-    assert tracker.sync_header() == {"commits": 0, "disconnects": 2}
+    assert tracker.sync_header() == {"commits": 0, "disconnects": 2, "rows": 1}
 
 
 def test_pop_ready_holds_back_what_a_later_record_could_precede() -> None:
@@ -290,6 +290,12 @@ _SQL = [
     "COPY t FROM STDIN",
     "BEGIN; INSERT INTO u VALUES (1); COMMIT",
     "INSERT INTO t VALUES (1); SELECT 1",
+    "UPDATE t SET a = 2 WHERE id = 5",
+    "UPDATE t SET a = 3 WHERE id = 6",
+    "SELECT a FROM t WHERE id = 5",
+    "INSERT INTO t (id, a) VALUES (5, 1)",
+    "DELETE FROM t WHERE a = 2",
+    "CREATE TABLE c (id int REFERENCES t (id))",
 ]
 
 
@@ -370,6 +376,7 @@ def check_clock(stmts: Sequence[OpenStatement], tracker: StatementTracker) -> No
     assert tracker.sync_header()["commits"] == len(commits)
     for s in stmts:
         assert 0 <= s.after_objects <= s.after
+        assert 0 <= s.rows_value() <= s.after
         if s.commit:
             assert s.after < s.commit
 
@@ -548,7 +555,7 @@ def test_connections_and_disconnections_are_ordered() -> None:
         for sid, s in sessions.items()
     }
     assert got == {"a": (1, 0, 0, 0), "b": (2, 1, 1, 1), "c": (3, 1, 1, 1)}
-    assert tracker.sync_header() == {"commits": 2, "disconnects": 3}
+    assert tracker.sync_header() == {"commits": 2, "disconnects": 3, "rows": 1}
     check_clock(stmts, tracker)
 
 
@@ -571,8 +578,8 @@ def test_clock_invariants_hold_on_any_stream(events: list[tuple[Any, ...]], chun
         assert s.after_disconnects <= len(orders)
         assert s.connect_after_objects <= s.connect_after <= tracker.commits
     # the file's records say the same as the tracker
-    assert [(r.commit, r.after, r.after_objects) for r in records(stmts)] == [
-        (s.commit, s.after, s.after_objects) for s in stmts
+    assert [(r.commit, r.after, r.after_objects, r.after_rows) for r in records(stmts)] == [
+        (s.commit, s.after, s.after_objects, s.rows_value()) for s in stmts
     ]
 
 
@@ -591,4 +598,128 @@ def test_a_block_begin_waits_for_every_earlier_commit_in_objects_mode_too() -> N
     got = {s.sql: (s.after, s.after_objects) for s in stmts}
     assert got["BEGIN"] == (1, 1)
     assert got["SELECT * FROM t2"] == (1, 0)
+    check_clock(stmts, tracker)
+
+
+def rows(stmts: Sequence[OpenStatement]) -> dict[str, tuple[int, int]]:
+    """SQL text to (after, after_rows) (the last statement of each text)."""
+    return {s.sql: (s.after, s.rows_value()) for s in stmts}
+
+
+def test_by_row_a_statement_waits_only_for_commits_of_its_rows() -> None:
+    stmts, tracker = run(
+        [
+            st_("a", 1, "UPDATE acc SET bal = bal + 1 WHERE aid = 7"),  # commit 1
+            st_("a", 2, "UPDATE acc SET bal = bal + 1 WHERE aid = 8"),  # commit 2
+            st_("a", 3, "SELECT 1"),
+            st_("b", 4, "SELECT bal FROM acc WHERE aid = 7"),
+            st_("b", 5, "SELECT bal FROM acc WHERE aid = '8'"),
+            st_("b", 6, "SELECT bal FROM acc WHERE aid = 9"),
+            st_("b", 7, "SELECT bal FROM acc WHERE bal = 0"),  # no key: by relation
+        ]
+    )
+    got = rows(stmts)
+    assert got["SELECT bal FROM acc WHERE aid = 7"] == (2, 1)
+    assert got["SELECT bal FROM acc WHERE aid = '8'"] == (2, 2)  # '8' and 8 are one key
+    assert got["SELECT bal FROM acc WHERE aid = 9"] == (2, 0)
+    assert got["SELECT bal FROM acc WHERE bal = 0"] == (2, 2)
+    check_clock(stmts, tracker)
+
+
+def test_by_row_bind_parameters_are_keys_too() -> None:
+    sql = "UPDATE acc SET bal = bal + $1 WHERE aid = $2"
+    stmts, tracker = run(
+        [
+            ev(K.EXECUTE, "a", 1, sql, name="", params=("5", "7")),  # commit 1
+            st_("a", 2, "SELECT 1"),
+            ev(K.EXECUTE, "b", 3, sql, name="", params=("5", "8")),
+            ev(K.EXECUTE, "c", 4, sql, name="", params=("-5", "07")),
+            ev(K.EXECUTE, "d", 5, sql, name="", params=("5", None)),  # NULL: by relation
+        ]
+    )
+    got = [(s.session, s.after, s.rows_value()) for s in stmts if s.sql == sql]
+    assert got == [("a", 0, 0), ("b", 1, 0), ("c", 1, 1), ("d", 1, 1)]  # b, c: no evidence
+    check_clock(stmts, tracker)
+
+
+def test_by_row_a_block_begin_waits_for_what_its_statements_touch() -> None:
+    """The BEGIN (where replay waits) takes the largest need of its block's
+    statements, bounded by its own after (what --sync commit would wait for)."""
+    stmts, tracker = run(
+        [
+            st_("a", 1, "UPDATE acc SET bal = 1 WHERE aid = 7"),  # commit 1
+            st_("a", 2, "UPDATE acc SET bal = 1 WHERE aid = 8"),  # commit 2
+            st_("a", 3, "SELECT 1"),
+            st_("b", 4, "BEGIN"),
+            st_("b", 5, "UPDATE acc SET bal = 2 WHERE aid = 7"),
+            st_("b", 6, "INSERT INTO hist (aid, delta) VALUES (7, 1)"),
+            st_("b", 7, "COMMIT"),
+            st_("b", 8, "BEGIN"),
+            st_("b", 9, "SELECT bal FROM acc WHERE aid = 99"),
+            st_("b", 10, "END"),
+        ]
+    )
+    begins = [(s.after, s.rows_value()) for s in stmts if s.sql == "BEGIN"]
+    assert begins == [(2, 1), (3, 0)]  # b's first block touched aid 7 only
+    check_clock(stmts, tracker)
+
+
+def test_by_row_inserts_wait_for_changes_not_for_other_inserts() -> None:
+    ins = "INSERT INTO hist (aid, delta) VALUES (1, 2)"
+    stmts, tracker = run(
+        [
+            st_("a", 1, "INSERT INTO hist (aid, delta) VALUES (7, 1)"),  # commit 1
+            st_("a", 2, "SELECT 1"),
+            st_("b", 3, ins),
+            st_("b", 4, "SELECT delta FROM hist WHERE aid = 7"),  # reads a's row
+            st_("c", 5, "DELETE FROM hist WHERE aid = 3"),  # commit 3 (b's insert is 2)
+            st_("c", 6, "SELECT 1"),
+            st_("d", 7, "INSERT INTO hist (aid, delta) VALUES (3, 0)"),
+            ev(K.ERROR, "d", 7.5, "INSERT INTO hist (aid, delta) VALUES (3, 0)", sqlstate="23505"),
+            st_("d", 8, "INSERT INTO hist (aid, delta) VALUES (4, 0)"),
+        ]
+    )
+    got = {(s.session, s.seq): (s.after, s.rows_value()) for s in stmts}
+    assert got["b", 0] == (1, 0)  # another insert: no wait
+    assert got["b", 1] == (2, 1)  # the row a inserted
+    assert got["d", 0] == (3, 3)  # failed in the capture: ordered by relation
+    assert got["d", 1] == (4, 3)  # after a DELETE (3): its key may have been freed
+    check_clock(stmts, tracker)
+
+
+def test_by_row_keyed_on_another_column_or_without_it_is_a_dependency() -> None:
+    stmts, tracker = run(
+        [
+            st_("a", 1, "UPDATE acc SET bal = 1 WHERE owner = 'x'"),  # commit 1
+            st_("a", 2, "SELECT 1"),
+            st_("b", 3, "SELECT bal FROM acc WHERE aid = 7"),
+            st_("c", 4, "INSERT INTO t (a) VALUES (1)"),  # commit 2 (b's is 0: a read)
+            st_("c", 5, "SELECT 1"),
+            st_("d", 6, "SELECT * FROM t WHERE b = 5"),  # c's row has no known b
+            st_("d", 7, "SELECT * FROM t WHERE a = 2"),
+        ]
+    )
+    got = rows(stmts)
+    assert got["SELECT bal FROM acc WHERE aid = 7"] == (1, 1)
+    assert got["SELECT * FROM t WHERE b = 5"] == (2, 2)
+    assert got["SELECT * FROM t WHERE a = 2"] == (2, 0)
+    check_clock(stmts, tracker)
+
+
+def test_by_row_relations_tied_by_ddl_are_ordered_by_every_commit() -> None:
+    """After a foreign key (or a view, trigger, rule, partition) ties relations, a
+    write to one may check or change rows of another: no row-level order there."""
+    stmts, tracker = run(
+        [
+            st_("a", 1, "CREATE TABLE c (id int, pid int REFERENCES p (id))"),  # commit 1
+            st_("a", 2, "INSERT INTO p (id) VALUES (1)"),  # commit 2
+            st_("a", 3, "SELECT 1"),
+            st_("b", 4, "INSERT INTO c (id, pid) VALUES (1, 1)"),
+            st_("b", 5, "UPDATE other SET x = 1 WHERE id = 3"),
+        ]
+    )
+    got = rows(stmts)
+    assert got["INSERT INTO c (id, pid) VALUES (1, 1)"] == (2, 2)
+    # b's insert into c (commit 3) wrote a tied relation: global by row
+    assert got["UPDATE other SET x = 1 WHERE id = 3"] == (3, 3)
     check_clock(stmts, tracker)
