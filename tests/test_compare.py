@@ -128,12 +128,23 @@ def _replay(workload: Path, cluster: Cluster, out: Path) -> Path:
     return out
 
 
+def _a_a(
+    workload: Path, cluster: Cluster, tmp_path: Path, names: tuple[str, str] = ("a1", "a2")
+) -> tuple[Path, Path]:
+    """Two replays of ``workload`` on ``cluster`` (prepared afresh first), as
+    ``tmp_path/<name>.pgtr``: an A/A pair."""
+    _prepare(cluster)
+    first, second = names
+    return (
+        _replay(workload, cluster, tmp_path / f"{first}.pgtr"),
+        _replay(workload, cluster, tmp_path / f"{second}.pgtr"),
+    )
+
+
 def test_a_a_on_one_server_reports_no_regression(
     workload: Path, pg16: Cluster, tmp_path: Path
 ) -> None:
-    _prepare(pg16)
-    first = _replay(workload, pg16, tmp_path / "a1.pgtr")
-    second = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    first, second = _a_a(workload, pg16, tmp_path)
     c = compare_files(first, second)
     assert c.by_verdict(Verdict.REGRESSED) == []
     assert c.errors == ()
@@ -427,9 +438,7 @@ def test_sync_timeouts_make_a_run_incomplete(pg16: Cluster, tmp_path: Path) -> N
 
 
 def test_lag_is_not_applicable_at_max_speed(workload: Path, pg16: Cluster, tmp_path: Path) -> None:
-    _prepare(pg16)
-    first = _replay(workload, pg16, tmp_path / "a1.pgtr")  # --max-speed
-    second = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    first, second = _a_a(workload, pg16, tmp_path)  # --max-speed
     c = compare_files(first, second)
     for run in (c.baseline, c.candidate):
         assert math.isnan(run.lag_p50_ms) and math.isnan(run.lag_max_ms)
@@ -470,9 +479,7 @@ def test_plans_from_unreachable_servers_are_not_called_unchanged(
     tmp_path: Path,
     pgtraffic_cmd: list[str],
 ) -> None:
-    _prepare(pg16)
-    base = _replay(workload, pg16, tmp_path / "a1.pgtr")
-    cand = _replay(workload, pg16, tmp_path / "a2.pgtr")
+    base, cand = _a_a(workload, pg16, tmp_path)
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/{DB}"
     c = compare_files(base, cand, explain=ExplainTargets(pg16.dsn(DB), closed))
     assert len(c.plans) == 3 and not any(p.compared for p in c.plans)
@@ -535,9 +542,7 @@ def test_a_class_whose_explain_fails_is_not_unchanged(
 def test_explain_without_the_workload_says_plans_were_not_compared(
     workload: Path, pg16: Cluster, tmp_path: Path
 ) -> None:
-    _prepare(pg16)
-    base = _replay(workload, pg16, tmp_path / "base.pgtr")
-    cand = _replay(workload, pg16, tmp_path / "cand.pgtr")
+    base, cand = _a_a(workload, pg16, tmp_path, ("base", "cand"))
     moved = tmp_path / "elsewhere.pgtw"
     shutil.copy(workload, moved)
     workload.rename(tmp_path / "gone.pgtw")  # the path the results name no longer exists
@@ -624,8 +629,6 @@ def test_rounds_catch_a_dropped_index(
 def test_a_results_file_given_twice_among_rounds_is_pointed_out(
     workload: Path, pg16: Cluster, tmp_path: Path
 ) -> None:
-    _prepare(pg16)
-    a = _replay(workload, pg16, tmp_path / "a.pgtr")
-    b = _replay(workload, pg16, tmp_path / "b.pgtr")
+    a, b = _a_a(workload, pg16, tmp_path, ("a", "b"))
     c = compare_files([a, a], [b, b])
     assert any("given twice among the rounds" in n for n in c.notices)
