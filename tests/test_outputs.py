@@ -93,12 +93,17 @@ def test_an_output_folder_that_does_not_exist_is_a_clear_error(
     _refused(_run(pgtraffic_cmd, "capture", str(log), "-o", str(tmp_path)), "is a folder")
 
 
+def _selects(path: Path, count: int) -> Path:
+    """A workload of one session running ``SELECT 0`` .. ``SELECT count-1``, 1 ms apart."""
+    write_workload(path, [simple("a", i, i * 1000, f"SELECT {i}") for i in range(count)])
+    return path
+
+
 @pytest.mark.pg(">=16")
 def test_replay_never_writes_over_the_workload_or_old_results(
     pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
 ) -> None:
-    workload = tmp_path / "w.pgtw"
-    write_workload(workload, [simple("a", i, i * 1000, f"SELECT {i}") for i in range(20)])
+    workload = _selects(tmp_path / "w.pgtw", 20)
     before = workload.read_bytes()
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     for target in (closed, pg16.dsn()):
@@ -121,8 +126,7 @@ def test_replay_never_writes_over_the_workload_or_old_results(
 def test_results_export_is_atomic_and_asks_before_replacing(
     pgtraffic_cmd: list[str], pg16: Cluster, tmp_path: Path
 ) -> None:
-    workload = tmp_path / "w.pgtw"
-    write_workload(workload, [simple("a", i, i * 1000, f"SELECT {i}") for i in range(5)])
+    workload = _selects(tmp_path / "w.pgtw", 5)
     run = tmp_path / "run.pgtr"
     assert (
         _run(pgtraffic_cmd, "replay", str(workload), "-t", pg16.dsn(), "-o", str(run)).returncode

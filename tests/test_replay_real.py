@@ -16,6 +16,7 @@ from capture.records import StatementKind
 from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
 from replay.report import build_report
+from replay.results import Results
 from replay.runner import ReplaySettings, prepare_replay
 from replay.sync import SyncMode
 from tests.conftest import require_version
@@ -60,6 +61,15 @@ def _fresh_database(cluster: Cluster, dbname: str) -> None:
     cluster.psql(f"DROP DATABASE IF EXISTS {dbname}")
     cluster.psql(f"CREATE DATABASE {dbname}")
     _setup(cluster, dbname)
+
+
+def _replay_fresh(
+    workload: Workload, cluster: Cluster, db: str, out: Path, **settings: Any
+) -> Results:
+    """Replay ``workload`` into ``db``, made afresh on ``cluster`` (the captured
+    ``postgres`` database mapped to it)."""
+    _fresh_database(cluster, db)
+    return replay(workload, cluster, out, map_database={"postgres": db}, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +117,7 @@ def test_replay_matches_original(
 ) -> None:
     workload, source = captured
     db = "rt_timed"
-    _fresh_database(target, db)
-    results = replay(
-        workload, target, tmp_path / "r.pgtr", speed=1.0, map_database={"postgres": db}
-    )
+    results = _replay_fresh(workload, target, db, tmp_path / "r.pgtr", speed=1.0)
     got = outcomes(results)
     # every replayable statement executed exactly once
     assert set(got) == replayable_keys(workload)
@@ -133,15 +140,8 @@ def test_max_speed_runs_everything_once(
     captured: tuple[Workload, Cluster], pg16: Cluster, tmp_path: Path
 ) -> None:
     workload, _ = captured
-    db = "rt_fast"
-    _fresh_database(pg16, db)
-    results = replay(
-        workload,
-        pg16,
-        tmp_path / "r.pgtr",
-        max_speed=True,
-        map_database={"postgres": db},
-        workers=2,
+    results = _replay_fresh(
+        workload, pg16, "rt_fast", tmp_path / "r.pgtr", max_speed=True, workers=2
     )
     assert set(outcomes(results)) == replayable_keys(workload)
     report = build_report(results)
@@ -159,10 +159,8 @@ def test_speed_two_halves_the_captured_time(
     captured: tuple[Workload, Cluster], pg16: Cluster, tmp_path: Path
 ) -> None:
     workload, _ = captured
-    db = "rt_speed2"
-    _fresh_database(pg16, db)
     span_us = prepare_replay(workload, ReplaySettings(speed=1.0)).plan.capture_span_us
-    results = replay(workload, pg16, tmp_path / "r.pgtr", speed=2.0, map_database={"postgres": db})
+    results = _replay_fresh(workload, pg16, "rt_speed2", tmp_path / "r.pgtr", speed=2.0)
     assert set(outcomes(results)) == replayable_keys(workload)
     report = build_report(results)
     assert report.run_time_s is not None
@@ -183,13 +181,12 @@ def test_direct_simple_path_matches_asyncpg_path(
     runs: dict[bool, dict[tuple[str, int], tuple[int, str | None]]] = {}
     for direct in (True, False):
         db = f"rt_direct_{str(direct).lower()}"
-        _fresh_database(pg16, db)
-        results = replay(
+        results = _replay_fresh(
             workload,
             pg16,
+            db,
             tmp_path / f"{db}.pgtr",
             speed=4.0,
-            map_database={"postgres": db},
             direct_simple=direct,
             sync=SyncMode.COMMIT,  # no session may overtake one it depends on
         )
