@@ -29,7 +29,7 @@ from pgtraffic.servers import Cluster, Profile
 from replay.runner import ReplaySettings
 from replay.sync import SyncMode
 from tests.conftest import require_version
-from tests.replay_helpers import fetch, run_quiet, simple, write_workload
+from tests.replay_helpers import fetch, run_cli, run_quiet, simple, write_workload
 
 pytestmark = pytest.mark.pg(">=16")
 
@@ -146,27 +146,19 @@ def test_capacity_command_prints_the_knee(
     target: Cluster = make_cluster(16, Profile.TARGET)
     target.psql("CREATE TABLE items (id int PRIMARY KEY)")
     workload = inserts(tmp_path / "w.pgtw", sessions=2, per_session=10)
-    done = subprocess.run(
-        [
-            *pgtraffic_cmd,
-            "capacity",
-            str(workload.path),
-            "--target",
-            target.dsn(),
-            "-o",
-            str(tmp_path / "cap"),
-            "--speeds",
-            "1,2",
-            "--sync",
-            "none",
-            "--json",
-            "--html",
-            str(tmp_path / "cap.html"),
-        ],
-        capture_output=True,
-        text=True,
+    done = _capacity(
+        pgtraffic_cmd,
+        workload.path,
+        target,
+        tmp_path / "cap",
+        "--speeds",
+        "1,2",
+        "--sync",
+        "none",
+        "--json",
+        "--html",
+        str(tmp_path / "cap.html"),
         timeout=300,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -184,8 +176,15 @@ def test_capacity_command_prints_the_knee(
 
 
 def _cli(cmd: list[str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+    return run_cli(cmd, *args, timeout=timeout)
+
+
+def _capacity(
+    cmd: list[str], workload: Path, target: Cluster, out: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``pgtraffic capacity`` of ``workload`` on ``target``, the run written to ``out``."""
+    return _cli(
+        cmd, "capacity", str(workload), "-t", target.dsn(), "-o", str(out), *args, timeout=timeout
     )
 
 
@@ -198,14 +197,11 @@ def test_scale_up_until_connections_run_out(
     target = _six_client_target(make_cluster)
     workload = _sleepers(tmp_path / "w.pgtw", 3, 20_000, "0.05", 1_050_000)
     html = tmp_path / "cap.html"
-    done = _cli(
+    done = _capacity(
         pgtraffic_cmd,
-        "capacity",
-        str(workload.path),
-        "-t",
-        target.dsn(),
-        "-o",
-        str(tmp_path / "cap"),
+        workload.path,
+        target,
+        tmp_path / "cap",
         "--reset",
         "none",
         "--scale",
@@ -250,14 +246,11 @@ def test_capacity_compare_puts_two_runs_side_by_side(
     )
     workload = inserts(tmp_path / "after.pgtw", sessions=2, per_session=20)
     with_baseline = tmp_path / "after.html"
-    done = _cli(
+    done = _capacity(
         pgtraffic_cmd,
-        "capacity",
-        str(workload.path),
-        "-t",
-        target.dsn(),
-        "-o",
-        str(tmp_path / "after"),
+        workload.path,
+        target,
+        tmp_path / "after",
         "--speeds",
         "1,2",
         "--baseline",
@@ -368,14 +361,11 @@ def test_until_knee_finds_the_hot_row_ceiling_pgbench_reaches(
     target: Cluster = make_cluster(16, Profile.TARGET)
     target.psql(HOT_SETUP)
     before = _pgbench_tps(target, script)
-    done = _cli(
+    done = _capacity(
         pgtraffic_cmd,
-        "capacity",
-        str(workload),
-        "-t",
-        target.dsn(),
-        "-o",
-        str(tmp_path / "cap"),
+        workload,
+        target,
+        tmp_path / "cap",
         "--until-knee",
         "--reset",
         "none",
