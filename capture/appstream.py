@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
-from capture.chunking import ChunkText, LineChunker
+from capture.chunking import ChunkText, LineChunker, is_utf8
 from capture.decode import RecordDecoder
 from capture.errors import InputError
 from capture.events import ChunkResult, EventKind, SessionInfo
@@ -310,12 +310,9 @@ def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
         line = first_line + index
         if not raw.strip():
             continue
-        if chunk.check_encoding:
-            try:
-                raw.encode("utf-8")
-            except UnicodeEncodeError:
-                decoder.problem(source, line, "not UTF-8", "the event holds non-UTF-8 bytes")
-                continue
+        if chunk.check_encoding and not is_utf8(raw):
+            decoder.problem(source, line, "not UTF-8", "the event holds non-UTF-8 bytes")
+            continue
         try:
             event = _check(raw)
         except EventError as exc:

@@ -42,6 +42,17 @@ class ChunkText:
         return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
+def is_utf8(*texts: str) -> bool:
+    """True unless one of ``texts`` holds bytes that were not UTF-8 (text decoded with
+    ``surrogateescape``: see :attr:`ChunkText.check_encoding`)."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Chunker:
     """Feed bytes, get chunks of whole records, each with the 1-based line number
     of its first line."""

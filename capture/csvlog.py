@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from capture.chunking import BoundaryChunker, ChunkText
+from capture.chunking import BoundaryChunker, ChunkText, is_utf8
 from capture.decode import RecordDecoder
 
 COLUMNS = {23: "PostgreSQL 12 or older", 24: "PostgreSQL 13", 26: "PostgreSQL 14 or newer"}
@@ -194,18 +194,9 @@ class _RowCheck:
     def __call__(self, line: int, row: list[str]) -> None:
         if not self.good(row):
             self.report(line, row)
-        elif self.check_encoding and not _is_clean(row):
+        elif self.check_encoding and not is_utf8(*row):
             self.decoder.problem(
                 self.source, line, "not UTF-8", "the record holds bytes that are not UTF-8"
             )
         else:
             self.decoder.add_csv_row(self.source, line, row, len(row))
-
-
-def _is_clean(row: list[str]) -> bool:
-    try:
-        for value in row:
-            value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

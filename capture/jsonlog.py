@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from capture.chunking import ChunkText, LineChunker
+from capture.chunking import ChunkText, LineChunker, is_utf8
 from capture.decode import RecordDecoder
 
 JsonChunker = LineChunker
@@ -31,12 +31,9 @@ def parse_chunk(decoder: RecordDecoder, chunk: ChunkText) -> None:
         line = first_line + index
         if not raw.strip():
             continue
-        if check_encoding:
-            try:
-                raw.encode("utf-8")
-            except UnicodeEncodeError:
-                decoder.problem(source, line, "not UTF-8", "the record holds non-UTF-8 bytes")
-                continue
+        if check_encoding and not is_utf8(raw):
+            decoder.problem(source, line, "not UTF-8", "the record holds non-UTF-8 bytes")
+            continue
         try:
             obj = loads(raw)
         except ValueError as exc:

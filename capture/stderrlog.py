@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from capture.chunking import BoundaryChunker, ChunkText
+from capture.chunking import BoundaryChunker, ChunkText, is_utf8
 from capture.decode import RecordDecoder
 from capture.events import ChunkResult, SessionInfo
 from capture.messages import FAILURE_SEVERITIES
@@ -273,7 +273,7 @@ def _flush(
     """Hand one message to the decoder, with its session and who it is."""
     fields, level, line = message.fields, message.level, message.line
     text = "\n".join(message.text)
-    if check_encoding and not _is_clean(text, *(message.part(k) for k in message.parts)):
+    if check_encoding and not is_utf8(text, *(message.part(k) for k in message.parts)):
         decoder.problem(source, line, "not UTF-8", "the record holds bytes that are not UTF-8")
         return
     epoch = fields.get("epoch")
@@ -343,15 +343,6 @@ def _learn(who: _Who, fields: dict[str, str | None], level: str, text: str) -> N
         who.user = who.user or authorized.group(1) or ""
         who.database = who.database or authorized.group(2) or ""
         who.application = who.application or (authorized.group(3) or "")
-
-
-def _is_clean(*texts: str) -> bool:
-    try:
-        for value in texts:
-            value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(slots=True)
