@@ -186,10 +186,10 @@ class _Chunk:
             result.sessions[session] = event.who
         if event.type == "connect":
             self.connected.add(session)
-            self._append(EventKind.CONNECT, session, ts, line)
+            self.decoder.append_event(EventKind.CONNECT, session, ts, line)
         elif event.type == "disconnect":
             self.closed.add(session)
-            self._append(EventKind.DISCONNECT, session, ts, line)
+            self.decoder.append_event(EventKind.DISCONNECT, session, ts, line)
         else:
             self._query(event, line)
         if session not in self.connected:
@@ -205,43 +205,17 @@ class _Chunk:
         if event.sqlstate is None:
             extended = event.params is not None
             kind = EventKind.DURATION_EXECUTE if extended else EventKind.DURATION_STATEMENT
-            self._append(
+            self.decoder.append_event(
                 kind, session, ts + event.duration_us, line, sql,
                 name=event.name, params=event.params, duration_us=event.duration_us,
             )  # fmt: skip
             return
         if event.params is not None:  # what the tracker replays a failed execute from
-            self._append(
+            self.decoder.append_event(
                 EventKind.BIND, session, ts, line, None,
                 shown_sql=sql, name=event.name, params=event.params,
             )  # fmt: skip
-        self._append(EventKind.ERROR, session, ts, line, sql, sqlstate=event.sqlstate)
-
-    def _append(
-        self,
-        kind: EventKind,
-        session: str,
-        ts_us: int,
-        line: int,
-        sql: str | None = None,
-        *,
-        shown_sql: str | None = None,
-        name: str | None = None,
-        params: tuple[str | None, ...] | None = None,
-        duration_us: int | None = None,
-        sqlstate: str | None = None,
-    ) -> None:
-        """One event tuple in :class:`~capture.events.LogEvent` field order."""
-        fingerprinter = self.decoder.fingerprinter
-        fp, parsed = (None, True) if sql is None or fingerprinter is None else fingerprinter(sql)
-        with_params = params is not None and kind is not EventKind.BIND
-        self.decoder.result.events.append(
-            (
-                int(kind), session, ts_us, line, sql if shown_sql is None else shown_sql,
-                fp, parsed, _dumps(sql) if sql is not None else None, name, params, False,
-                duration_us, sqlstate, _dumps(params) if with_params else None,
-            )
-        )  # fmt: skip
+        self.decoder.append_event(EventKind.ERROR, session, ts, line, sql, sqlstate=event.sqlstate)
 
     def markers(self) -> None:
         """Derived connections first, the chunk's last times of sessions after its events."""

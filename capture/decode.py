@@ -208,7 +208,9 @@ class RecordDecoder:
             )
         if classified is None:
             if kind is EventKind.ERROR:
-                self._append(kind, session, ts_us, line, query or None, sqlstate=sqlstate or None)
+                self.append_event(
+                    kind, session, ts_us, line, query or None, sqlstate=sqlstate or None
+                )
             return
         sql = classified.sql
         params: tuple[str | None, ...] | None = None
@@ -221,7 +223,7 @@ class RecordDecoder:
                 count = placeholder_count(sql) if sql and "$" in sql else 0
                 params = (None,) * count
                 truncated = count > 0
-        self._append(
+        self.append_event(
             kind,
             session,
             ts_us,
@@ -234,13 +236,13 @@ class RecordDecoder:
             duration_us=classified.duration_us,
         )
 
-    def _append(
+    def append_event(
         self,
         kind: EventKind,
         session: str,
         ts_us: int,
         line: int,
-        sql: str | None,
+        sql: str | None = None,
         *,
         shown_sql: str | None = None,
         name: str | None = None,
