@@ -103,6 +103,9 @@ class ReplayOptions:
     """``--read-only``: every connection starts with ``default_transaction_read_only=on``."""
     skip_fingerprints: frozenset[str] = frozenset()
     """Query classes not sent (``--read-only``: those that may write); counted."""
+    rows_tied: tuple[str, ...] = ()
+    """Relations the target ties to others (replay/tied.py): ``--sync rows`` keeps
+    commit order when there are any."""
 
     def connect_spec(self, session: Session) -> ConnectSpec:
         user = session.user or self.default_user
@@ -168,6 +171,8 @@ class Counters:
     sync: str = SyncMode.NONE.value
     """The sync mode replayed (``none`` when the workload has no sync members)."""
     sync_requested: str = SyncMode.NONE.value
+    rows_tied: tuple[str, ...] = ()
+    """Why ``--sync rows`` kept commit order: the relations the target ties."""
     sync_waits: int = 0
     """Statements that waited for another session's commit."""
     sync_wait_us: int = 0
@@ -185,6 +190,7 @@ class Counters:
         return {
             "sync": self.sync,
             "sync_requested": self.sync_requested,
+            "rows_tied": list(self.rows_tied),
             "sync_waits": self.sync_waits,
             "sync_wait_us": self.sync_wait_us,
             "sync_timeouts": dict(self.sync_timeouts),
@@ -260,10 +266,15 @@ class Dispatched:
         self.after = after
         """Commits 1..after completed before it in the capture (``--sync commit``)."""
         self.after_objects = after_objects
-        """The same, only those that wrote what it touches (``--sync objects``)."""
+        """The same, only those that wrote what it touches: by relation (``--sync
+        objects``, the workload's ``after_objects``) or by row (``--sync rows``, its
+        ``after_rows``), as the dispatcher chose."""
 
 
 _END: Dispatched | None = None
+_NARROW = frozenset({SyncMode.OBJECTS.value, SyncMode.ROWS.value})
+"""Modes that wait for ``Dispatched.after_objects`` (and a connection for its global
+commits only) instead of every commit."""
 
 
 _SESSION_RE = re.compile(r'\{"type":"statement","session":"((?:[^"\\]|\\.)*)"')
@@ -479,7 +490,7 @@ class _SessionRunner:
         self.writer = replayer.writer
         self.session_ref = replayer.writer.intern(session.id)
         self.table = replayer.table
-        self.objects = replayer.counters.sync == SyncMode.OBJECTS.value
+        self.objects = replayer.counters.sync in _NARROW
         self.wait_in_blocks = replayer.options.sync_in_blocks
         self.skips = replayer.options.skip_fingerprints
         self.conn: ReplayConnection | None = None
@@ -775,8 +786,10 @@ class Replayer:
         self.clock = _Clock(start_ns)
         self.worker = worker
         self.progress = Progress()
-        mode = effective_mode(options.sync, workload.header)
-        self.counters = Counters(sync=mode.value, sync_requested=options.sync.value)
+        mode = effective_mode(options.sync, workload.header, options.rows_tied)
+        self.counters = Counters(
+            sync=mode.value, sync_requested=options.sync.value, rows_tied=options.rows_tied
+        )
         self.budget = _Budget(options.budget)
         self.reconnect_us = int(options.reconnect_interval_s * 1e6)
         self.table = _sync_table(workload, options) if mode is not SyncMode.NONE else None
@@ -871,6 +884,7 @@ class Replayer:
         queues = self._queues
         remaining = self._remaining
         progress = self.progress
+        narrow = "after_rows" if self.counters.sync == SyncMode.ROWS.value else "after_objects"
         for n, obj in enumerate(self._mine(), start=1):
             offset = obj["offset_us"]
             if next_connect_us is not None and next_connect_us <= offset:
@@ -904,7 +918,7 @@ class Replayer:
                     get("sqlstate"),
                     get("commit", 0),
                     get("after", 0),
-                    get("after_objects", 0),
+                    get(narrow, 0),
                 )
             )
             progress.dispatched_offset_us = offset

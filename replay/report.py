@@ -13,6 +13,7 @@ from capture.fields import field_dict
 from replay.fidelity import Fidelity, FidelityVerdict, judge_records, replayer_lag_us
 from replay.results import Results
 from replay.sqlstates import NO_CONNECTION
+from replay.tied import rows_fallback_note
 
 __all__ = [
     "Divergence",
@@ -132,6 +133,8 @@ class ReplayReport:
     sync: str = "none"
     """The sync mode replayed (``--sync``); ``none`` for workloads without sync members."""
     sync_requested: str = "none"
+    rows_tied: tuple[str, ...] = ()
+    """Why ``--sync rows`` kept commit order (replay/tied.py); empty otherwise."""
     sync_waits: int = 0
     """Statements that waited for other sessions' commits, and how long in all."""
     sync_wait_total_ms: float = 0.0
@@ -249,6 +252,7 @@ def _sync_fields(
     return {
         "sync": str(first.get("sync", "none")),
         "sync_requested": str(first.get("sync_requested", "none")),
+        "rows_tied": tuple(str(t) for t in first.get("rows_tied") or ()),
         "sync_waits": sum(int(s.get("sync_waits", 0)) for s in summaries),
         "sync_wait_total_ms": sum(int(s.get("sync_wait_us", 0)) for s in summaries) / 1000,
         "sync_timeouts": _sum_counter(summaries, "sync_timeouts"),
@@ -267,6 +271,14 @@ def _sync_warnings(fields: dict[str, Any]) -> list[str]:
         out.append(
             "the workload has no sync members (workload format 1): replayed with --sync none, "
             "sessions independent of each other; capture it again for causal order"
+        )
+    if fields["sync"] == "commit" and fields["sync_requested"] == "rows":
+        tied = fields.get("rows_tied") or ()
+        out.append(
+            rows_fallback_note(tuple(tied))
+            if tied
+            else "--sync rows kept commit order: the workload was captured before row keys "
+            "(after_rows) were recorded; capture it again to order by row"
         )
     timeouts = sum(fields["sync_timeouts"].values())
     if timeouts:

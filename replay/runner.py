@@ -47,6 +47,7 @@ from replay.safety import (
 from replay.schedule import Schedule, idle_gaps, peak_concurrency
 from replay.sync import DEFAULT_SYNC_TIMEOUT_S, SyncMode, effective_mode
 from replay.target_contents import DatabaseContents, read_databases
+from replay.tied import tied_relations
 
 START_DELAY_S = 0.3
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -758,6 +759,8 @@ class TargetCheck:
     """Tables the workload uses that have no planner statistics on the target."""
     databases: Mapping[str, DatabaseContents] = field(default_factory=dict)
     """Size and extensions of each database the sessions log in to."""
+    tied: tuple[str, ...] = ()
+    """Relations the workload uses that the target ties to others (replay/tied.py)."""
 
     @property
     def is_source(self) -> bool:
@@ -792,7 +795,11 @@ def check_target(
     relations = workload_relations(prepared.workload.classes.values())
 
     async def go() -> tuple[
-        ServerIdentity, tuple[MissingLogin, ...], StatisticsGap, dict[str, DatabaseContents]
+        ServerIdentity,
+        tuple[MissingLogin, ...],
+        StatisticsGap,
+        dict[str, DatabaseContents],
+        tuple[str, ...],
     ]:
         conn = await connect(dsn, timeout_s=timeout_s, fallback_application="pgtraffic")
         try:
@@ -800,12 +807,14 @@ def check_target(
             missing = await missing_logins(conn, logins, created)
             gap = await statistics_gap(conn, relations)
             used = {database for _, database in logins if database}
-            return identity, missing, gap, await read_databases(conn, used, dsn, timeout_s)
+            databases = await read_databases(conn, used, dsn, timeout_s)
+            tied = await tied_relations(conn, relations) if options.sync is SyncMode.ROWS else ()
+            return identity, missing, gap, databases, tied
         finally:
             await conn.close()
 
     try:
-        identity, missing, gap, databases = asyncio.run(go())
+        identity, missing, gap, databases, tied = asyncio.run(go())
     except Exception as exc:
         raise TargetError(
             f"cannot read the replay target's identity: {exc}",
@@ -813,7 +822,7 @@ def check_target(
         ) from exc
     source = getattr(prepared.workload.header, "source", None) or {}
     return TargetCheck(
-        identity, missing, prepared.writes, options.read_only, dict(source), gap, databases
+        identity, missing, prepared.writes, options.read_only, dict(source), gap, databases, tied
     )
 
 
@@ -894,6 +903,8 @@ def replay_workload(
     options = with_defaults(replace(prepared.options, conninfo=conninfo), target)
     check = check_target(conninfo, prepared, options)
     refuse_unsafe(check, settings)
+    if check.tied:
+        options = replace(options, rows_tied=check.tied)
     if approve is not None:
         if not approve(check):
             raise unprepared_refusal(check)

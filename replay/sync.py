@@ -46,6 +46,9 @@ class SyncMode(enum.StrEnum):
     """Every commit the log shows completed before a statement (Oracle's SCN order)."""
     OBJECTS = "objects"
     """Only commits of transactions that wrote a relation the statement touches."""
+    ROWS = "rows"
+    """Only commits that wrote rows the statement touches, where its key names them
+    (an equality on one column), else by relation (``after_rows``)."""
     NONE = "none"
     """Independent sessions: only each session's own order and the timing."""
 
@@ -83,10 +86,14 @@ def sync_counts(header: Any) -> tuple[int, int] | None:
     return int(sync.get("commits") or 0), int(sync.get("disconnects") or 0)
 
 
-def effective_mode(requested: SyncMode, header: Any) -> SyncMode:
-    """The mode a replay can honour: ``none`` for workloads without sync members."""
+def effective_mode(requested: SyncMode, header: Any, tied: tuple[str, ...] = ()) -> SyncMode:
+    """The mode a replay can honour: ``none`` for workloads without sync members;
+    ``commit`` for ``rows`` on workloads captured before ``after_rows`` existed, or
+    when the target ties relations the workload uses to others (``tied``)."""
     if requested is SyncMode.NONE or sync_counts(header) is None:
         return SyncMode.NONE
+    if requested is SyncMode.ROWS and (tied or not getattr(header, "sync", {}).get("rows")):
+        return SyncMode.COMMIT
     return requested
 
 

@@ -124,6 +124,75 @@ def run_producer_consumer(cluster: Cluster, jobs: int = 150) -> None:
     _run_threads(producer, consumer)
 
 
+def run_keyed_handover(cluster: Cluster, jobs: int = 150) -> None:
+    """Like :func:`run_producer_consumer`, with statements ``--sync rows`` orders by
+    key: the consumer's ``SELECT 1 / count(*) FROM orders WHERE id = n`` fails with
+    22012 unless the producer's ``INSERT INTO orders (id, total) VALUES (n, ...)``
+    committed first; nothing else orders the two sessions."""
+    setup = psycopg.connect(cluster.dsn(), autocommit=True)
+    setup.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
+    setup.close()
+    _handover(
+        cluster,
+        jobs,
+        "INSERT INTO orders (id, total) VALUES (%s, 10)",
+        "SELECT 1 / count(*) FROM orders WHERE id = %s",
+    )
+
+
+FOREIGN_KEY_SCHEMA = (
+    "CREATE TABLE parent (id int PRIMARY KEY); "
+    "CREATE TABLE child (id serial PRIMARY KEY, pid int NOT NULL REFERENCES parent (id));"
+)
+"""Made with logging off on the capture server (the log holds no DDL that ties the
+two tables): load the target with it too."""
+
+
+def run_foreign_key_handover(cluster: Cluster, jobs: int = 100, logged: bool = False) -> None:
+    """A producer inserts parent rows, a consumer a child of each one it saw: the
+    child's INSERT fails with 23503 unless the parent's committed first. Only the
+    foreign key ties the two; the log shows it when ``logged``."""
+    if logged:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(FOREIGN_KEY_SCHEMA)
+    else:
+        _psql_quiet(cluster, FOREIGN_KEY_SCHEMA)
+    _handover(
+        cluster,
+        jobs,
+        "INSERT INTO parent (id) VALUES (%s)",
+        "INSERT INTO child (pid) VALUES (%s)",
+    )
+
+
+def _psql_quiet(cluster: Cluster, script: str) -> None:
+    quiet = "-c log_statement=none -c log_min_duration_statement=-1 -c log_connections=off"
+    with psycopg.connect(cluster.dsn(), autocommit=True, options=quiet) as conn:
+        conn.execute(script)
+
+
+def _handover(cluster: Cluster, jobs: int, produce: str, consume: str) -> None:
+    """A producer runs ``produce`` for each job and hands it over (after one more
+    statement, which evidences its commit); a consumer runs ``consume`` with it."""
+    handed: Queue[int | None] = Queue()
+
+    def producer() -> None:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            for job in range(jobs):
+                conn.execute(produce, (job,))
+                conn.execute("SELECT %s::int AS handed_over", (job,))
+                handed.put(job)
+                time.sleep(0.002)
+            handed.put(None)
+
+    def consumer() -> None:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            while (job := handed.get()) is not None:
+                conn.execute(consume, (job,))
+
+    _run_threads(producer, consumer)
+
+
 def _run_threads(*bodies: Callable[[], None]) -> None:
     failures: list[BaseException] = []
 

@@ -17,6 +17,7 @@ import pytest
 
 from capture.workload import Workload
 from pgtraffic.servers import Cluster, Profile
+from replay.report import build_report
 from replay.results import Results
 from replay.sync import SyncMode
 from tests import causal_workloads as wl
@@ -61,6 +62,24 @@ def producer_consumer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.C
 
 
 @pytest.fixture(scope="module")
+def keyed_handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
+    yield from _capture(tmp_path_factory, "keyed", wl.run_keyed_handover)
+
+
+@pytest.fixture(scope="module")
+def foreign_key_handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
+    yield from _capture(tmp_path_factory, "fk", wl.run_foreign_key_handover)
+
+
+@pytest.fixture(scope="module")
+def foreign_key_logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
+    def run(cluster: Cluster) -> None:
+        wl.run_foreign_key_handover(cluster, logged=True)
+
+    yield from _capture(tmp_path_factory, "fklogged", run)
+
+
+@pytest.fixture(scope="module")
 def connect_each(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
     yield from _capture(tmp_path_factory, "connect", wl.run_pgbench_connect_each)
 
@@ -86,12 +105,13 @@ def test_chain_of_sessions_keeps_every_outcome(
     assert len(results) > 300
 
 
+@pytest.mark.parametrize("mode", [SyncMode.OBJECTS, SyncMode.ROWS])
 @pytest.mark.parametrize("pace", PACES[1:], ids=PACE_IDS[1:])
-def test_objects_mode_keeps_the_chain_too(
-    chain: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
+def test_objects_and_rows_modes_keep_the_chain_too(
+    chain: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], mode: SyncMode
 ) -> None:
     target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(chain.workload, target, tmp_path / "r.pgtr", sync=SyncMode.OBJECTS, **pace)
+    results = replay(chain.workload, target, tmp_path / "r.pgtr", sync=mode, **pace)
     share, misses = agreement(results, chain.workload)
     assert share == 1.0, misses
 
@@ -120,7 +140,7 @@ def test_sessions_into_a_database_created_by_an_earlier_one(
     assert share == 1.0, misses
 
 
-@pytest.mark.parametrize("mode", [SyncMode.COMMIT, SyncMode.OBJECTS])
+@pytest.mark.parametrize("mode", [SyncMode.COMMIT, SyncMode.OBJECTS, SyncMode.ROWS])
 @pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
 def test_consumer_never_runs_before_the_producer_commit(
     producer_consumer: wl.Captured,
@@ -178,3 +198,89 @@ def test_connection_per_transaction_keeps_its_concurrency(
     share, misses = agreement(results, connect_each.workload)
     assert share == 1.0, misses
     assert len(connect_each.workload.sessions) > 100
+
+
+@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("major", [16, 18])
+def test_rows_mode_orders_by_key(
+    keyed_handover: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], major: int
+) -> None:
+    """The consumer's keyed read waits for the producer's insert of that key (and
+    only for that: the sync table shows the waits)."""
+    target: Cluster = make_cluster(major, Profile.TARGET)
+    results = replay(
+        keyed_handover.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace
+    )
+    share, misses = agreement(results, keyed_handover.workload)
+    assert share == 1.0, misses
+    report = build_report(results)
+    assert report.sync == "rows"
+    if pace.get("max_speed"):
+        assert report.sync_waits > 0  # the consumer ran ahead and had to wait
+
+
+def test_without_sync_the_keyed_handover_breaks(
+    keyed_handover: wl.Captured, make_cluster: Any, tmp_path: Path
+) -> None:
+    """The control: the keyed workload does need the order rows mode keeps."""
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    results = replay(
+        keyed_handover.workload, target, tmp_path / "r.pgtr", sync=SyncMode.NONE, max_speed=True
+    )
+    share, _ = agreement(results, keyed_handover.workload)
+    assert share < 0.99
+
+
+@pytest.mark.parametrize("mode", [SyncMode.ROWS, SyncMode.NONE])
+def test_rows_mode_keeps_commit_order_where_the_target_has_a_foreign_key(
+    foreign_key_handover: wl.Captured, make_cluster: Any, tmp_path: Path, mode: SyncMode
+) -> None:
+    """The child's INSERT names no parent row; only the target's foreign key (not in
+    the log) ties them. rows sees it on the target and keeps commit order, and says
+    so; the control without sync loses children (23503)."""
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    target.psql(wl.FOREIGN_KEY_SCHEMA)
+    results = replay(
+        foreign_key_handover.workload, target, tmp_path / "r.pgtr", sync=mode, max_speed=True
+    )
+    share, misses = agreement(results, foreign_key_handover.workload)
+    report = build_report(results)
+    if mode is SyncMode.NONE:
+        assert share < 0.99
+        return
+    assert share == 1.0, misses
+    assert (report.sync, report.sync_requested) == ("commit", "rows")
+    assert any("child (foreign key" in t for t in report.rows_tied)
+    assert any("--sync rows kept commit order" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+def test_rows_mode_sees_a_foreign_key_made_in_the_log(
+    foreign_key_logged: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
+) -> None:
+    """The workload makes the tables itself, so the empty target has nothing to show
+    before the replay: the capture saw the REFERENCES and orders both tables by every
+    commit from then on."""
+    target: Cluster = make_cluster(18, Profile.TARGET)
+    results = replay(
+        foreign_key_logged.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace
+    )
+    share, misses = agreement(results, foreign_key_logged.workload)
+    assert share == 1.0, misses
+    assert build_report(results).sync == "rows"
+
+
+def test_rows_mode_keeps_connection_per_transaction_concurrency(
+    connect_each: wl.Captured, make_cluster: Any, tmp_path: Path
+) -> None:
+    target: Cluster = make_cluster(
+        16,
+        Profile.TARGET,
+        settings={"max_connections": "15", "superuser_reserved_connections": "3"},
+    )
+    run_quiet(target, "pgbench", "-i", "-q", "-s", "1")
+    results = replay(
+        connect_each.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, max_speed=True
+    )
+    share, misses = agreement(results, connect_each.workload)
+    assert share == 1.0, misses

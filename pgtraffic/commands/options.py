@@ -40,6 +40,7 @@ class SyncChoice(enum.StrEnum):
 
     COMMIT = "commit"
     OBJECTS = "objects"
+    ROWS = "rows"
     NONE = "none"
 
 
@@ -132,11 +133,15 @@ Sync = Annotated[
     SyncChoice,
     typer.Option(
         "--sync",
-        metavar="[commit|objects|none]",
+        metavar="[commit|rows|objects|none]",
         help="Which order across sessions to keep. commit: before each statement, wait "
         "for every commit the log shows completed before it (the default, like Oracle "
-        "Database Replay). objects: wait only for commits that wrote a relation the "
-        "statement touches. none: independent sessions, only the timing.",
+        "Database Replay). rows: wait only for those commits that wrote rows the "
+        "statement touches (by key where a WHERE col = value or an INSERT names them, "
+        "else by relation; relations tied by foreign keys, views, triggers or partitions, "
+        "on the target or in the log, keep commit order). objects: wait only for commits "
+        "that wrote a relation the statement touches. none: independent sessions, only "
+        "the timing.",
         case_sensitive=False,
         rich_help_panel=REPLAY,
     ),
