@@ -8,7 +8,9 @@ with each mode, rounds alternating the order of the modes, timing the whole
 statements/s from its report. Prints medians and ranges, and each mode's ratio to
 ``--sync none``.
 
-    python bench/sync_bench.py --seconds 10 --rounds 3 [--modes none,commit,objects]
+    python bench/sync_bench.py --seconds 10 --rounds 3 [--modes none,commit,rows,objects]
+
+The target is initialized again (``pgbench -i``) before every replay.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--modes", default="none,commit,objects")
+    parser.add_argument("--modes", default="none,commit,rows,objects")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-sync-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,9 @@ def main() -> None:
         for round_no in range(args.rounds):
             order = modes if round_no % 2 == 0 else modes[::-1]
             for mode in order:
+                # the same starting state for every replay: the writes of the one
+                # before (bloat, a longer history table) would slow the next
+                run_quiet(target, "pgbench", "-i", "-q", "-s", "10")
                 result = replay_once(workload, target, mode, args.workdir / f"{mode}.pgtr")
                 runs[mode].append(result)
                 print(json.dumps({"round": round_no, "sync": mode, **result}), flush=True)

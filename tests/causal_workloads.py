@@ -101,27 +101,13 @@ def run_producer_consumer(cluster: Cluster, jobs: int = 150) -> None:
     setup = psycopg.connect(cluster.dsn(), autocommit=True)
     setup.execute("CREATE TABLE jobs (id int PRIMARY KEY, taken boolean DEFAULT false)")
     setup.close()
-    handed: Queue[int | None] = Queue()
-
-    def producer() -> None:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            for job in range(jobs):
-                conn.execute("INSERT INTO jobs (id) VALUES (%s)", (job,))
-                conn.execute("SELECT %s::int AS handed_over", (job,))
-                handed.put(job)
-                time.sleep(0.002)
-            handed.put(None)
-
-    def consumer() -> None:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            while (job := handed.get()) is not None:
-                conn.execute(
-                    "UPDATE jobs SET taken = true WHERE id = %s "
-                    "AND 1 / (SELECT count(*) FROM jobs WHERE id = %s) = 1",
-                    (job, job),
-                )
-
-    _run_threads(producer, consumer)
+    _handover(
+        cluster,
+        jobs,
+        "INSERT INTO jobs (id) VALUES (%s)",
+        "UPDATE jobs SET taken = true WHERE id = %s "
+        "AND 1 / (SELECT count(*) FROM jobs WHERE id = %s) = 1",
+    )
 
 
 def run_keyed_handover(cluster: Cluster, jobs: int = 150) -> None:
@@ -173,7 +159,8 @@ def _psql_quiet(cluster: Cluster, script: str) -> None:
 
 def _handover(cluster: Cluster, jobs: int, produce: str, consume: str) -> None:
     """A producer runs ``produce`` for each job and hands it over (after one more
-    statement, which evidences its commit); a consumer runs ``consume`` with it."""
+    statement, which evidences its commit); a consumer runs ``consume`` with it (as
+    every one of its parameters)."""
     handed: Queue[int | None] = Queue()
 
     def producer() -> None:
@@ -188,7 +175,7 @@ def _handover(cluster: Cluster, jobs: int, produce: str, consume: str) -> None:
     def consumer() -> None:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             while (job := handed.get()) is not None:
-                conn.execute(consume, (job,))
+                conn.execute(consume, (job,) * consume.count("%s"))
 
     _run_threads(producer, consumer)
 

@@ -46,42 +46,27 @@ def _capture(
         cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "chain", wl.run_chain)
+def _captured(name: str, run: Callable[[Cluster], None]) -> Any:
+    """A module fixture: ``run`` on a fresh capture server, its log captured."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
+        yield from _capture(tmp_path_factory, name, run)
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def new_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "newdb", wl.run_new_database)
+def _run_foreign_key_logged(cluster: Cluster) -> None:
+    wl.run_foreign_key_handover(cluster, logged=True)
 
 
-@pytest.fixture(scope="module")
-def producer_consumer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "prodcons", wl.run_producer_consumer)
-
-
-@pytest.fixture(scope="module")
-def keyed_handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "keyed", wl.run_keyed_handover)
-
-
-@pytest.fixture(scope="module")
-def foreign_key_handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "fk", wl.run_foreign_key_handover)
-
-
-@pytest.fixture(scope="module")
-def foreign_key_logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    def run(cluster: Cluster) -> None:
-        wl.run_foreign_key_handover(cluster, logged=True)
-
-    yield from _capture(tmp_path_factory, "fklogged", run)
-
-
-@pytest.fixture(scope="module")
-def connect_each(tmp_path_factory: pytest.TempPathFactory) -> Iterator[wl.Captured]:
-    yield from _capture(tmp_path_factory, "connect", wl.run_pgbench_connect_each)
+chain = _captured("chain", wl.run_chain)
+new_database = _captured("newdb", wl.run_new_database)
+producer_consumer = _captured("prodcons", wl.run_producer_consumer)
+keyed_handover = _captured("keyed", wl.run_keyed_handover)
+foreign_key_handover = _captured("fk", wl.run_foreign_key_handover)
+foreign_key_logged = _captured("fklogged", _run_foreign_key_logged)
+connect_each = _captured("connect", wl.run_pgbench_connect_each)
 
 
 def agreement(results: Results, workload: Workload) -> tuple[float, list[Any]]:
