@@ -72,19 +72,20 @@ class KeyPlan:
 
 
 def canonical(value: str) -> str:
-    """A key value made comparable across spellings (``5``, ``'5'``, ``5.0``, ``$1 = '5'``)."""
+    """A key value made comparable across spellings (``5``, ``'5'``, ``5.0``, ``05``,
+    ``5e0`` are one key): numbers in plain decimal without leading zeros, integral
+    ones without a fraction; anything else as it is."""
+    if value.isdigit() and value.isascii():  # the usual key: a plain integer
+        return value.lstrip("0") or "0"
     if _NUMBER.fullmatch(value):
         try:
-            return str(Decimal(value).normalize())
+            number = Decimal(value)
         except InvalidOperation:  # pragma: no cover - the pattern is a Decimal literal
             return value
+        if number == number.to_integral_value():
+            return str(int(number))
+        return format(number, "f").rstrip("0")  # exact: no context rounding
     return value
-
-
-def _literal_text(token: str) -> str:
-    if token.startswith("'"):
-        return token[1:-1].replace("''", "'")
-    return token
 
 
 def key_values(
@@ -93,12 +94,11 @@ def key_values(
     """The canonical values of ``plan``'s columns in this statement, or None when
     they cannot be told (a NULL, a missing parameter, a text the literal scan may
     misread): the statement is then ordered by relation, as if it had no plan."""
-    literals: list[str] | None = None
+    literals: list[str] = []
     if plan.literals >= 0:
-        for marker in _UNSAFE:
-            if marker in sql:
-                return None
-        literals = LITERALS.findall(sql)
+        if "\\" in sql or "$$" in sql or "--" in sql or "/*" in sql:  # see _UNSAFE
+            return None
+        literals = _find_literals(sql)
         if len(literals) != plan.literals:
             return None
     out = []
@@ -110,10 +110,14 @@ def key_values(
             if value is None:
                 return None
         else:
-            assert literals is not None
-            value = _literal_text(literals[-source])
+            value = literals[-source]
+            if value[0] == "'":
+                value = value[1:-1].replace("''", "'")
         out.append(canonical(value))
     return tuple(out)
+
+
+_find_literals = LITERALS.findall
 
 
 # --- plans -----------------------------------------------------------------------
@@ -133,6 +137,10 @@ _FORBIDDEN = frozenset(
 """Nodes through which a statement may reach rows or relations its key does not name
 (a function that may read or write anything makes the whole statement global in
 capture.effects, which then ignores its plan)."""
+
+
+_FORBIDDEN_FIELDS = frozenset({"onConflictClause", "withClause"})
+"""The same, where the parse tree holds them as a field rather than a node."""
 
 
 def _nodes(tree: Any) -> Any:
@@ -244,7 +252,7 @@ def plan_of(sql: str) -> KeyPlan | None:
     if len(stmts) != 1:
         return None
     ((kind, body),) = stmts[0].get("stmt", {}).items()
-    if any(name in _FORBIDDEN for name, _ in _nodes(body)):
+    if any(name in _FORBIDDEN or name in _FORBIDDEN_FIELDS for name, _ in _nodes(body)):
         return None
     planner = _Planner(sql)
     if kind == "InsertStmt":

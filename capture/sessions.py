@@ -65,6 +65,7 @@ _ERROR = int(EventKind.ERROR)
 _CONNECT = int(EventKind.CONNECT)
 _DISCONNECT = int(EventKind.DISCONNECT)
 _BEGIN, _COMMIT, _ROLLBACK = Control.BEGIN, Control.COMMIT, Control.ROLLBACK
+_INSERT = Access.INSERT
 SIMPLE = StatementKind.SIMPLE
 EXECUTE = StatementKind.EXECUTE
 COPY = StatementKind.COPY_FROM_STDIN
@@ -664,22 +665,32 @@ class StatementTracker:
         coupled = self._coupled
         if effect.couples:
             coupled.update(effect.couples)
-        if effect.is_global or len(effect.steps) > 1 or not coupled.isdisjoint(effect.relations):
+        if (
+            effect.is_global
+            or len(effect.steps) > 1
+            or (coupled and not coupled.isdisjoint(effect.relations))
+        ):
             value = fallback = n
         else:
-            value = fallback = max(stmt.after_objects, _latest(self._rows_global, n))
+            rows_global = self._rows_global[-1]
+            if rows_global > n:  # a statement logged at its end: the clock was then
+                rows_global = _latest(self._rows_global, n)
+            value = fallback = max(stmt.after_objects, rows_global)
             plan = effect.keys
             values = None if plan is None else key_values(plan, stmt.sql, stmt.params)
-            if plan is not None and values is not None:
+            if values is not None:
+                assert plan is not None
                 if plan.writes:
                     stmt.row_key = (plan, values)
                 if not logged_at_end:  # the clock holds the present, not the past
-                    clock = self._row_clock
-                    if plan.access is Access.INSERT:
-                        found = clock.inserting(plan.relation)
+                    if plan.access is _INSERT:
+                        found = self._row_clock.inserting(plan.relation)
                     else:
-                        found = clock.keyed(plan, values)
-                    value = min(fallback, max(found, self._rows_global[-1]))
+                        found = self._row_clock.keyed(plan, values)
+                    if found < rows_global:
+                        found = rows_global
+                    if found < fallback:
+                        value = found
         stmt.after_rows, stmt.rows_fallback = value, fallback
         if state.begin is not None:
             if len(state.block_statements) < BLOCK_KEPT:
