@@ -71,7 +71,7 @@ class ReplaySettings:
     reconnect_interval_s: float = 1.0
     event_loop: str = "auto"
     direct_simple: bool = True
-    sync: SyncMode = SyncMode.COMMIT
+    sync: SyncMode = SyncMode.ROWS
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
     sync_in_blocks: bool = False
     read_only: bool = False

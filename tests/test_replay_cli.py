@@ -69,7 +69,7 @@ def test_dry_run_does_not_connect(pgtraffic_cmd: list[str], tmp_path: Path) -> N
 def test_sync_options_reach_the_plan(pgtraffic_cmd: list[str], tmp_path: Path) -> None:
     wl = _workload(tmp_path)
     default = json.loads(_run(pgtraffic_cmd, "replay", str(wl), "--dry-run", "--json").stdout)
-    assert (default["sync"], default["sync_timeout_s"]) == ("commit", 10.0)
+    assert (default["sync"], default["sync_timeout_s"]) == ("rows", 10.0)
     chosen = _run(
         pgtraffic_cmd,
         "replay",

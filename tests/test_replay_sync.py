@@ -320,6 +320,26 @@ def test_a_workload_without_sync_members_replays_without_sync(
     assert any("--sync none" in w for w in report.warnings)
 
 
+def test_a_workload_without_row_keys_replays_rows_in_commit_order(
+    pg16: Cluster, tmp_path: Path
+) -> None:
+    """A workload captured before after_rows existed (no ``sync.rows``): --sync rows
+    keeps commit order, and the report says why."""
+    workload, _, _ = dependent_read(tmp_path)
+    path = tmp_path / "norows.pgtw"
+    with gzip.open(workload.path, "rt") as fh:
+        lines = fh.read().splitlines()
+    header = json.loads(lines[0])
+    header["sync"].pop("rows", None)  # as a capture before after_rows wrote it
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    results = replay(read_workload(path), pg16, tmp_path / "r.pgtr", sync=SyncMode.ROWS)
+    counters = summary(results)
+    assert (counters["sync"], counters["sync_requested"]) == ("commit", "rows")
+    report = build_report(results)
+    assert any("captured before row keys" in w for w in report.warnings)
+
+
 def test_a_session_that_runs_nothing_disconnects_on_time(pg16: Cluster, tmp_path: Path) -> None:
     """pgbench's first connection runs no statement; a later connection waits for its
     disconnection. The session's end must not wait for the whole workload to be

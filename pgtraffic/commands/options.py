@@ -45,7 +45,7 @@ class SyncChoice(enum.StrEnum):
 
 
 DEFAULT_SPEED = 1.0
-DEFAULT_SYNC = SyncChoice.COMMIT
+DEFAULT_SYNC = SyncChoice.ROWS
 DEFAULT_SYNC_TIMEOUT = 10.0
 """replay.sync.DEFAULT_SYNC_TIMEOUT_S (a test keeps them equal), as a literal for --help."""
 
@@ -133,15 +133,15 @@ Sync = Annotated[
     SyncChoice,
     typer.Option(
         "--sync",
-        metavar="[commit|rows|objects|none]",
-        help="Which order across sessions to keep. commit: before each statement, wait "
-        "for every commit the log shows completed before it (the default, like Oracle "
-        "Database Replay). rows: wait only for those commits that wrote rows the "
-        "statement touches (by key where a WHERE col = value or an INSERT names them, "
-        "else by relation; relations tied by foreign keys, views, triggers or partitions, "
-        "on the target or in the log, keep commit order). objects: wait only for commits "
-        "that wrote a relation the statement touches. none: independent sessions, only "
-        "the timing.",
+        metavar="[rows|commit|objects|none]",
+        help="Which order across sessions to keep. rows (the default): before each "
+        "statement, wait for the commits the log shows completed before it that wrote "
+        "rows it touches (by key where a WHERE col = value or an INSERT names them, else "
+        "by relation; relations tied by foreign keys, views, triggers or partitions, on "
+        "the target or in the log, keep commit order). commit: wait for every commit the "
+        "log shows completed before it (like Oracle Database Replay). objects: only for "
+        "commits that wrote a relation the statement touches. none: independent "
+        "sessions, only the timing.",
         case_sensitive=False,
         rich_help_panel=REPLAY,
     ),
