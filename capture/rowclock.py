@@ -75,12 +75,20 @@ class RowClock:
         rows = self._rows
         for plan, values in writes:
             relation = plan.relation
-            for column, value in zip(plan.columns, values, strict=True):
-                rows[hash((relation, column, value))] = commit
+            columns = plan.columns
             if plan.access is Access.INSERT:
-                self._insert_sets.setdefault(relation, {})[plan.columns] = commit
+                for i, value in enumerate(values):
+                    rows[hash((relation, columns[i], value))] = commit
+                sets = self._insert_sets.get(relation)
+                if sets is None:
+                    sets = self._insert_sets[relation] = {}
+                sets[columns] = commit
             else:
-                self._col_changed.setdefault(relation, {})[plan.columns[0]] = commit
+                rows[hash((relation, columns[0], values[0]))] = commit
+                changed = self._col_changed.get(relation)
+                if changed is None:
+                    changed = self._col_changed[relation] = {}
+                changed[columns[0]] = commit
                 self._changed[relation] = commit
         for relation in unkeyed:
             self._unkeyed[relation] = commit

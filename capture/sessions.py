@@ -707,7 +707,9 @@ class StatementTracker:
             return
         value = begin.rows_fallback
         for stmt in statements:
-            value = max(value, stmt.rows_value())
+            found = stmt.after_rows if stmt.sqlstate is None else stmt.rows_fallback
+            if found > value:
+                value = found
         begin.after_rows = min(begin.after, value)
 
     def _transit(
