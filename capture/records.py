@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from capture.fields import field_dict
+
 
 class StatementKind(enum.StrEnum):
     """How the original client sent a statement."""
@@ -140,17 +142,7 @@ class Session:
     """The latest global commit at or before ``connect_after``."""
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": "session",
-            "id": self.id,
-            "user": self.user,
-            "database": self.database,
-            "application": self.application,
-            "client": self.client,
-            "connect_us": self.connect_us,
-            "disconnect_us": self.disconnect_us,
-            "statements": self.statements,
-        }
+        out: dict[str, Any] = {"type": "session", **field_dict(self, exclude=_SESSION_SYNC)}
         for key in _SESSION_SYNC:
             value = getattr(self, key)
             if value:
@@ -189,14 +181,7 @@ class QueryClass:
     """Sum of logged durations (0 when durations were not logged)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "type": "class",
-            "fingerprint": self.fingerprint,
-            "normalized": self.normalized,
-            "parsed": self.parsed,
-            "count": self.count,
-            "total_duration_us": self.total_duration_us,
-        }
+        return {"type": "class", **field_dict(self)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> QueryClass:
@@ -241,20 +226,7 @@ class WorkloadHeader:
         return {
             "type": "header",
             "format": "pgtraffic-workload",
-            "format_version": self.format_version,
-            "pgtraffic_version": self.pgtraffic_version,
-            "pglast_version": self.pglast_version,
-            "created": self.created,
-            "capture_start": self.capture_start,
-            "capture_end": self.capture_end,
-            "source_server_version": self.source_server_version,
-            "sources": list(self.sources),
-            "filters": self.filters,
-            "counts": self.counts,
-            "workload_id": self.workload_id,
-            "sync": self.sync,
-            "source": self.source,
-            "preamble_digest": self.preamble_digest,
+            **field_dict(self, sources=list(self.sources)),
         }
 
     @classmethod

@@ -472,13 +472,7 @@ class FinalSummary:
     workers: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "completed": self.completed,
-            "run_time_us": self.run_time_us,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "workers": self.workers,
-        }
+        return field_dict(self)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> FinalSummary:
