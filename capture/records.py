@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from capture.fields import field_dict
+from capture.fields import field_dict, from_fields
 
 
 class StatementKind(enum.StrEnum):
@@ -151,20 +151,7 @@ class Session:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Session:
-        return cls(
-            id=obj["id"],
-            user=obj.get("user"),
-            database=obj.get("database"),
-            application=obj.get("application"),
-            client=obj.get("client"),
-            connect_us=obj.get("connect_us"),
-            disconnect_us=obj.get("disconnect_us"),
-            statements=obj.get("statements", 0),
-            disconnect_order=obj.get("disconnect_order", 0),
-            after_disconnects=obj.get("after_disconnects", 0),
-            connect_after=obj.get("connect_after", 0),
-            connect_after_objects=obj.get("connect_after_objects", 0),
-        )
+        return from_fields(cls, obj, user=obj.get("user"), database=obj.get("database"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +172,7 @@ class QueryClass:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> QueryClass:
-        return cls(
-            fingerprint=obj["fingerprint"],
-            normalized=obj["normalized"],
-            parsed=obj["parsed"],
-            count=obj["count"],
-            total_duration_us=obj.get("total_duration_us", 0),
-        )
+        return from_fields(cls, obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,18 +212,12 @@ class WorkloadHeader:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> WorkloadHeader:
-        return cls(
-            format_version=obj["format_version"],
-            pgtraffic_version=obj["pgtraffic_version"],
-            pglast_version=obj["pglast_version"],
-            created=obj["created"],
-            capture_start=obj["capture_start"],
-            capture_end=obj["capture_end"],
-            source_server_version=obj.get("source_server_version"),
+        return from_fields(
+            cls,
+            obj,
             sources=tuple(obj.get("sources", ())),
             filters=dict(obj.get("filters", {})),
             counts=dict(obj.get("counts", {})),
-            workload_id=obj.get("workload_id", ""),
             sync=dict(obj.get("sync", {})),
             source=dict(obj.get("source") or {}),
             preamble_digest=str(obj.get("preamble_digest") or ""),
