@@ -78,15 +78,33 @@ def agreement(results: Results, workload: Workload) -> tuple[float, list[Any]]:
     return 1 - len(misses) / len(keys), misses[:5]
 
 
+def replay_agrees(captured: wl.Captured, target: Cluster, out: Path, **options: Any) -> Results:
+    """Replay ``captured`` onto ``target`` (``options``: the sync mode and pace): every
+    replayable statement must end as it did originally."""
+    results = replay(captured.workload, target, out, **options)
+    share, misses = agreement(results, captured.workload)
+    assert share == 1.0, misses
+    return results
+
+
+def _connect_each_target(make_cluster: Any) -> Cluster:
+    """A pgbench-initialized 16 with room for 12 client connections (pgbench -C had 8)."""
+    target: Cluster = make_cluster(
+        16,
+        Profile.TARGET,
+        settings={"max_connections": "15", "superuser_reserved_connections": "3"},
+    )
+    run_quiet(target, "pgbench", "-i", "-q", "-s", "1")
+    return target
+
+
 @pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
 @pytest.mark.parametrize("major", [16, 18])
 def test_chain_of_sessions_keeps_every_outcome(
     chain: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], major: int
 ) -> None:
     target: Cluster = make_cluster(major, Profile.TARGET)
-    results = replay(chain.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
-    share, misses = agreement(results, chain.workload)
-    assert share == 1.0, misses
+    results = replay_agrees(chain, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
     assert len(results) > 300
 
 
@@ -96,9 +114,7 @@ def test_objects_and_rows_modes_keep_the_chain_too(
     chain: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], mode: SyncMode
 ) -> None:
     target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(chain.workload, target, tmp_path / "r.pgtr", sync=mode, **pace)
-    share, misses = agreement(results, chain.workload)
-    assert share == 1.0, misses
+    replay_agrees(chain, target, tmp_path / "r.pgtr", sync=mode, **pace)
 
 
 def test_without_sync_the_chain_breaks_at_max_speed(
@@ -118,11 +134,7 @@ def test_sessions_into_a_database_created_by_an_earlier_one(
     new_database: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
     target: Cluster = make_cluster(18, Profile.TARGET)
-    results = replay(
-        new_database.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace
-    )
-    share, misses = agreement(results, new_database.workload)
-    assert share == 1.0, misses
+    replay_agrees(new_database, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
 
 
 @pytest.mark.parametrize("mode", [SyncMode.COMMIT, SyncMode.OBJECTS, SyncMode.ROWS])
@@ -135,9 +147,7 @@ def test_consumer_never_runs_before_the_producer_commit(
     mode: SyncMode,
 ) -> None:
     target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(producer_consumer.workload, target, tmp_path / "r.pgtr", sync=mode, **pace)
-    share, misses = agreement(results, producer_consumer.workload)
-    assert share == 1.0, misses
+    replay_agrees(producer_consumer, target, tmp_path / "r.pgtr", sync=mode, **pace)
 
 
 def test_a_slower_target_still_keeps_the_order(
@@ -159,9 +169,7 @@ def test_a_slower_target_still_keeps_the_order(
         "CREATE EVENT TRIGGER add_slow ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
         "EXECUTE FUNCTION add_slow();"
     )
-    results = replay(producer_consumer.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT)
-    share, misses = agreement(results, producer_consumer.workload)
-    assert share == 1.0, misses
+    results = replay_agrees(producer_consumer, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT)
     assert int(results.records["sync_wait_us"].max()) > 5_000  # the consumer did wait
 
 
@@ -171,17 +179,8 @@ def test_connection_per_transaction_keeps_its_concurrency(
 ) -> None:
     """pgbench -C never had more than 8 connections; with room for 12 on the target,
     no session may be refused (53300) or left unsent."""
-    target: Cluster = make_cluster(
-        16,
-        Profile.TARGET,
-        settings={"max_connections": "15", "superuser_reserved_connections": "3"},
-    )
-    run_quiet(target, "pgbench", "-i", "-q", "-s", "1")
-    results = replay(
-        connect_each.workload, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace
-    )
-    share, misses = agreement(results, connect_each.workload)
-    assert share == 1.0, misses
+    target = _connect_each_target(make_cluster)
+    replay_agrees(connect_each, target, tmp_path / "r.pgtr", sync=SyncMode.COMMIT, **pace)
     assert len(connect_each.workload.sessions) > 100
 
 
@@ -193,11 +192,7 @@ def test_rows_mode_orders_by_key(
     """The consumer's keyed read waits for the producer's insert of that key (and
     only for that: the sync table shows the waits)."""
     target: Cluster = make_cluster(major, Profile.TARGET)
-    results = replay(
-        keyed_handover.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace
-    )
-    share, misses = agreement(results, keyed_handover.workload)
-    assert share == 1.0, misses
+    results = replay_agrees(keyed_handover, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace)
     report = build_report(results)
     assert report.sync == "rows"
     if pace.get("max_speed"):
@@ -247,25 +242,14 @@ def test_rows_mode_sees_a_foreign_key_made_in_the_log(
     before the replay: the capture saw the REFERENCES and orders both tables by every
     commit from then on."""
     target: Cluster = make_cluster(18, Profile.TARGET)
-    results = replay(
-        foreign_key_logged.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace
+    results = replay_agrees(
+        foreign_key_logged, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace
     )
-    share, misses = agreement(results, foreign_key_logged.workload)
-    assert share == 1.0, misses
     assert build_report(results).sync == "rows"
 
 
 def test_rows_mode_keeps_connection_per_transaction_concurrency(
     connect_each: wl.Captured, make_cluster: Any, tmp_path: Path
 ) -> None:
-    target: Cluster = make_cluster(
-        16,
-        Profile.TARGET,
-        settings={"max_connections": "15", "superuser_reserved_connections": "3"},
-    )
-    run_quiet(target, "pgbench", "-i", "-q", "-s", "1")
-    results = replay(
-        connect_each.workload, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, max_speed=True
-    )
-    share, misses = agreement(results, connect_each.workload)
-    assert share == 1.0, misses
+    target = _connect_each_target(make_cluster)
+    replay_agrees(connect_each, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, max_speed=True)
