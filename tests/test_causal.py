@@ -87,6 +87,14 @@ def replay_agrees(captured: wl.Captured, target: Cluster, out: Path, **options: 
     return results
 
 
+def share_without_sync(captured: wl.Captured, make_cluster: Any, out: Path) -> float:
+    """The controls: the share of outcomes kept when ``captured`` is replayed onto a
+    fresh 16 at --max-speed with --sync none."""
+    target: Cluster = make_cluster(16, Profile.TARGET)
+    results = replay(captured.workload, target, out, sync=SyncMode.NONE, max_speed=True)
+    return agreement(results, captured.workload)[0]
+
+
 def _connect_each_target(make_cluster: Any) -> Cluster:
     """A pgbench-initialized 16 with room for 12 client connections (pgbench -C had 8)."""
     target: Cluster = make_cluster(
@@ -121,12 +129,7 @@ def test_without_sync_the_chain_breaks_at_max_speed(
     chain: wl.Captured, make_cluster: Any, tmp_path: Path
 ) -> None:
     """The control: independent sessions overtake the sessions they depend on."""
-    target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(
-        chain.workload, target, tmp_path / "r.pgtr", sync=SyncMode.NONE, max_speed=True
-    )
-    share, _ = agreement(results, chain.workload)
-    assert share < 0.95
+    assert share_without_sync(chain, make_cluster, tmp_path / "r.pgtr") < 0.95
 
 
 @pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
@@ -203,12 +206,7 @@ def test_without_sync_the_keyed_handover_breaks(
     keyed_handover: wl.Captured, make_cluster: Any, tmp_path: Path
 ) -> None:
     """The control: the keyed workload does need the order rows mode keeps."""
-    target: Cluster = make_cluster(16, Profile.TARGET)
-    results = replay(
-        keyed_handover.workload, target, tmp_path / "r.pgtr", sync=SyncMode.NONE, max_speed=True
-    )
-    share, _ = agreement(results, keyed_handover.workload)
-    assert share < 0.99
+    assert share_without_sync(keyed_handover, make_cluster, tmp_path / "r.pgtr") < 0.99
 
 
 @pytest.mark.parametrize("mode", [SyncMode.ROWS, SyncMode.NONE])
