@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,15 +80,22 @@ def main() -> None:
     parser.add_argument("--log", type=Path, help="a csvlog to time capture on")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--capture-only", action="store_true", help="time capture of --log only, no replay"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pgtraffic-ab-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sides = {"before": args.before.resolve(), "after": ROOT}
     results: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
-    max_w, rate_w = workloads(sides["before"], args.workdir, args.seconds)
-    target = Cluster.create(major=16, profile=Profile.TARGET)
-    try:
+    if args.capture_only:
+        max_w = rate_w = Path()
+        target = None
+    else:
+        max_w, rate_w = workloads(sides["before"], args.workdir, args.seconds)
+        target = Cluster.create(major=16, profile=Profile.TARGET)
         run_quiet(target, "pgbench", "-i", "-q", "-s", "10")
+    try:
         for n in range(args.rounds):
             order = list(sides) if n % 2 == 0 else list(sides)[::-1]
             for side in order:
@@ -96,7 +104,8 @@ def main() -> None:
                     results[side].setdefault(key, []).append(value)
                 print(json.dumps({"round": n, "side": side, **row}), flush=True)
     finally:
-        target.stop()
+        if target is not None:
+            target.stop()
     print("\n| measure | before (median, range) | after (median, range) | after / before |")
     print("|---|--:|--:|--:|")
     for key in results["after"]:
@@ -109,13 +118,20 @@ def main() -> None:
 
 
 def one_round(
-    checkout: Path, args: argparse.Namespace, target: Cluster, max_w: Path, rate_w: Path
+    checkout: Path, args: argparse.Namespace, target: Cluster | None, max_w: Path, rate_w: Path
 ) -> dict[str, float]:
     row: dict[str, float] = {}
     if args.log is not None:
         out = args.workdir / "capture.pgtw"
         out.unlink(missing_ok=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         row["capture_wall_s"], _ = timed(checkout, "capture", str(args.log), "-o", str(out))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        row["capture_cpu_s"] = (after.ru_utime - before.ru_utime) + (
+            after.ru_stime - before.ru_stime
+        )
+    if target is None:
+        return row
     common = ["--target", target.socket_dsn(), "--json", "--no-progress", "--force"]
     res = str(args.workdir / "r.pgtr")
     wall, text = timed(checkout, "replay", str(max_w), "-o", res, "--max-speed", *common)
