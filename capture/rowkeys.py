@@ -73,9 +73,11 @@ class KeyPlan:
     literals: int
     """How many :data:`LITERALS` matches the class's texts have (-1: none is used)."""
 
-    @property
-    def writes(self) -> bool:
-        return self.access is not Access.READ
+    writes: bool = False
+    """It changes or inserts rows (set from ``access``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "writes", self.access is not Access.READ)
 
 
 def canonical(value: str) -> str:
@@ -120,7 +122,10 @@ def key_values(
             value = literals[-source]
             if value[0] == "'":
                 value = value[1:-1].replace("''", "'")
-        out.append(canonical(value))
+        if value.isdigit() and value.isascii():  # canonical()'s usual case, inlined
+            out.append(value.lstrip("0") or "0")
+        else:
+            out.append(canonical(value))
     return tuple(out)
 
 

@@ -142,3 +142,11 @@ def test_row_clock_forgets_keys_into_a_floor(monkeypatch: pytest.MonkeyPatch) ->
         clock.record(k, [(change, (str(k),))], ())
     assert clock.keyed(change, ("1",)) >= 1  # forgotten: answered by the floor
     assert clock.keyed(change, ("999",)) >= 4
+
+
+@given(st.text(alphabet="0123456789٣.e-+ax'", max_size=8))
+def test_the_inlined_integer_path_agrees_with_canonical(value: str) -> None:
+    """key_values inlines canonical()'s plain-integer case: pinned to it here."""
+    plan = plan_of("SELECT 1 FROM t WHERE id = $1")
+    assert plan is not None
+    assert key_values(plan, "SELECT 1 FROM t WHERE id = $1", (value,)) == (canonical(value),)
