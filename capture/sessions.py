@@ -705,12 +705,8 @@ class StatementTracker:
         state.begin, state.block_statements = None, []
         if begin is None or begin.emitted:
             return
-        value = begin.rows_fallback
-        for stmt in statements:
-            found = stmt.after_rows if stmt.sqlstate is None else stmt.rows_fallback
-            if found > value:
-                value = found
-        begin.after_rows = min(begin.after, value)
+        value = max((stmt.rows_value() for stmt in statements), default=0)
+        begin.after_rows = min(begin.after, max(begin.rows_fallback, value))
 
     def _transit(
         self, state: _SessionState, stmt: OpenStatement, effect: Effect, ts_us: int
@@ -751,7 +747,7 @@ class StatementTracker:
             state.tx_keyed, state.tx_unkeyed = [], set()
             state.block = False
         else:  # several statements in one record
-            state.begin = None
+            state.begin, state.block_statements = None, []
             stmt.pending = _transition(state, effect)
             if state.tx_written is None:
                 state.tx_keyed, state.tx_unkeyed = [], set()
@@ -785,9 +781,7 @@ class StatementTracker:
         else:
             self._row_clock.record(k, rows[0], rows[1])
         if is_global or not self._coupled.isdisjoint(written):
-            self._rows_global.append(k)
-            if len(self._rows_global) > 2 * HISTORY_KEPT:
-                del self._rows_global[:HISTORY_KEPT]
+            _remember(self._rows_global, k)
         written_by = self._written_by
         last_write = self._last_write
         for relation in written:
@@ -796,13 +790,9 @@ class StatementTracker:
             if history is None:
                 written_by[relation] = [k]
             else:
-                history.append(k)
-                if len(history) > 2 * HISTORY_KEPT:
-                    del history[:HISTORY_KEPT]
+                _remember(history, k)
         if is_global:
-            self._global.append(k)
-            if len(self._global) > 2 * HISTORY_KEPT:
-                del self._global[:HISTORY_KEPT]
+            _remember(self._global, k)
 
     def _commits_before(self, ts_us: int) -> int:
         """How many commits were evidenced before ``ts_us`` (older ones all count)."""
@@ -1013,6 +1003,13 @@ class StatementTracker:
         if self._since is not None and ts < self._since:
             return False
         return not (self._until is not None and ts >= self._until)
+
+
+def _remember(history: list[int], k: int) -> None:
+    """Append commit ``k`` to ``history``, keeping its latest numbers only."""
+    history.append(k)
+    if len(history) > 2 * HISTORY_KEPT:
+        del history[:HISTORY_KEPT]
 
 
 def _latest(history: list[int], n: int) -> int:

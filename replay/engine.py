@@ -456,7 +456,7 @@ class _SessionRunner:
         "intended",
         "item",
         "last_attempt_us",
-        "objects",
+        "narrow",
         "pending",
         "pid",
         "progress",
@@ -490,7 +490,7 @@ class _SessionRunner:
         self.writer = replayer.writer
         self.session_ref = replayer.writer.intern(session.id)
         self.table = replayer.table
-        self.objects = replayer.counters.sync in _NARROW
+        self.narrow = replayer.counters.sync in _NARROW
         self.wait_in_blocks = replayer.options.sync_in_blocks
         self.skips = replayer.options.skip_fingerprints
         self.conn: ReplayConnection | None = None
@@ -572,7 +572,7 @@ class _SessionRunner:
         self.sync_wait = 0
         table = self.table
         if table is not None and (self.wait_in_blocks or not self.in_transaction):
-            number = item.after_objects if self.objects else item.after
+            number = item.after_objects if self.narrow else item.after
             if number and not table.commit_reached(number):
                 self.sync_wait = await self._sync_wait(table, number, item.fingerprint)
 
@@ -602,7 +602,7 @@ class _SessionRunner:
             disconnects = getattr(session, "after_disconnects", 0) or 0
             if disconnects:
                 outcomes.append(await table.wait_disconnects(disconnects, timeout, self))
-            name = "connect_after_objects" if self.objects else "connect_after"
+            name = "connect_after_objects" if self.narrow else "connect_after"
             commits = getattr(session, name, 0) or 0
             if commits and not table.commit_reached(commits):
                 outcomes.append(await table.wait_commits(commits, timeout, self))
@@ -736,7 +736,7 @@ class _SessionRunner:
             return None  # not due yet: the session sleeps first
         table = self.table
         if table is not None and (self.wait_in_blocks or not conn.in_transaction()):
-            number = item.after_objects if self.objects else item.after
+            number = item.after_objects if self.narrow else item.after
             if number and not table.commit_reached(number):
                 return None  # the session's coroutine waits for the commit
         pending.popleft()
