@@ -27,7 +27,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import pglast.parser
@@ -41,9 +41,16 @@ lets the regex engine skip to candidates (three times faster than a pattern whos
 number branch starts with a look-behind); digits in names are matches too, in the
 same places in every text of a class, and a plan only uses matches the scanner
 confirms as constants."""
-_UNSAFE = ("\\", "$$", "--", "/*")
-"""Text in which literal boundaries are not plain (escapes, dollar quotes, comments)."""
+
+
+def _unsafe(sql: str) -> bool:
+    """Literal boundaries are not plain in ``sql`` (escapes, dollar quotes, comments)."""
+    return "\\" in sql or "$$" in sql or "--" in sql or "/*" in sql
+
+
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_PLAIN_DIGITS = 30
+"""Numbers whose magnitude is within this many digits of 1 are written out in full."""
 _CONST_TOKENS = frozenset({"ICONST", "FCONST", "SCONST"})
 
 
@@ -83,7 +90,9 @@ class KeyPlan:
 def canonical(value: str) -> str:
     """A key value made comparable across spellings (``5``, ``'5'``, ``5.0``, ``05``,
     ``5e0`` are one key): numbers in plain decimal without leading zeros, integral
-    ones without a fraction; anything else as it is."""
+    ones without a fraction (in scientific notation, exact, beyond 30 digits either
+    side of the point: ``1e999999`` must not become a million digits); anything else
+    as it is."""
     if value.isdigit() and value.isascii():  # the usual key: a plain integer
         return value.lstrip("0") or "0"
     if _NUMBER.fullmatch(value):
@@ -91,6 +100,9 @@ def canonical(value: str) -> str:
             number = Decimal(value)
         except InvalidOperation:  # pragma: no cover - the pattern is a Decimal literal
             return value
+        if not -_PLAIN_DIGITS < number.adjusted() < _PLAIN_DIGITS:
+            exact = Context(prec=max(1, len(number.as_tuple().digits)))
+            return str(number.normalize(exact))
         if number == number.to_integral_value():
             return str(int(number))
         return format(number, "f").rstrip("0")  # exact: no context rounding
@@ -105,7 +117,7 @@ def key_values(
     misread): the statement is then ordered by relation, as if it had no plan."""
     literals: list[str] = []
     if plan.literals >= 0:
-        if "\\" in sql or "$$" in sql or "--" in sql or "/*" in sql:  # see _UNSAFE
+        if _unsafe(sql):
             return None
         literals = _find_literals(sql)
         if len(literals) != plan.literals:
@@ -177,7 +189,7 @@ class _Planner:
     def literal_index(self, location: int) -> int | None:
         """The index of the :data:`LITERALS` match that starts at ``location``."""
         if self.spans is None:
-            if any(marker in self.sql for marker in _UNSAFE):
+            if _unsafe(self.sql):
                 self.spans = []
             else:
                 matches = list(LITERALS.finditer(self.sql))

@@ -112,6 +112,9 @@ def test_canonical_keeps_text_apart() -> None:
     assert canonical("05") == canonical("5") == canonical("5.0") == canonical("5e0") == "5"
     assert canonical("abc") == "abc"
     assert canonical("5 ") == "5 "  # not a number: as it is
+    # a huge exponent stays short and exact (int() of it would not finish, or raise)
+    assert canonical("5e9999") == canonical("50e9998") == "5E+9999"
+    assert canonical("1e-999999") == "1E-999999"
 
 
 def _plan(access: Access, relation: str, *columns: str) -> KeyPlan:
