@@ -246,8 +246,9 @@ def test_rows_mode_sees_a_foreign_key_made_in_the_log(
     assert build_report(results).sync == "rows"
 
 
+@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
 def test_rows_mode_keeps_connection_per_transaction_concurrency(
-    connect_each: wl.Captured, make_cluster: Any, tmp_path: Path
+    connect_each: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
     target = _connect_each_target(make_cluster)
-    replay_agrees(connect_each, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, max_speed=True)
+    replay_agrees(connect_each, target, tmp_path / "r.pgtr", sync=SyncMode.ROWS, **pace)
