@@ -115,7 +115,9 @@ def by_session(workload: Workload) -> dict[str, list[Statement]]:
 def without_clock(sessions: dict[str, list[Statement]]) -> dict[str, list[Statement]]:
     """The statements with their commit-clock members cleared."""
     return {
-        sid: [dataclasses.replace(s, commit=0, after=0, after_objects=0) for s in stmts]
+        sid: [
+            dataclasses.replace(s, commit=0, after=0, after_objects=0, after_rows=0) for s in stmts
+        ]
         for sid, stmts in sessions.items()
     }
 
