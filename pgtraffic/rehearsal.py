@@ -24,6 +24,7 @@ from capture.pipeline import CaptureOptions, CaptureSummary, capture
 from pgtraffic import scenario as scenarios
 from pgtraffic.compare import Comparison, ExplainTargets, Thresholds, compare_files
 from pgtraffic.compare.rounds import balanced_order
+from pgtraffic.concurrent import SideRun, replay_together
 from pgtraffic.errors import ServerError, UsageError
 from pgtraffic.servers import Cluster, Profile, find_installation
 from replay.connection import TargetInfo
@@ -159,10 +160,12 @@ def check_two_servers(
     allow_same: bool,
     reporter: Reporter,
     restored: bool = False,
+    concurrent: bool = False,
 ) -> None:
     """Refuse baseline and candidate being one server and database (the candidate
     would replay on the state the baseline replay left) unless ``allow_same`` or
-    ``restored`` (the state is reset before each replay)."""
+    ``restored`` (the state is reset before each replay); always when ``concurrent``
+    (both replays would write into one database at once)."""
     a, b = server_identity(baseline_dsn), server_identity(candidate_dsn)
     if a is None or b is None:
         if baseline_dsn.strip() != candidate_dsn.strip():
@@ -178,6 +181,12 @@ def check_two_servers(
                 f"{a.database} and {b.database}: an A/A run of one server"
             )
             return
+    if concurrent:
+        raise UsageError(
+            f"--concurrent replays onto --baseline and --candidate at the same time, and "
+            f"they are the same server and database ({where})",
+            hint="give two servers (or two databases), or leave out --concurrent",
+        )
     if allow_same or restored:
         state = (
             "reset before each replay"
@@ -207,6 +216,8 @@ class RehearsalResult:
     """DSNs of servers left running (demo --keep)."""
     rounds: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())
     """Every round's results files, baseline and candidate (the first are the above)."""
+    concurrent: bool = False
+    """Each round replayed onto both servers at the same time."""
 
 
 def replay_once(
@@ -251,6 +262,7 @@ def rehearse(
     reporter: Reporter | None = None,
     allow_same_server: bool = False,
     rounds: int = 1,
+    concurrent: bool = False,
 ) -> RehearsalResult:
     """Capture ``logs``, replay the workload on both servers, compare the runs.
 
@@ -260,9 +272,12 @@ def rehearse(
 
     ``reset(label)``, when given, is called before each replay to put that server
     back into the pre-capture state (the demo restores a dump; users can pass a
-    script). Replays run one after the other so they do not compete for the machine.
+    script). Replays run one after the other so they do not compete for the machine;
+    with ``concurrent`` each round replays onto both servers at the same time (both
+    reset first), so the machine's noise during a round falls on both sides alike.
     Baseline and candidate being one server and database is refused (UsageError)
-    unless ``allow_same_server`` or ``reset`` (which restores the state in between).
+    unless ``allow_same_server`` or ``reset`` (which restores the state in between),
+    and always with ``concurrent``.
     """
     rep = reporter or SilentReporter()
     check_two_servers(
@@ -271,6 +286,7 @@ def rehearse(
         allow_same=allow_same_server,
         reporter=rep,
         restored=reset is not None,
+        concurrent=concurrent,
     )
     settings = replay or ReplaySettings()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -287,25 +303,15 @@ def rehearse(
             f"{summary.classes:,} query classes -> {workload}"
         )
     dsns = {"baseline": baseline_dsn, "candidate": candidate_dsn}
-    results: dict[str, list[Path]] = {"baseline": [], "candidate": []}
-    finals: dict[str, list[FinalSummary]] = {"baseline": [], "candidate": []}
     if rounds > 1 and reset is None:
         rep.note(
             "no reset between rounds: each replay runs on the state the previous one left "
             "(fine for a read-only workload; otherwise give a reset command)"
         )
-    for side in balanced_order(rounds):
-        label = "baseline" if side == "A" else "candidate"
-        k = len(results[label]) + 1
-        path = workdir / (f"{label}.pgtr" if k == 1 else f"{label}-{k}.pgtr")
-        title = label if rounds == 1 else f"{label} (round {k} of {rounds})"
-        if reset is not None:
-            with rep.step(f"Reset the {label} server to the pre-capture state"):
-                reset(label)
-        with rep.step(f"Replay onto the {title} server"):
-            finals[label].append(replay_once(workload, dsns[label], path, settings, rep, label))
-        results[label].append(path)
+    plan = _Rounds(workload, dsns, workdir, settings, rep, rounds, reset)
+    results, finals = plan.together() if concurrent else plan.alternating()
     what = "the two replays" if rounds == 1 else f"the {2 * rounds} replays across rounds"
+    what += " (replayed at the same time)" if concurrent else ""
     with rep.step(f"Compare {what}" + (" and their plans" if explain else "")):
         comparison = compare_files(
             results["baseline"],
@@ -322,7 +328,70 @@ def rehearse(
         comparison=comparison,
         replay_summaries=(finals["baseline"][0], finals["candidate"][0]),
         rounds=(tuple(results["baseline"]), tuple(results["candidate"])),
+        concurrent=concurrent,
     )
+
+
+class _Rounds:
+    """The replays of a rehearsal: one after the other, or both sides at once."""
+
+    def __init__(
+        self,
+        workload: Path,
+        dsns: dict[str, str],
+        workdir: Path,
+        settings: ReplaySettings,
+        reporter: Reporter,
+        rounds: int,
+        reset: Callable[[str], None] | None,
+    ) -> None:
+        self.workload, self.dsns, self.workdir = workload, dsns, workdir
+        self.settings, self.rep, self.rounds, self.reset = settings, reporter, rounds, reset
+        self.results: dict[str, list[Path]] = {"baseline": [], "candidate": []}
+        self.finals: dict[str, list[FinalSummary]] = {"baseline": [], "candidate": []}
+
+    def _next(self, label: str) -> tuple[Path, str]:
+        """The results file of this side's next round, and the round's title."""
+        k = len(self.results[label]) + 1
+        path = self.workdir / (f"{label}.pgtr" if k == 1 else f"{label}-{k}.pgtr")
+        return path, label if self.rounds == 1 else f"{label} (round {k} of {self.rounds})"
+
+    def _reset(self, label: str) -> None:
+        if self.reset is not None:
+            with self.rep.step(f"Reset the {label} server to the pre-capture state"):
+                self.reset(label)
+
+    def alternating(self) -> tuple[dict[str, list[Path]], dict[str, list[FinalSummary]]]:
+        """A B B A A B ...: each replay alone on the machine."""
+        for side in balanced_order(self.rounds):
+            label = "baseline" if side == "A" else "candidate"
+            path, title = self._next(label)
+            self._reset(label)
+            with self.rep.step(f"Replay onto the {title} server"):
+                final = replay_once(
+                    self.workload, self.dsns[label], path, self.settings, self.rep, label
+                )
+            self.finals[label].append(final)
+            self.results[label].append(path)
+        return self.results, self.finals
+
+    def together(self) -> tuple[dict[str, list[Path]], dict[str, list[FinalSummary]]]:
+        """Each round: both sides reset (in the balanced order), then both replayed at once."""
+        order = balanced_order(self.rounds)
+        for k in range(self.rounds):
+            for side in order[2 * k : 2 * k + 2]:
+                self._reset("baseline" if side == "A" else "candidate")
+            runs = []
+            for label in ("baseline", "candidate"):
+                path, _ = self._next(label)
+                runs.append(SideRun(label, self.dsns[label], path))
+            title = "" if self.rounds == 1 else f" (round {k + 1} of {self.rounds})"
+            with self.rep.step(f"Replay onto both servers at the same time{title}"):
+                finals, _ = replay_together(self.workload, runs, self.settings, self.rep)
+            for run in runs:
+                self.finals[run.label].append(finals[run.label])
+                self.results[run.label].append(run.results)
+        return self.results, self.finals
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +410,8 @@ class DemoSettings:
     candidate_sql: str | None = None
     """SQL run on the candidate after each restore: the change under test (an index
     dropped, a setting), for seeing what a regression looks like."""
+    concurrent: bool = False
+    """Replay each round onto both targets at the same time (see :func:`rehearse`)."""
 
 
 DEMO_DB = "gitlab"
@@ -408,6 +479,7 @@ def demo(
             reset=reset,
             reporter=rep,
             rounds=cfg.rounds,
+            concurrent=cfg.concurrent,
         )
         servers = {}
         if cfg.keep:

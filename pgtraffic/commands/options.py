@@ -311,6 +311,18 @@ Rounds = Annotated[
     ),
 ]
 
+Concurrent = Annotated[
+    bool,
+    typer.Option(
+        "--concurrent/--alternating",
+        help="--concurrent: replay each round onto both servers at the same time (both "
+        "reset first), so the machine's state during a round falls on both sides alike, "
+        "but the two compete for the CPU. --alternating: one server at a time, A B B A ... "
+        "(see docs/compare.md, 'Concurrent or alternating').",
+        rich_help_panel=COMPARE,
+    ),
+]
+
 # ---- capture filters -----------------------------------------------------------------
 
 

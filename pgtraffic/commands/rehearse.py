@@ -142,6 +142,7 @@ def demo_command(
         bool, typer.Option(help="Leave the servers running and print their DSNs.")
     ] = False,
     rounds: opt.Rounds = 1,
+    concurrent: opt.Concurrent = False,
     baseline_version: Annotated[
         int, typer.Option(metavar="MAJOR", help="PostgreSQL major version of the baseline.")
     ] = 16,
@@ -168,7 +169,8 @@ def demo_command(
     workload on both, compares them (with EXPLAIN on both) and writes report.html.
 
     With --rounds N each target is replayed N times (A B B A A B ..., each on freshly
-    restored data) and the verdicts come from the spread between rounds.
+    restored data) and the verdicts come from the spread between rounds; with
+    --concurrent both targets are replayed at the same time in each round.
 
     \b
     Example:
@@ -198,6 +200,7 @@ def demo_command(
             rate=rate or None,
             keep=keep,
             rounds=rounds,
+            concurrent=concurrent,
             baseline_major=baseline_version,
             candidate_major=candidate_version,
             candidate_sql=candidate_sql,
@@ -244,6 +247,7 @@ def rehearse_command(
         ),
     ] = False,
     rounds: opt.Rounds = 1,
+    concurrent: opt.Concurrent = False,
     allow_writes: opt.AllowWrites = False,
     reset_command: Annotated[
         str | None,
@@ -264,7 +268,7 @@ def rehearse_command(
     since: opt.Since = None,
     until: opt.Until = None,
 ) -> None:
-    """Capture your logs, replay them on two servers one after the other, compare.
+    """Capture your logs, replay them on two servers (one after the other), compare.
 
     Both servers should hold the data as it was when the capture began (restore a
     backup or snapshot taken then). The two must be different servers (read from
@@ -276,7 +280,8 @@ def rehearse_command(
 
     With --rounds N each server is replayed N times (A B B A A B ...), --reset-command
     restoring its data before each replay, and the verdicts come from the spread
-    between rounds (see pgtraffic compare --help).
+    between rounds (see pgtraffic compare --help). With --concurrent each round
+    replays onto both servers at the same time (both reset first).
 
     \b
     Example:
@@ -327,6 +332,7 @@ def rehearse_command(
         reporter=ConsoleReporter(out),
         allow_same_server=allow_same_server,
         rounds=rounds,
+        concurrent=concurrent,
         reset=_reset_runner(reset_command, baseline, candidate),
     )
     _report(result, html or workdir / "report.html", out)
