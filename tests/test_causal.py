@@ -32,6 +32,13 @@ PACES: list[dict[str, Any]] = [
     {"max_speed": True},
 ]
 PACE_IDS = ["speed1", "speed4", "max-speed"]
+FAST_PACES = [
+    pytest.param(pace, id=name, marks=[pytest.mark.slow] if name == "speed4" else [])
+    for pace, name in zip(PACES, PACE_IDS, strict=True)
+]
+"""PACES with ``--speed 4`` in the slow run only: for the tests whose every pace
+case takes seconds, the default run keeps the two ends (the capture's own pace and
+no pace at all)."""
 
 
 def _capture(
@@ -106,7 +113,7 @@ def _connect_each_target(make_cluster: Any) -> Cluster:
     return target
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 @pytest.mark.parametrize("major", [16, 18])
 def test_chain_of_sessions_keeps_every_outcome(
     chain: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], major: int
@@ -141,7 +148,7 @@ def test_sessions_into_a_database_created_by_an_earlier_one(
 
 
 @pytest.mark.parametrize("mode", [SyncMode.COMMIT, SyncMode.OBJECTS, SyncMode.ROWS])
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 def test_consumer_never_runs_before_the_producer_commit(
     producer_consumer: wl.Captured,
     make_cluster: Any,
@@ -176,7 +183,7 @@ def test_a_slower_target_still_keeps_the_order(
     assert int(results.records["sync_wait_us"].max()) > 5_000  # the consumer did wait
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 def test_connection_per_transaction_keeps_its_concurrency(
     connect_each: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
@@ -187,7 +194,7 @@ def test_connection_per_transaction_keeps_its_concurrency(
     assert len(connect_each.workload.sessions) > 100
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 @pytest.mark.parametrize("major", [16, 18])
 def test_rows_mode_orders_by_key(
     keyed_handover: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any], major: int
