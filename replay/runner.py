@@ -18,8 +18,9 @@ import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -608,6 +609,24 @@ def _without_main_module() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
+@contextlib.contextmanager
+def spawned(procs: Sequence[BaseProcess], *, join_timeout_s: float) -> Iterator[None]:
+    """Start ``procs`` (made by a ``spawn`` context, so without the parent's
+    ``__main__``: :func:`_without_main_module`) for the block; however the block
+    ends, wait up to ``join_timeout_s`` for each and kill those still running."""
+    with _without_main_module():
+        for proc in procs:
+            proc.start()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.join(timeout=join_timeout_s)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def _run_processes(
     workload_path: Path,
     results_path: Path,
@@ -629,50 +648,43 @@ def _run_processes(
         )
         for w in range(options.workers)
     ]
-    with _without_main_module():
-        for proc in procs:
-            proc.start()
-    try:
-        ready = 0
-        while ready < len(procs):
-            try:
-                kind, _, _ = messages.get(timeout=0.5)
-            except queue_mod.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    raise ReplayError(
-                        "a replay worker process died before the start",
-                        hint="run with --workers 1 to see its error",
-                    ) from None
-                continue
-            ready += kind == "ready"
-        t0 = time.monotonic_ns() + int(START_DELAY_S * 1e9)
-        start_ns.value = t0
-        go.set()
-        done: set[int] = set()
-        while len(done) < len(procs):
-            try:
-                kind, worker, payload = messages.get(timeout=0.5)
-            except queue_mod.Empty:
-                if all(not p.is_alive() for p in procs):
-                    break
-                continue
-            if kind == "progress":
-                status.update(worker, payload)
-                if on_status is not None:
-                    on_status(status)
-            elif kind == "summary":
-                done.add(worker)
-                summaries.append(payload)
-        return t0
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for w in range(len(procs)):
-            if not any(s.get("worker") == w for s in summaries):
-                summaries.append({"worker": w, "completed": False})
+    with spawned(procs, join_timeout_s=30):
+        try:
+            ready = 0
+            while ready < len(procs):
+                try:
+                    kind, _, _ = messages.get(timeout=0.5)
+                except queue_mod.Empty:
+                    if any(p.exitcode not in (None, 0) for p in procs):
+                        raise ReplayError(
+                            "a replay worker process died before the start",
+                            hint="run with --workers 1 to see its error",
+                        ) from None
+                    continue
+                ready += kind == "ready"
+            t0 = time.monotonic_ns() + int(START_DELAY_S * 1e9)
+            start_ns.value = t0
+            go.set()
+            done: set[int] = set()
+            while len(done) < len(procs):
+                try:
+                    kind, worker, payload = messages.get(timeout=0.5)
+                except queue_mod.Empty:
+                    if all(not p.is_alive() for p in procs):
+                        break
+                    continue
+                if kind == "progress":
+                    status.update(worker, payload)
+                    if on_status is not None:
+                        on_status(status)
+                elif kind == "summary":
+                    done.add(worker)
+                    summaries.append(payload)
+            return t0
+        finally:
+            for w in range(len(procs)):
+                if not any(s.get("worker") == w for s in summaries):
+                    summaries.append({"worker": w, "completed": False})
 
 
 def with_defaults(options: ReplayOptions, target: TargetInfo) -> ReplayOptions:
