@@ -31,8 +31,8 @@ from replay.runner import (
     LiveStatus,
     ReplayPlan,
     ReplaySettings,
-    _without_main_module,
     replay_workload,
+    spawned,
 )
 
 __all__ = ["SideRun", "StartRecord", "replay_together"]
@@ -213,17 +213,8 @@ def replay_together(
         for k, side in enumerate(sides)
     ]
     parent = _Parent(sides, reporter, procs)
-    with _without_main_module():
-        for proc in procs:
-            proc.start()
-    try:
+    with spawned(procs, join_timeout_s=60):
         parent.run(messages)
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
     if parent.errors:
         raise parent.errors[0]
     missing = [s.label for k, s in enumerate(sides) if k not in parent.finals]
