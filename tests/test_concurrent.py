@@ -19,7 +19,7 @@ from replay.runner import ReplaySettings
 from tests.conftest import ClusterFactory
 from tests.replay_helpers import run_cli
 from tests.test_compare import DB, _prepare
-from tests.test_rehearse import _captured_source
+from tests.test_rehearse import _captured_source, _two_round_rehearsal
 
 
 def _span(path: Path) -> tuple[float, float]:
@@ -35,16 +35,9 @@ def _span(path: Path) -> tuple[float, float]:
 def test_rehearse_concurrent_replays_both_sides_at_once_after_both_resets(
     make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
 ) -> None:
-    logs = _captured_source(make_cluster, tmp_path, "-c", "2", "-t", "40")
-    baseline, candidate = make_cluster(16), make_cluster(16)
-    _prepare(baseline)
-    _prepare(candidate)
-    work = tmp_path / "rehearsal"
-    resets = tmp_path / "resets.txt"
-    args = ["rehearse", "--rounds", "2", "--concurrent", *logs]
-    args += ["--baseline", baseline.dsn(DB), "--candidate", candidate.dsn(DB)]
-    args += ["--workdir", str(work), "--max-speed", "--application", "pgbench", "--no-explain"]
-    args += ["--reset-command", f'echo "$PGTRAFFIC_SIDE $(date +%s.%N)" >> {resets}']
+    args, work, resets = _two_round_rehearsal(
+        make_cluster, tmp_path, "--concurrent", reset_echo="$PGTRAFFIC_SIDE $(date +%s.%N)"
+    )
     result = run_cli(pgtraffic_cmd, *args, timeout=600, columns=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = " ".join(result.stdout.split())

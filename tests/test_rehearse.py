@@ -134,19 +134,29 @@ def test_rehearse_runs_an_a_a_on_one_server_when_allowed(
     assert "both runs replayed on the same server" in out  # and the report says it too
 
 
-def test_rehearse_rounds_reset_before_every_replay_in_balanced_order(
-    make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
-) -> None:
+def _two_round_rehearsal(
+    make_cluster: ClusterFactory, tmp_path: Path, *options: str, reset_echo: str
+) -> tuple[list[str], Path, Path]:
+    """The arguments of ``rehearse --rounds 2`` (and ``options``) of a pgbench capture
+    onto two separate, prepared 16s at --max-speed, its workdir, and the file its
+    --reset-command (the last argument) appends ``echo "<reset_echo>"`` to."""
     logs = _captured_source(make_cluster, tmp_path, "-c", "2", "-t", "40")
     baseline, candidate = make_cluster(16), make_cluster(16)
     _prepare(baseline)
     _prepare(candidate)
     work = tmp_path / "rehearsal"
     resets = tmp_path / "resets.txt"
-    args = ["rehearse", "--rounds", "2", *logs]
+    args = ["rehearse", "--rounds", "2", *options, *logs]
     args += ["--baseline", baseline.dsn(DB), "--candidate", candidate.dsn(DB)]
     args += ["--workdir", str(work), "--max-speed", "--application", "pgbench", "--no-explain"]
-    args += ["--reset-command", f'echo "$PGTRAFFIC_SIDE" >> {resets}']
+    args += ["--reset-command", f'echo "{reset_echo}" >> {resets}']
+    return args, work, resets
+
+
+def test_rehearse_rounds_reset_before_every_replay_in_balanced_order(
+    make_cluster: ClusterFactory, tmp_path: Path, pgtraffic_cmd: list[str]
+) -> None:
+    args, work, resets = _two_round_rehearsal(make_cluster, tmp_path, reset_echo="$PGTRAFFIC_SIDE")
     result = run_cli(pgtraffic_cmd, *args, timeout=600, columns=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # A B B A, a reset before each replay
