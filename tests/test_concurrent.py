@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from capture.pipeline import CaptureOptions, capture
+from pgtraffic.compare import compare_files
+from pgtraffic.compare.render_text import noise_lines
 from pgtraffic.concurrent import SideRun, replay_together
 from pgtraffic.errors import TargetError
 from pgtraffic.rehearsal import SilentReporter
@@ -54,12 +55,15 @@ def test_rehearse_concurrent_replays_both_sides_at_once_after_both_resets(
         round_resets = [float(at) for _, at in entries[2 * k : 2 * k + 2]]
         assert previous_end < min(round_resets) and max(round_resets) < min(a0, b0)
         previous_end = max(a1, b1)
-    files = [f"{work / s}.pgtr,{work / s}-2.pgtr" for s in ("baseline", "candidate")]
-    compared = run_cli(pgtraffic_cmd, "compare", *files, "--json")
-    assert compared.returncode == 0, compared.stderr
-    data = json.loads(compared.stdout)
-    assert (data["rounds"]["baseline"], data["rounds"]["candidate"]) == (2, 2)
-    assert data["complete"] is True
+    # compare reads the four files as two rounds a side, replayed together (from their times)
+    base, cand = ([work / f"{s}.pgtr", work / f"{s}-2.pgtr"] for s in ("baseline", "candidate"))
+    c = compare_files(base, cand)
+    assert c.rounds is not None and (c.rounds.baseline, c.rounds.candidate) == (2, 2)
+    assert c.rounds.concurrent and not c.incomplete_runs()
+    assert any("ran at the same time as its candidate round" in line for line in noise_lines(c))
+    # paired the other way round (baseline 1 with candidate 2), no round ran together
+    crossed = compare_files(base, cand[::-1])
+    assert crossed.rounds is not None and not crossed.rounds.concurrent
 
 
 def test_rehearse_concurrent_refuses_one_database_twice(

@@ -312,3 +312,6 @@ class Rounds:
     """Every round's run, labelled (``baseline round 2``), first rounds first."""
     statements: int
     """Statements that succeeded in every round on both sides (what locations use)."""
+    concurrent: bool = False
+    """Each baseline round ran at the same time as the candidate round of its number
+    (``rehearse --concurrent``), read from the runs' start times and durations."""

@@ -9,6 +9,7 @@ class's location in that round only). See :mod:`pgtraffic.compare.rounds`.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 from collections.abc import Sequence
 
@@ -90,6 +91,39 @@ def _locations(
     return out
 
 
+def _span(run: RunData) -> tuple[float, float] | None:
+    """When a run sent its statements (POSIX seconds), from its header's start time and
+    its duration; None when the header has no start time."""
+    started = run.header.get("start_time")
+    if not isinstance(started, str):
+        return None
+    try:
+        start = dt.datetime.fromisoformat(started).timestamp()
+    except ValueError:
+        return None
+    return start, start + START_SLACK_S + run.duration_s
+
+
+START_SLACK_S = 0.3
+"""A replay's first statement goes this long after the start time its header records."""
+
+
+def replayed_together(baseline: Sequence[RunData], candidate: Sequence[RunData]) -> bool:
+    """Whether each baseline round ran at the same time as the candidate round of its
+    number: their spans overlap over at least half of the shorter one (replays one
+    after the other, even back to back, overlap not at all)."""
+    if len(baseline) != len(candidate) or not baseline:
+        return False
+    for a, b in zip(baseline, candidate, strict=True):
+        sa, sb = _span(a), _span(b)
+        if sa is None or sb is None:
+            return False
+        overlap = min(sa[1], sb[1]) - max(sa[0], sb[0])
+        if overlap <= 0.5 * min(sa[1] - sa[0], sb[1] - sb[0]):
+            return False
+    return True
+
+
 def _verdict(cls: ClassComparison, effect: RoundsEffect, q: float, th: Thresholds) -> Verdict:
     delta = cls.baseline.p50 * (effect.ratio - 1)
     if not significant(effect, q, th.alpha) or abs(delta) < th.min_delta_us:
@@ -137,5 +171,12 @@ def apply_rounds(
         for k, run in enumerate(side_runs)
     )
     common = len(positions[0])
-    rounds = Rounds(len(baseline), len(candidate), judged.drift, summaries, common)
+    rounds = Rounds(
+        len(baseline),
+        len(candidate),
+        judged.drift,
+        summaries,
+        common,
+        concurrent=replayed_together(baseline, candidate),
+    )
     return dataclasses.replace(first, classes=tuple(classes), rounds=rounds)

@@ -68,6 +68,12 @@ def noise_lines(c: Comparison) -> list[str]:
             f"the spread between rounds ({r.statements:,} statements that succeeded in every "
             "round), each class with its own noise floor"
         ]
+        if r.concurrent:
+            lines.append(
+                "each baseline round ran at the same time as its candidate round (replayed "
+                "concurrently): the machine's state in a round fell on both sides alike, but "
+                "the two replays shared the machine"
+            )
         if r.drift is not None:
             d = r.drift
             way = "slower" if d.ratio > 1 else "faster"
