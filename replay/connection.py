@@ -64,6 +64,8 @@ KEY_SETTINGS = (
     "jit",
     "max_parallel_workers_per_gather",
     "random_page_cost",
+    "data_checksums",
+    "io_method",
     "TimeZone",
     "DateStyle",
 )

@@ -22,7 +22,7 @@ from pgtraffic.compare.targets import (
 )
 from pgtraffic.servers import Cluster
 from replay.results import read_results
-from replay.runner import ReplaySettings, ResultsHeader, replay_workload
+from replay.runner import ReplaySettings, ResultsHeader, inspect_target, replay_workload
 from replay.sync import SyncMode
 from replay.target_contents import databases_from_header
 from tests.replay_helpers import simple, write_workload
@@ -190,3 +190,14 @@ def test_replay_records_extensions_and_sizes_and_compare_lists_the_differences(
     assert data["targets"]["sizes"][0]["database"] == db
     assert f"extension pg_trgm {trgm}" in to_markdown(c)
     assert f"extension pg_trgm {trgm}" in to_html(c, version="test")
+
+
+def test_data_checksums_and_the_io_method_are_listed_between_16_and_18(
+    pg16: Cluster, pg18: Cluster
+) -> None:
+    """initdb of 18 turns data checksums on, and 18 reads through I/O workers: both make
+    reads that miss shared buffers cost more on 18 than on 16, whatever the query."""
+    headers = [{"target": inspect_target(c.dsn()).to_json()} for c in (pg16, pg18)]
+    diffs = {d.name: (d.baseline, d.candidate) for d in target_differences(*headers).settings}
+    assert diffs["data_checksums"] == ("off", "on")
+    assert diffs["io_method"] == (None, "worker")
