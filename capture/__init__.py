@@ -46,6 +46,25 @@ if TYPE_CHECKING:
     from capture.workload import Workload, WorkloadWriter, read_workload
 
 
+def _warn_if_stale() -> None:
+    from capture.native import stale
+
+    names = stale()
+    if names:
+        import warnings
+
+        warnings.warn(
+            f"capture's compiled modules {', '.join(names)} are older than their source: "
+            "the compiled ones run, not the edits. Run `pip install -e .` again, or "
+            "`rm capture/*.so` to run plain Python",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_warn_if_stale()
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

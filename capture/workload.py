@@ -40,17 +40,18 @@ from capture.errors import WorkloadFormatError
 from capture.records import QueryClass, Session, Statement, WorkloadHeader
 from capture.version import __version__
 
-_fast_gzip: Any
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, UnicodeDecodeError, zlib.error)
 """What reading a damaged or truncated workload file can raise."""
+_fast_gzip: Any = gzip
 try:
-    from zlib_ng import gzip_ng as _fast_gzip
-    from zlib_ng import zlib_ng as _zlib_ng
+    from zlib_ng import gzip_ng, zlib_ng
 
-    _ZLIB_NG_ERROR: Any = _zlib_ng.error  # its stub types the class as an instance
+    _fast_gzip = gzip_ng
+
+    _ZLIB_NG_ERROR: Any = zlib_ng.error  # its stub types the class as an instance
     READ_ERRORS += (_ZLIB_NG_ERROR,)
 except ImportError:  # pragma: no cover - zlib-ng is a dependency; stdlib gzip works too
-    _fast_gzip = gzip
+    pass
 
 
 def open_text(path: Path) -> IO[str]:
@@ -92,12 +93,14 @@ class WorkloadWriter:
         self._last_offset = -(2**63)
         self.statements = 0
         self._queue: queue.Queue[list[str] | None] | None = None
-        self._thread: threading.Thread | None = None
+        self._drainer: threading.Thread | None = None
         self._failure: BaseException | None = None
         if background:
             self._queue = queue.Queue(maxsize=8)
-            self._thread = threading.Thread(target=self._drain, name="workload-writer", daemon=True)
-            self._thread.start()
+            self._drainer = threading.Thread(
+                target=self._drain, name="workload-writer", daemon=True
+            )
+            self._drainer.start()
 
     def _drain(self) -> None:
         assert self._queue is not None
@@ -119,11 +122,11 @@ class WorkloadWriter:
 
     def _stop(self) -> None:
         """Wait for the background thread (if any) to write what it was given."""
-        if self._thread is not None:
+        if self._drainer is not None:
             assert self._queue is not None
             self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+            self._drainer.join()
+            self._drainer = None
         self._raise_failure()
 
     def _raise_failure(self) -> None:
@@ -136,7 +139,7 @@ class WorkloadWriter:
 
     def write_encoded(self, offset_us: int, line: str) -> None:
         """Write one statement already encoded as a JSON object without newline."""
-        if self._thread is not None:
+        if self._drainer is not None:
             self.write_batch([offset_us], [line])
             return
         if offset_us < self._last_offset:
