@@ -599,6 +599,8 @@ class _Capture:
         self.tracker = StatementTracker(options.filters)
         self.writer = WorkloadWriter(output, background=workers > 1)
         self.classes: dict[str, list[Any]] = {}
+        self.spans: dict[str, list[int]] = {}
+        """Session to [offset of its first statement, end of its last] as written."""
         """fingerprint: [count, total duration, first SQL, parsed]"""
         self.skipped: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = {}
@@ -684,6 +686,7 @@ class _Capture:
         self.kind_counts.update(map(_KIND_OF, stmts))  # counted in C, in the order written
         class_data = self.classes
         find_class = class_data.get
+        spans, find_span = self.spans, self.spans.get
         for stmt in stmts:
             offset = stmt.start_us - origin
             if offset < last:
@@ -693,6 +696,11 @@ class _Capture:
             add_offset(offset)
             add_line(stmt.encode(offset))
             duration = stmt.duration_us
+            span = find_span(stmt.session)
+            if span is None:
+                spans[stmt.session] = [offset, offset + (duration or 0)]
+            else:
+                span[1] = offset + (duration or 0)
             entry = find_class(stmt.fingerprint)
             if entry is None:
                 class_data[stmt.fingerprint] = [1, duration or 0, stmt.sql, stmt.parsed]
@@ -730,7 +738,11 @@ class _Capture:
         end_us = max(self.last_ts or origin, origin + self.last_offset)
         tracker = self.tracker
         classes = _class_records(self.classes)
-        sessions = list(tracker.session_records(origin))
+        spans = self.spans
+        sessions = [
+            s if s.id not in spans else replace(s, first_us=spans[s.id][0], last_us=spans[s.id][1])
+            for s in tracker.session_records(origin)
+        ]
         header = self.writer.close(
             capture_start=to_datetime(origin),
             capture_end=to_datetime(end_us),

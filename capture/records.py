@@ -115,6 +115,8 @@ class Statement:
 
 _SESSION_SYNC = ("disconnect_order", "after_disconnects", "connect_after", "connect_after_objects")
 """Session members of format version 2, left out of the JSON when 0."""
+_SESSION_SPAN = ("first_us", "last_us")
+"""Session members written since the statement spans (left out when None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +142,21 @@ class Session:
     """The commit clock when its connection was logged."""
     connect_after_objects: int = 0
     """The latest global commit at or before ``connect_after``."""
+    first_us: int | None = None
+    """The offset of its first statement (None: none, or written before spans were)."""
+    last_us: int | None = None
+    """The offset of its last statement plus that statement's logged duration."""
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "session", **field_dict(self, exclude=_SESSION_SYNC)}
+        exclude = _SESSION_SYNC + _SESSION_SPAN
+        out: dict[str, Any] = {"type": "session", **field_dict(self, exclude=exclude)}
         for key in _SESSION_SYNC:
             value = getattr(self, key)
             if value:
+                out[key] = value
+        for key in _SESSION_SPAN:
+            value = getattr(self, key)
+            if value is not None:
                 out[key] = value
         return out
 

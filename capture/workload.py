@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import json
@@ -296,6 +297,33 @@ class Workload:
                 yield obj
         check.finish()
 
+    def verify_body(self) -> int:
+        """The statements checked against the header as :meth:`statement_dicts` does
+        (count, digest), from their bytes without decoding them: several times faster,
+        for checking a file before using it. Returns how many there are."""
+        skip = self.preamble_lines
+        if skip < 0:
+            skip = 1 + len(self.classes) + len(self.sessions)
+        check = _BodyCheck(self)
+        try:
+            with _fast_gzip.open(self.path, "rb") as fh:
+                for block in iter(functools.partial(fh.read, 1 << 20), b""):
+                    while skip and block:
+                        end = block.find(b"\n")
+                        if end < 0:
+                            block = b""
+                            break
+                        block = block[end + 1 :]
+                        skip -= 1
+                    check.add_bytes(block)
+        except READ_ERRORS as exc:
+            raise WorkloadFormatError(
+                f"{self.path}: not a readable pgtraffic workload ({exc})",
+                hint="the file is truncated or not gzip; capture it again with pgtraffic capture",
+            ) from exc
+        check.finish()
+        return check.count
+
 
 _EDITED_HINT = (
     "the file was edited or damaged after capture wrote it; capture the logs again "
@@ -311,6 +339,8 @@ class _BodyCheck:
         self.count = 0
         self.digest = hashlib.sha256()
         self.pending: list[str] = []
+        self.tail = b""
+        """The last byte given to :meth:`add_bytes`."""
 
     def add(self, line: str) -> None:
         self.count += 1
@@ -320,10 +350,20 @@ class _BodyCheck:
             self.digest.update("".join(pending).encode())
             pending.clear()
 
+    def add_bytes(self, block: bytes) -> None:
+        """Some bytes of the statement lines, as stored (``add`` or this, not both)."""
+        if block:
+            self.digest.update(block)
+            self.count += block.count(b"\n")
+            self.tail = block[-1:]
+
     def finish(self) -> None:
         header, path = self.workload.header, self.workload.path
         self.digest.update("".join(self.pending).encode())
         self.pending.clear()
+        if self.tail not in (b"", b"\n"):  # bytes after the last newline: one more line
+            self.count += 1
+            self.tail = b""
         expected = header.counts.get("statements")
         if expected is not None and expected != self.count:
             raise WorkloadFormatError(

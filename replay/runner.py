@@ -127,7 +127,9 @@ class WorkloadScan:
     kinds: dict[str, int]
     spans: dict[str, tuple[int, int]]
     first_offset_us: int
-    last_offset_us: int
+    """The offset of the first statement."""
+    last_end_us: int
+    """The latest end of a statement (its offset plus its logged duration)."""
     truncated_params: int = 0
     unlisted: dict[str, QueryClass] = field(default_factory=dict)
     """Classes of statements whose fingerprint the workload's class records lack
@@ -139,6 +141,47 @@ class WorkloadScan:
 
 
 def scan_workload(workload: Workload) -> WorkloadScan:
+    """What replay needs to know of the statements before sending any: from the
+    preamble when the sessions carry their spans (checking the statements' bytes
+    against the header, without decoding them), else from one pass over them."""
+    return quick_scan(workload) or full_scan(workload)
+
+
+def quick_scan(workload: Workload) -> WorkloadScan | None:
+    """The scan from the header and the session spans capture writes (None: the file
+    lacks them). Every class of a captured workload is listed, and the statements are
+    the ones the header describes (:meth:`Workload.verify_body`)."""
+    sessions, counts = workload.sessions.values(), workload.header.counts
+    total = counts.get("statements")
+    if (
+        total is None
+        or any(s.statements and s.first_us is None for s in sessions)
+        or sum(s.statements for s in sessions) != total
+    ):
+        return None
+    workload.verify_body()
+    kinds = {k.removeprefix("kind_"): n for k, n in counts.items() if k.startswith("kind_") and n}
+    spans: dict[str, tuple[int, int]] = {}
+    firsts = []
+    for s in sessions:
+        if s.first_us is not None:
+            firsts.append(s.first_us)
+        start = s.connect_us if s.connect_us is not None else s.first_us
+        end = s.disconnect_us if s.disconnect_us is not None else s.last_us
+        if start is not None:
+            spans[s.id] = (start, end if end is not None else start)
+    ends = [s.last_us for s in sessions if s.last_us is not None]
+    return WorkloadScan(
+        statements=total,
+        kinds=kinds,
+        spans=spans,
+        first_offset_us=min(firsts, default=0),
+        last_end_us=max(ends, default=0),
+        truncated_params=counts.get("params_truncated", 0),
+    )
+
+
+def full_scan(workload: Workload) -> WorkloadScan:
     """Stream the statements once, keeping only per-session first/last times."""
     kinds: Counter[str] = Counter()
     first: dict[str, int] = {}
@@ -156,7 +199,7 @@ def scan_workload(workload: Workload) -> WorkloadScan:
         first.setdefault(sid, off)
         last[sid] = off + int(obj.get("duration_us") or 0)
         lo = off if lo is None else lo
-        hi = off
+        hi = last[sid] if hi is None else max(hi, last[sid])
         if obj.get("params_truncated"):
             truncated += 1
     spans: dict[str, tuple[int, int]] = {}
@@ -172,7 +215,7 @@ def scan_workload(workload: Workload) -> WorkloadScan:
         kinds=dict(kinds),
         spans=spans,
         first_offset_us=lo or 0,
-        last_offset_us=hi or 0,
+        last_end_us=hi or 0,
         truncated_params=truncated,
         unlisted={fp: QueryClass(fp, sql, True, n) for fp, (sql, n) in unlisted.items()},
     )
@@ -270,7 +313,7 @@ def plan_replay(
     options: ReplayOptions | None = None,
 ) -> ReplayPlan:
     """What the replay will do; with ``workload`` and ``options``, also as whom."""
-    ends = [e for _, e in scan.spans.values()] or [scan.last_offset_us]
+    ends = [e for _, e in scan.spans.values()] or [scan.last_end_us]
     end = max(ends)
     logins: Counter[str] = Counter()
     sync = SyncMode.NONE

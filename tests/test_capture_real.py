@@ -21,6 +21,7 @@ from capture.pipeline import CaptureOptions, capture
 from capture.records import Session, Statement, StatementKind
 from capture.workload import Workload, read_workload
 from pgtraffic.servers import Cluster, Profile
+from replay.runner import full_scan, quick_scan
 from tests.conftest import ClusterFactory
 
 pytestmark = pytest.mark.pg(">=15")
@@ -136,6 +137,8 @@ def sessions_of(workload: Workload, application: str) -> list[str]:
 
 
 def check_invariants(workload: Workload, *, durations: bool) -> None:
+    # what replay learns from the preamble is what a pass over the statements shows
+    assert quick_scan(workload) == full_scan(workload)
     statements = by_session(workload)
     last = -1
     for stmt in workload.statements():
