@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 COMPILED = (
+    "batches",
     "chunking",
     "csvlog",
     "decode",

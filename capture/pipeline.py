@@ -15,7 +15,6 @@ import contextlib
 import gc
 import marshal
 import multiprocessing
-import operator
 import os
 import pickle
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 
 from capture.appstream import no_query_events, resolve_app_sessions
 from capture.appstream import parse_chunk as parse_appstream
+from capture.batches import BatchTally
 from capture.chunking import Chunker, ChunkText, LineChunker
 from capture.csvlog import CsvChunker
 from capture.csvlog import parse_chunk as parse_csv
@@ -41,7 +41,7 @@ from capture.overlaps import InputOverlaps
 from capture.platforms import WholeChunker
 from capture.platforms import parse_chunk as parse_platform
 from capture.prefix import compile_prefix
-from capture.records import QueryClass, Session, StatementKind, WorkloadHeader
+from capture.records import QueryClass, Session, WorkloadHeader
 from capture.sessions import OpenStatement, StatementTracker
 from capture.settings import recipe_for_formats
 from capture.sources import (
@@ -525,9 +525,6 @@ def _class_records(classes: dict[str, list[Any]]) -> list[QueryClass]:
     return out
 
 
-_KIND_OF = operator.attrgetter("kind")
-
-
 def _strict_error(problem: Problem) -> LogParseError:
     hint = HINTS.get(problem.reason, "")
     if problem.detail:
@@ -598,22 +595,16 @@ class _Capture:
         self.workers = workers
         self.tracker = StatementTracker(options.filters)
         self.writer = WorkloadWriter(output, background=workers > 1)
-        self.classes: dict[str, list[Any]] = {}
-        self.spans: dict[str, list[int]] = {}
-        """Session to [offset of its first statement, end of its last] as written."""
+        self.tally = BatchTally()
         """fingerprint: [count, total duration, first SQL, parsed]"""
         self.skipped: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = {}
-        self.kind_counts: collections.Counter[StatementKind] = collections.Counter()
         self.lines = self.records = self.non_english = 0
-        self.failed = self.unparsed = self.truncated = self.reordered = 0
-        self.timed = 0
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.server_version: str | None = None
         self.start_us: int | None = None
         """Capture start: offsets count from it (set by the first statement written)."""
-        self.last_offset = 0
         self.batch_offsets: list[int] = []
         self.batch_lines: list[str] = []
 
@@ -679,66 +670,25 @@ class _Capture:
         if self.start_us is None:
             first = stmts[0].start_us
             self.start_us = min(first, self.first_ts if self.first_ts is not None else first)
-        origin, last = self.start_us, self.last_offset
-        reordered = failed = unparsed = truncated = timed = 0
         offsets, lines = self.batch_offsets, self.batch_lines
-        add_offset, add_line = offsets.append, lines.append
-        self.kind_counts.update(map(_KIND_OF, stmts))  # counted in C, in the order written
-        class_data = self.classes
-        find_class = class_data.get
-        spans, find_span = self.spans, self.spans.get
-        for stmt in stmts:
-            offset = stmt.start_us - origin
-            if offset < last:
-                offset = last
-                reordered += 1
-            last = offset
-            add_offset(offset)
-            add_line(stmt.encode(offset))
-            duration = stmt.duration_us
-            span = find_span(stmt.session)
-            if span is None:
-                spans[stmt.session] = [offset, offset + (duration or 0)]
-            else:
-                span[1] = offset + (duration or 0)
-            entry = find_class(stmt.fingerprint)
-            if entry is None:
-                class_data[stmt.fingerprint] = [1, duration or 0, stmt.sql, stmt.parsed]
-            else:
-                entry[0] += 1
-                if duration:
-                    entry[1] += duration
-            if stmt.sqlstate is not None:
-                failed += 1
-            if not stmt.parsed:
-                unparsed += 1
-            if stmt.params_truncated:
-                truncated += 1
-            if duration is not None:
-                timed += 1
-        self.last_offset = last
-        self.reordered += reordered
-        self.failed += failed
-        self.unparsed += unparsed
-        self.truncated += truncated
-        self.timed += timed
+        self.tally.add(stmts, self.start_us, offsets, lines)
         self.writer.write_batch(offsets, lines)
         offsets.clear()
         lines.clear()
 
     def by_kind(self) -> dict[str, int]:
         by_kind: collections.Counter[str] = collections.Counter()
-        for kind, n in self.kind_counts.items():
+        for kind, n in self.tally.kinds.items():
             by_kind[kind._value_] += n
         return dict(by_kind)
 
     def _close(self) -> tuple[WorkloadHeader, list[Session], list[QueryClass]]:
         """Write the workload's preamble: capture window, sessions, classes, counts."""
         origin = self.start_us if self.start_us is not None else (self.first_ts or 0)
-        end_us = max(self.last_ts or origin, origin + self.last_offset)
+        end_us = max(self.last_ts or origin, origin + self.tally.last_offset)
         tracker = self.tracker
-        classes = _class_records(self.classes)
-        spans = self.spans
+        classes = _class_records(self.tally.classes)
+        spans = self.tally.spans
         sessions = [
             s if s.id not in spans else replace(s, first_us=spans[s.id][0], last_us=spans[s.id][1])
             for s in tracker.session_records(origin)
@@ -752,9 +702,9 @@ class _Capture:
             sources=[i.name for i in self.infos],
             filters=self.options.filters.to_json(),
             counts={
-                "failed": self.failed,
-                "unparsed": self.unparsed,
-                "params_truncated": self.truncated,
+                "failed": self.tally.failed,
+                "unparsed": self.tally.unparsed,
+                "params_truncated": self.tally.truncated,
                 "skipped_records": sum(self.skipped.values()),
                 "filtered_statements": tracker.counts.filtered_statements,
                 **{f"kind_{k}": v for k, v in self.by_kind().items()},
@@ -780,21 +730,21 @@ class _Capture:
             statements=self.writer.statements,
             statements_by_kind=self.by_kind(),
             sessions=len(sessions),
-            failed_statements=self.failed,
+            failed_statements=self.tally.failed,
             classes=len(classes),
-            unparsed_statements=self.unparsed,
-            params_truncated=self.truncated,
+            unparsed_statements=self.tally.unparsed,
+            params_truncated=self.tally.truncated,
             durations_attached=counts.durations_attached,
             statements_from_errors=counts.statements_from_errors,
             late_outcomes=counts.late_outcomes,
-            reordered=self.reordered,
+            reordered=self.tally.reordered,
             skipped=dict(self.skipped),
             skipped_examples={k: tuple(v) for k, v in self.examples.items()},
             filtered=dict(self.tracker.filter_reasons),
             first_time=to_datetime(first_ts).isoformat() if first_ts is not None else None,
             last_time=to_datetime(last_ts).isoformat() if last_ts is not None else None,
             server_version=self.server_version,
-            statements_with_duration=self.timed,
+            statements_with_duration=self.tally.timed,
         )
 
 
