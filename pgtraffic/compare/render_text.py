@@ -79,8 +79,9 @@ def noise_lines(c: Comparison) -> list[str]:
             way = "slower" if d.ratio > 1 else "faster"
             lines.append(
                 f"drift: the candidate side is {abs(d.ratio - 1):.1%} {way} in {d.share:.0%} of "
-                f"{d.classes} classes, a shift shared by nearly all of them (the machine, not "
-                "a query): reported once here and factored out of each class's verdict"
+                f"{d.classes} classes, a shift shared by nearly all of them (the machine's state, "
+                "or one side's server kept busy by a few heavy classes; not one query): "
+                "reported once here and factored out of each class's verdict"
             )
     if c.targets:
         lines.append("the targets differ in more than the version:")
