@@ -132,11 +132,15 @@ def one_round(
         )
     if target is None:
         return row
-    common = ["--target", target.socket_dsn(), "--json", "--no-progress", "--force"]
-    res = str(args.workdir / "r.pgtr")
+    # no --force (older checkouts lack it): the results file goes before each replay
+    common = ["--target", target.socket_dsn(), "--json", "--no-progress"]
+    res_path = args.workdir / "r.pgtr"
+    res = str(res_path)
+    res_path.unlink(missing_ok=True)
     wall, text = timed(checkout, "replay", str(max_w), "-o", res, "--max-speed", *common)
     report = json.loads(text)
     row["max_speed_statements_per_s_wall"] = report["statements"] / wall
+    res_path.unlink(missing_ok=True)
     wall, text = timed(checkout, "replay", str(rate_w), "-o", res, *common)
     report = json.loads(text)
     row["speed1_lag_p99_ms"] = float(report["lag_p99_ms"])
