@@ -94,7 +94,9 @@ def canonical(value: str) -> str:
     side of the point: ``1e999999`` must not become a million digits); anything else
     as it is."""
     if value.isdigit() and value.isascii():  # the usual key: a plain integer
-        return value.lstrip("0") or "0"
+        digits = value.lstrip("0") or "0"
+        if len(digits) <= _PLAIN_DIGITS:
+            return digits
     if _NUMBER.fullmatch(value):
         try:
             number = Decimal(value)
@@ -134,10 +136,7 @@ def key_values(
             value = literals[-source]
             if value[0] == "'":
                 value = value[1:-1].replace("''", "'")
-        if value.isdigit() and value.isascii():  # canonical()'s usual case, inlined
-            out.append(value.lstrip("0") or "0")
-        else:
-            out.append(canonical(value))
+        out.append(canonical(value))
     return tuple(out)
 
 
