@@ -139,7 +139,7 @@ def test_without_sync_the_chain_breaks_at_max_speed(
     assert share_without_sync(chain, make_cluster, tmp_path / "r.pgtr") < 0.95
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 def test_sessions_into_a_database_created_by_an_earlier_one(
     new_database: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
@@ -239,7 +239,7 @@ def test_rows_mode_keeps_commit_order_where_the_target_has_a_foreign_key(
     assert any("--sync rows kept commit order" in w for w in report.warnings)
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 def test_rows_mode_sees_a_foreign_key_made_in_the_log(
     foreign_key_logged: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:
@@ -253,7 +253,7 @@ def test_rows_mode_sees_a_foreign_key_made_in_the_log(
     assert build_report(results).sync == "rows"
 
 
-@pytest.mark.parametrize("pace", PACES, ids=PACE_IDS)
+@pytest.mark.parametrize("pace", FAST_PACES)
 def test_rows_mode_keeps_connection_per_transaction_concurrency(
     connect_each: wl.Captured, make_cluster: Any, tmp_path: Path, pace: dict[str, Any]
 ) -> None:

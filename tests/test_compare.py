@@ -606,6 +606,7 @@ def test_rounds_a_a_flags_nothing_and_gives_each_class_a_noise_floor(
     assert "no noise floor was measured" in noise_lines(single)[0]
 
 
+@pytest.mark.slow  # CI's time budget: rounds stay in test_rehearse and test_concurrent (real)
 def test_rounds_catch_a_dropped_index(
     workload: Path, pg16: Cluster, make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ from tests.conftest import require_version
 from tests.replay_helpers import run_cli
 
 
+@pytest.mark.slow  # 70 s; CI's budget. Default siblings: rehearse end to end (16 -> 18,
+# tests/test_rehearse.py) and a plan change flagged (tests/test_compare.py)
 def test_demo_flags_skip_scan_as_improved_with_a_changed_plan(tmp_path: Path) -> None:
     require_version(16)
     require_version(18)

@@ -63,7 +63,9 @@ def test_jump_idle_skips_the_quiet_stretch(pg16: Cluster, tmp_path: Path) -> Non
     assert int(results.records["start_us"].max()) < 1_000_000
 
 
-@pytest.mark.parametrize("how", ["restart", "kill-9"])
+@pytest.mark.parametrize(
+    "how", [pytest.param("restart", marks=pytest.mark.slow), "kill-9"]
+)  # CI's time budget: the default run keeps the harsher of the two
 def test_target_restart_mid_replay(make_cluster: Any, tmp_path: Path, how: str) -> None:
     cluster: Cluster = make_cluster(16, Profile.TARGET)
     # 6 s of ticks: a restart after kill -9 (crash recovery) takes seconds on a
