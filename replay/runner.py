@@ -153,14 +153,15 @@ def quick_scan(workload: Workload) -> WorkloadScan | None:
     the ones the header describes (:meth:`Workload.verify_body`)."""
     sessions, counts = workload.sessions.values(), workload.header.counts
     total = counts.get("statements")
+    kinds = {k.removeprefix("kind_"): n for k, n in counts.items() if k.startswith("kind_") and n}
     if (
         total is None
         or any(s.statements and s.first_us is None for s in sessions)
         or sum(s.statements for s in sessions) != total
+        or sum(kinds.values()) != total
     ):
         return None
     workload.verify_body()
-    kinds = {k.removeprefix("kind_"): n for k, n in counts.items() if k.startswith("kind_") and n}
     spans: dict[str, tuple[int, int]] = {}
     firsts = []
     for s in sessions:

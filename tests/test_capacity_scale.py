@@ -36,7 +36,7 @@ from pgtraffic.capacity.scale import (
 )
 from pgtraffic.servers import Cluster, Profile
 from replay.results import read_results
-from replay.runner import ReplaySettings, replay_workload
+from replay.runner import ReplaySettings, full_scan, quick_scan, replay_workload
 from replay.sync import SyncMode
 from tests.replay_helpers import fetch
 
@@ -241,3 +241,23 @@ def test_ddl_order_keeps_only_global_commits_and_idle_sessions_wait_for_nobody(
         [Session("x", None, None, statements=0, disconnect_order=3), *source.sessions.values()]
     )
     assert [(s.id, s.disconnect_order) for s in idle] == [("x", 0), ("a", 2), ("b", 1)]
+
+
+def test_a_scaled_workload_is_planned_from_its_statements_not_the_original_spans(
+    tmp_path: Path,
+) -> None:
+    """Copies move and multiply statements: the spans capture wrote no longer hold, so
+    replay scans the scaled file statement by statement (and sees every copy)."""
+    stmts = [stmt("a", 0, 0, "SELECT 1"), stmt("a", 1, 5, "SELECT 2"), stmt("b", 0, 2, "SELECT 3")]
+    source = write(
+        tmp_path / "w.pgtw",
+        stmts,
+        0,
+        a={"first_us": 0, "last_us": 5000},
+        b={"first_us": 2000, "last_us": 2000},
+    )
+    assert all(s.first_us is not None for s in source.sessions.values())
+    scaled = read_workload(scale_workload(source, tmp_path / "x3.pgtw", Scale(3)).path)
+    assert all(s.first_us is None for s in scaled.sessions.values())
+    assert quick_scan(scaled) is None
+    assert full_scan(scaled).statements == 9 and len(full_scan(scaled).spans) == 6
