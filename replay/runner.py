@@ -129,7 +129,8 @@ class WorkloadScan:
     first_offset_us: int
     """The offset of the first statement."""
     last_end_us: int
-    """The latest end of a statement (its offset plus its logged duration)."""
+    """The latest end of a session's last statement (its offset plus its logged
+    duration)."""
     truncated_params: int = 0
     unlisted: dict[str, QueryClass] = field(default_factory=dict)
     """Classes of statements whose fingerprint the workload's class records lack
@@ -188,7 +189,7 @@ def full_scan(workload: Workload) -> WorkloadScan:
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     count = truncated = 0
-    lo = hi = None
+    lo = None
     listed = workload.classes
     unlisted: dict[str, list[Any]] = {}
     for obj in workload.statement_dicts():
@@ -200,7 +201,6 @@ def full_scan(workload: Workload) -> WorkloadScan:
         first.setdefault(sid, off)
         last[sid] = off + int(obj.get("duration_us") or 0)
         lo = off if lo is None else lo
-        hi = last[sid] if hi is None else max(hi, last[sid])
         if obj.get("params_truncated"):
             truncated += 1
     spans: dict[str, tuple[int, int]] = {}
@@ -216,7 +216,7 @@ def full_scan(workload: Workload) -> WorkloadScan:
         kinds=dict(kinds),
         spans=spans,
         first_offset_us=lo or 0,
-        last_end_us=hi or 0,
+        last_end_us=max(last.values(), default=0),
         truncated_params=truncated,
         unlisted={fp: QueryClass(fp, sql, True, n) for fp, (sql, n) in unlisted.items()},
     )
