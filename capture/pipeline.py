@@ -596,7 +596,7 @@ class _Capture:
         self.tracker = StatementTracker(options.filters)
         self.writer = WorkloadWriter(output, background=workers > 1)
         self.tally = BatchTally()
-        """fingerprint: [count, total duration, first SQL, parsed]"""
+        """What the statements written add up to: counts, classes, session spans."""
         self.skipped: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = {}
         self.lines = self.records = self.non_english = 0
