@@ -308,14 +308,15 @@ class Workload:
         try:
             with _fast_gzip.open(self.path, "rb") as fh:
                 for block in iter(functools.partial(fh.read, 1 << 20), b""):
-                    while skip and block:
-                        end = block.find(b"\n")
+                    start = 0  # where the statements begin in this block
+                    while skip:
+                        end = block.find(b"\n", start)
                         if end < 0:
-                            block = b""
+                            start = len(block)
                             break
-                        block = block[end + 1 :]
+                        start = end + 1
                         skip -= 1
-                    check.add_bytes(block)
+                    check.add_bytes(block[start:] if start else block)
         except READ_ERRORS as exc:
             raise WorkloadFormatError(
                 f"{self.path}: not a readable pgtraffic workload ({exc})",
