@@ -252,6 +252,13 @@ class Workload:
     """What the reader could not check (a file written before the preamble digest)."""
 
     @property
+    def preamble_size(self) -> int:
+        """How many lines come before the first statement."""
+        if self.preamble_lines >= 0:
+            return self.preamble_lines
+        return 1 + len(self.classes) + len(self.sessions)
+
+    @property
     def has_sync(self) -> bool:
         """Whether the file records causal order (format version 2 and later).
 
@@ -279,9 +286,7 @@ class Workload:
         Read to the end, the statements are checked against the header (their count,
         and their digest, the ``workload_id``): an edited or cut file raises
         :class:`WorkloadFormatError` after its last statement."""
-        skip = self.preamble_lines
-        if skip < 0:
-            skip = 1 + len(self.classes) + len(self.sessions)
+        skip = self.preamble_size
         check = _BodyCheck(self)
         with _open(self.path) as fh:
             for number, line in enumerate(fh, start=1):
@@ -301,9 +306,7 @@ class Workload:
         """The statements checked against the header as :meth:`statement_dicts` does
         (count, digest), from their bytes without decoding them: several times faster,
         for checking a file before using it. Returns how many there are."""
-        skip = self.preamble_lines
-        if skip < 0:
-            skip = 1 + len(self.classes) + len(self.sessions)
+        skip = self.preamble_size
         check = _BodyCheck(self)
         try:
             with _fast_gzip.open(self.path, "rb") as fh:

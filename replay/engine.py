@@ -282,7 +282,7 @@ _SESSION_RE = re.compile(r'\{"type":"statement","session":"((?:[^"\\]|\\.)*)"')
 
 def _statement_lines(workload: Workload) -> Iterator[str]:
     """The raw JSON lines of the statements (the file layout is in capture.workload)."""
-    skip = 1 + len(workload.classes) + len(workload.sessions)
+    skip = workload.preamble_size
     try:
         with open_text(workload.path) as fh:
             yield from itertools.islice(fh, skip, None)

@@ -163,22 +163,14 @@ def quick_scan(workload: Workload) -> WorkloadScan | None:
     ):
         return None
     workload.verify_body()
-    spans: dict[str, tuple[int, int]] = {}
-    firsts = []
-    for s in sessions:
-        if s.first_us is not None:
-            firsts.append(s.first_us)
-        start = s.connect_us if s.connect_us is not None else s.first_us
-        end = s.disconnect_us if s.disconnect_us is not None else s.last_us
-        if start is not None:
-            spans[s.id] = (start, end if end is not None else start)
-    ends = [s.last_us for s in sessions if s.last_us is not None]
+    first = {s.id: s.first_us for s in sessions if s.first_us is not None}
+    last = {s.id: s.last_us for s in sessions if s.last_us is not None}
     return WorkloadScan(
         statements=total,
         kinds=kinds,
-        spans=spans,
-        first_offset_us=min(firsts, default=0),
-        last_end_us=max(ends, default=0),
+        spans=_spans(workload, first, last),
+        first_offset_us=min(first.values(), default=0),
+        last_end_us=max(last.values(), default=0),
         truncated_params=counts.get("params_truncated", 0),
     )
 
@@ -189,7 +181,6 @@ def full_scan(workload: Workload) -> WorkloadScan:
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     count = truncated = 0
-    lo = None
     listed = workload.classes
     unlisted: dict[str, list[Any]] = {}
     for obj in workload.statement_dicts():
@@ -200,26 +191,33 @@ def full_scan(workload: Workload) -> WorkloadScan:
         sid, off = obj["session"], obj["offset_us"]
         first.setdefault(sid, off)
         last[sid] = off + int(obj.get("duration_us") or 0)
-        lo = off if lo is None else lo
         if obj.get("params_truncated"):
             truncated += 1
+    return WorkloadScan(
+        statements=count,
+        kinds=dict(kinds),
+        spans=_spans(workload, first, last),
+        first_offset_us=min(first.values(), default=0),
+        last_end_us=max(last.values(), default=0),
+        truncated_params=truncated,
+        unlisted={fp: QueryClass(fp, sql, True, n) for fp, (sql, n) in unlisted.items()},
+    )
+
+
+def _spans(
+    workload: Workload, first: dict[str, int], last: dict[str, int]
+) -> dict[str, tuple[int, int]]:
+    """Each session's activity span: from its connection (else its first statement's
+    offset ``first``) to its disconnection (else its last statement's end ``last``)."""
     spans: dict[str, tuple[int, int]] = {}
     for sid, session in workload.sessions.items():
         start = session.connect_us if session.connect_us is not None else first.get(sid)
         end = session.disconnect_us if session.disconnect_us is not None else last.get(sid)
         if start is not None:
             spans[sid] = (start, end if end is not None else start)
-    for sid, off in first.items():
+    for sid, off in first.items():  # statements of sessions the preamble lacks
         spans.setdefault(sid, (off, last[sid]))
-    return WorkloadScan(
-        statements=count,
-        kinds=dict(kinds),
-        spans=spans,
-        first_offset_us=lo or 0,
-        last_end_us=max(last.values(), default=0),
-        truncated_params=truncated,
-        unlisted={fp: QueryClass(fp, sql, True, n) for fp, (sql, n) in unlisted.items()},
-    )
+    return spans
 
 
 def build_schedule(
